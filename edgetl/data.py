@@ -1,0 +1,272 @@
+"""Image folders -> labelled file lists (no TensorFlow here).
+
+Two layouts are accepted:
+
+* ``DATA_DIR/train/<class>/...`` and ``DATA_DIR/val/<class>/...`` (optionally ``test/``);
+* ``DATA_DIR/<class>/...``, split into train/val by ``val_split`` (stratified, seeded).
+
+Class names are the sorted folder names. Files that are not decodable images are
+skipped, named once in a warning, and counted in the run record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from edgetl.errors import EdgetlError, UsageError
+from edgetl.preprocess import DEFAULT_MAX_PIXELS, is_image_file, load_rgb
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str
+    label: int
+
+
+@dataclass
+class Split:
+    """The labelled files of one split, plus the files that were skipped."""
+
+    samples: list[Sample]
+    classes: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    @property
+    def paths(self) -> list[str]:
+        return [s.path for s in self.samples]
+
+    @property
+    def labels(self) -> list[int]:
+        return [s.label for s in self.samples]
+
+    def counts(self) -> dict[str, int]:
+        c = Counter(s.label for s in self.samples)
+        return {name: c.get(i, 0) for i, name in enumerate(self.classes)}
+
+
+@dataclass
+class Dataset:
+    classes: list[str]
+    train: Split
+    val: Split
+    test: Split | None
+    layout: str  # "split-folders" or "class-folders"
+    root: str
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        out = list(self.train.skipped) + list(self.val.skipped)
+        if self.test:
+            out += self.test.skipped
+        return out
+
+    def fingerprint(self) -> dict:
+        """Per-class counts, skipped files and a hash of the file list (for config.json)."""
+        h = hashlib.sha256()
+        for name, split in (("train", self.train), ("val", self.val), ("test", self.test)):
+            if split is None:
+                continue
+            for s in sorted(split.samples, key=lambda s: s.path):
+                rel = os.path.relpath(s.path, self.root)
+                h.update(f"{name}\t{rel}\t{s.label}\t{_size(s.path)}\n".encode("utf-8", "surrogateescape"))
+        return {
+            "root": self.root,
+            "layout": self.layout,
+            "classes": self.classes,
+            "counts": {
+                "train": self.train.counts(),
+                "val": self.val.counts(),
+                **({"test": self.test.counts()} if self.test else {}),
+            },
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "num_skipped": len(self.skipped),
+            "files_sha256": h.hexdigest(),
+        }
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
+
+
+def _list_class_dirs(folder: Path) -> list[Path]:
+    try:
+        entries = sorted(folder.iterdir(), key=lambda p: p.name)
+    except OSError as exc:
+        raise EdgetlError(f"cannot read folder {folder}: {exc.strerror or exc}") from None
+    return [p for p in entries if p.is_dir() and not p.name.startswith(".")]
+
+
+def _walk_images(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursing into subfolders, following symlinks safely)."""
+    out: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=None):
+        try:
+            st = os.stat(dirpath)
+            key = (st.st_dev, st.st_ino)
+        except OSError:
+            continue
+        if key in seen:  # a symlink loop or a second link to the same folder
+            dirnames[:] = []
+            continue
+        seen.add(key)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for fn in sorted(filenames):
+            p = Path(dirpath) / fn
+            if is_image_file(p):
+                out.append(p)
+    return out
+
+
+def check_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> str | None:
+    """None if ``path`` decodes as an image, else the reason it does not."""
+    try:
+        load_rgb(path, max_pixels=max_pixels)
+        return None
+    except EdgetlError as exc:
+        msg = str(exc)
+        return msg.split(": ", 1)[1] if ": " in msg else msg
+
+
+def _scan_classes(folder: Path, classes: Sequence[str], validate: bool, max_pixels: int | None) -> Split:
+    samples: list[Sample] = []
+    skipped: list[tuple[str, str]] = []
+    for label, name in enumerate(classes):
+        cdir = folder / name
+        if not cdir.is_dir():
+            continue
+        for p in _walk_images(cdir):
+            reason = check_image(p, max_pixels) if validate else None
+            if reason is None:
+                samples.append(Sample(str(p), label))
+            else:
+                skipped.append((str(p), reason))
+    return Split(samples, list(classes), skipped)
+
+
+def scan_folder(folder: str | Path, classes: Sequence[str], validate: bool = True,
+                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Split:
+    """Labelled images in ``folder/<class>/`` for a known class list (e.g. a run's labels)."""
+    return _scan_classes(Path(folder), classes, validate, max_pixels)
+
+
+def _stratified_split(samples: list[Sample], n_classes: int, val_split: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    rng = random.Random(seed)
+    train: list[Sample] = []
+    val: list[Sample] = []
+    for label in range(n_classes):
+        group = [s for s in samples if s.label == label]
+        rng.shuffle(group)
+        n_val = int(round(len(group) * val_split))
+        if len(group) >= 2:
+            n_val = min(max(n_val, 1), len(group) - 1)
+        else:
+            n_val = 0
+        val += group[:n_val]
+        train += group[n_val:]
+    key = lambda s: (s.label, s.path)  # noqa: E731
+    return sorted(train, key=key), sorted(val, key=key)
+
+
+def load_dataset(data_dir: str | Path, val_split: float = 0.2, seed: int = 0, validate: bool = True,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Dataset:
+    """Scan ``data_dir`` into train/val(/test) splits.
+
+    Raises:
+        UsageError: the folder does not exist or is not a folder.
+        EdgetlError: fewer than two classes, or a class without a valid image.
+    """
+    root = Path(data_dir)
+    if not root.exists():
+        raise UsageError(f"data folder not found: {root}")
+    if not root.is_dir():
+        raise UsageError(f"not a folder: {root} (expected DATA_DIR/<class>/ or DATA_DIR/train/<class>/)")
+    if not 0.0 < val_split < 1.0:
+        raise UsageError(f"--val-split must be between 0 and 1 (exclusive), got {val_split}")
+    top = _list_class_dirs(root)
+    top_names = {p.name for p in top}
+    if "train" in top_names and ("val" in top_names or "validation" in top_names):
+        layout = "split-folders"
+        val_name = "val" if "val" in top_names else "validation"
+        classes = [p.name for p in _list_class_dirs(root / "train")]
+        _check_classes(classes, root / "train")
+        train = _scan_classes(root / "train", classes, validate, max_pixels)
+        val = _scan_classes(root / val_name, classes, validate, max_pixels)
+        extra = sorted({p.name for p in _list_class_dirs(root / val_name)} - set(classes))
+        if extra:
+            raise EdgetlError(f"{root / val_name} has classes not in train/: {', '.join(extra)}")
+        test = _scan_classes(root / "test", classes, validate, max_pixels) if "test" in top_names else None
+    else:
+        layout = "class-folders"
+        classes = [p.name for p in top]
+        _check_classes(classes, root)
+        everything = _scan_classes(root, classes, validate, max_pixels)
+        tr, va = _stratified_split(everything.samples, len(classes), val_split, seed)
+        train = Split(tr, classes, everything.skipped)
+        val = Split(va, classes, [])
+        test = None
+    _check_nonempty(train, root, "train")
+    if not val.samples:
+        raise EdgetlError(f"no validation images found under {root}")
+    return Dataset(classes, train, val, test, layout, str(root))
+
+
+def _check_classes(classes: list[str], folder: Path) -> None:
+    if len(classes) < 2:
+        found = f"found {len(classes)}" + (f" ({classes[0]})" if classes else "")
+        raise EdgetlError(f"need at least two class folders in {folder}, {found}")
+    lower = Counter(c.lower() for c in classes)
+    clash = sorted(c for c in classes if lower[c.lower()] > 1)
+    if clash:
+        raise EdgetlError(
+            f"class folders in {folder} differ only by letter case: {', '.join(clash)} "
+            "(they would collide on case-insensitive file systems; rename one)"
+        )
+
+
+def _check_nonempty(split: Split, root: Path, name: str) -> None:
+    empty = [c for c, n in split.counts().items() if n == 0]
+    if empty:
+        raise EdgetlError(f"no valid image in class {', '.join(repr(c) for c in empty)} of the {name} split under {root}")
+
+
+def stratified_sample(samples: Sequence[Sample], n: int | None, seed: int = 0) -> list[Sample]:
+    """A class-balanced subset of ``n`` samples (all of them when ``n`` is None or too big)."""
+    if n is None or n >= len(samples):
+        return list(samples)
+    rng = random.Random(seed)
+    by_label: dict[int, list[Sample]] = {}
+    for s in samples:
+        by_label.setdefault(s.label, []).append(s)
+    for group in by_label.values():
+        rng.shuffle(group)
+    out: list[Sample] = []
+    labels = sorted(by_label)
+    i = 0
+    while len(out) < n:
+        for lab in labels:
+            if i < len(by_label[lab]) and len(out) < n:
+                out.append(by_label[lab][i])
+        i += 1
+    return sorted(out, key=lambda s: (s.label, s.path))
+
+
+def summarize_skipped(skipped: Iterable[tuple[str, str]], limit: int = 5) -> str | None:
+    """One warning line naming the skipped files (first ``limit``) and counting them."""
+    skipped = list(skipped)
+    if not skipped:
+        return None
+    names = ", ".join(f"{p} ({r})" for p, r in skipped[:limit])
+    more = f" and {len(skipped) - limit} more" if len(skipped) > limit else ""
+    return f"skipped {len(skipped)} file(s) that are not decodable images: {names}{more}"

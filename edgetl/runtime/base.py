@@ -1,0 +1,50 @@
+"""The small protocol every runner follows, whatever the file format.
+
+A runner takes uint8 RGB pixels (N, H, W, 3) at the model's input size, exactly
+as :func:`edgetl.preprocess.prepare` makes them, and returns float32 class
+probabilities (N, C). Quantization of inputs and dequantization of outputs with
+the tensor's own scale and zero point happen inside the runner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from edgetl.preprocess import Preprocessing
+
+
+class Runner(Protocol):
+    format: str  # "keras", "tflite", "onnx"
+    runtime: str  # "tensorflow", "litert", "onnxruntime"
+    precision: str  # "fp32", "fp16", "dynamic", "int8", ...
+    labels: list[str]
+    preprocessing: Preprocessing
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, 3) -> float32 probabilities (N, C)."""
+        ...
+
+
+@dataclass
+class TopK:
+    file: str
+    indices: list[int]
+    labels: list[str]
+    scores: list[float]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "indices": self.indices, "labels": self.labels, "scores": self.scores, **self.extra}
+
+
+def top_k(probs: np.ndarray, labels: list[str], k: int) -> list[tuple[list[int], list[str], list[float]]]:
+    """Top-k (indices, labels, scores) for each row of ``probs``."""
+    k = max(1, min(k, probs.shape[-1]))
+    out = []
+    for row in probs:
+        idx = np.argsort(-row, kind="stable")[:k]
+        out.append(([int(i) for i in idx], [labels[i] if i < len(labels) else str(i) for i in idx], [float(row[i]) for i in idx]))
+    return out
