@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,3 +37,18 @@ def backbone_runner(name: str, weights: str | None = "imagenet") -> KerasRunner:
     spec = get_spec(name)
     model = build(spec.name, weights=weights, include_top=True)
     return KerasRunner(model, imagenet_labels(), spec.preprocessing)
+
+
+def load_keras_model(path: str | Path) -> Any:
+    """Load a ``.keras`` file in safe mode; a bad file is a clear error, not a traceback."""
+    from edgetl.errors import ModelFileError
+
+    p = Path(path)
+    if not p.is_file():
+        raise ModelFileError(f"model file not found: {p}")
+    import keras
+
+    try:
+        return keras.saving.load_model(p, safe_mode=True, compile=False)
+    except Exception as exc:  # noqa: BLE001 - zip, h5 and deserialization errors all mean "bad file"
+        raise ModelFileError(f"{p}: not a loadable Keras model ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None

@@ -1,0 +1,96 @@
+"""A run directory: what ``edgetl train`` writes and ``export``/``bench``/``predict`` read.
+
+Layout::
+
+    RUN_DIR/
+      model.keras        one functional graph: float32 pixels [0,255] (N,H,W,3) -> softmax (N,C)
+      labels.txt         class names, one per line, in output order
+      config.json        every resolved setting, versions, preprocessing, data fingerprint
+      history.csv, metrics.json, curves.png, confusion_matrix.png
+      export/            written by ``edgetl export``
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgetl.errors import EdgetlError, UsageError
+from edgetl.preprocess import Preprocessing
+
+MODEL_FILE = "model.keras"
+LABELS_FILE = "labels.txt"
+CONFIG_FILE = "config.json"
+
+
+@dataclass
+class RunInfo:
+    path: Path
+    config: dict[str, Any]
+    labels: list[str]
+    preprocessing: Preprocessing
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @property
+    def backbone(self) -> str:
+        return str(self.config.get("backbone", "model"))
+
+    @property
+    def export_dir(self) -> Path:
+        return self.path / "export"
+
+    def load_model(self) -> Any:
+        """The Keras model, loaded in safe mode (no arbitrary code from the file)."""
+        from edgetl.runtime.keras_runner import load_keras_model
+
+        return load_keras_model(self.model_path)
+
+    def dataset(self, validate: bool = True):
+        """Re-scan the run's data folder with the run's own split settings."""
+        from edgetl.data import load_dataset
+
+        data = self.config.get("data") or {}
+        root = data.get("root") or self.config.get("data_dir")
+        if not root:
+            raise EdgetlError(f"{self.path / CONFIG_FILE} does not record the data folder; pass --data")
+        if not Path(root).is_dir():
+            raise EdgetlError(f"the run's data folder {root} is gone; pass --data DIR")
+        ds = load_dataset(root, val_split=float(self.config.get("val_split", 0.2)), seed=int(self.config.get("seed", 0)), validate=validate)
+        if ds.classes != self.labels:
+            raise EdgetlError(f"classes in {root} ({', '.join(ds.classes)}) differ from the run's labels ({', '.join(self.labels)})")
+        return ds
+
+
+def read_labels(path: Path) -> list[str]:
+    return [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def load_run(run_dir: str | Path) -> RunInfo:
+    """Open a run directory.
+
+    Raises:
+        UsageError: not a folder.
+        EdgetlError: the folder is not a complete run (no model, labels or config).
+    """
+    p = Path(run_dir)
+    if not p.exists():
+        raise UsageError(f"run directory not found: {p}")
+    if not p.is_dir():
+        raise UsageError(f"not a run directory: {p} (expected a folder made by 'edgetl train')")
+    for name in (MODEL_FILE, LABELS_FILE, CONFIG_FILE):
+        if not (p / name).is_file():
+            raise EdgetlError(f"{p} is not a complete run: {name} is missing (did 'edgetl train' finish?)")
+    try:
+        config = json.loads((p / CONFIG_FILE).read_text(encoding="utf-8"))
+        pre = Preprocessing.from_dict(config["preprocessing"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise EdgetlError(f"{p / CONFIG_FILE} is unreadable or incomplete ({type(exc).__name__}: {exc})") from None
+    labels = read_labels(p / LABELS_FILE)
+    if len(labels) < 2:
+        raise EdgetlError(f"{p / LABELS_FILE} lists {len(labels)} class(es); expected at least 2")
+    return RunInfo(p, config, labels, pre)

@@ -1,0 +1,104 @@
+"""Shared fixtures: tiny generated image folders and a tiny trained run (no ../shared needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+DATASETS = SHARED / "datasets"
+
+
+def shared_dataset(name: str) -> Path:
+    """Path to ``../shared/datasets/NAME``, or skip the test cleanly when it is absent."""
+    p = DATASETS / name
+    if not p.is_dir():
+        pytest.skip(f"../shared/datasets/{name} not available")
+    return p
+
+
+def make_image(kind: int, size: int = 40, seed: int = 0) -> Image.Image:
+    """A noisy image whose class (0: red-ish horizontal stripes, 1: blue-ish vertical, 2: green blob) is easy to learn."""
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 60, size=(size, size, 3)).astype(np.int32)
+    yy, xx = np.mgrid[0:size, 0:size]
+    if kind == 0:
+        mask = (yy // 4) % 2 == 0
+        arr[mask, 0] += 180
+    elif kind == 1:
+        mask = (xx // 4) % 2 == 0
+        arr[mask, 2] += 180
+    else:
+        mask = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 3) ** 2
+        arr[mask, 1] += 180
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+
+
+def make_image_folder(root: Path, classes=("alpha", "beta"), n_train: int = 12, n_val: int = 6, size: int = 40, split: bool = True) -> Path:
+    """``root/train/<class>/*.png`` + ``root/val/<class>/*.png`` (or plain ``root/<class>/``)."""
+    for ci, cname in enumerate(classes):
+        for split_name, n in (("train", n_train), ("val", n_val)) if split else (("", n_train + n_val),):
+            d = root / split_name / cname if split_name else root / cname
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                seed = hash((ci, split_name, i)) % (2**31)
+                make_image(ci, size, seed).save(d / f"{cname}_{split_name or 'all'}_{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    """A 2-class train/val folder of tiny, easily separable PNGs."""
+    return make_image_folder(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, image_folder) -> Path:
+    """A run directory with the documented layout, trained briefly on ``image_folder``.
+
+    Built by hand with Keras (not through ``edgetl train``) so export/bench/runtime
+    tests do not depend on the trainer.
+    """
+    import keras
+
+    from edgetl import __version__
+    from edgetl.data import load_dataset
+    from edgetl.models import build, get_spec
+    from edgetl.preprocess import prepare_batch
+
+    keras.utils.set_random_seed(0)
+    spec = get_spec("tiny_cnn")
+    ds = load_dataset(image_folder)
+    base = build("tiny_cnn", weights=None)
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(base.output)
+    out = keras.layers.Dense(len(ds.classes), activation="softmax", name="probs", dtype="float32")(x)
+    model = keras.Model(base.input, out)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    xtr = prepare_batch(ds.train.paths, spec.preprocessing).astype("float32")
+    ytr = np.array(ds.train.labels)
+    model.fit(xtr, ytr, epochs=25, batch_size=8, verbose=0)
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    run.mkdir()
+    model.save(run / "model.keras")
+    (run / "labels.txt").write_text("\n".join(ds.classes) + "\n")
+    config = {
+        "edgetl_version": __version__,
+        "backbone": "tiny_cnn",
+        "preprocessing": spec.preprocessing.to_dict(),
+        "labels": ds.classes,
+        "num_classes": len(ds.classes),
+        "data_dir": str(image_folder),
+        "val_split": 0.2,
+        "seed": 0,
+        "data": ds.fingerprint(),
+    }
+    (run / "config.json").write_text(json.dumps(config, indent=2))
+    return run
