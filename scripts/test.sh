@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install edgetl with its training and test extras into ./.venv, then run the test suite.
+# Works offline except for the package registry. Usage: bash scripts/test.sh [pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/python -m pip install -q -e ".[train,dev]"
+# Test-only tools, installed in a second step on purpose:
+# - mediapipe (reads TFLite metadata like the Android/iOS client) pins absl-py~=2.3 while
+#   tensorflow-model-optimization declares absl-py~=1.2, so one resolve of both fails;
+#   tfmot runs fine with absl 2.x (verified), so absl is upgraded here.
+# - torch==2.13.0 (CPU build) + geffnet, an independent EfficientNet-Lite implementation
+#   for the weight-parity test. torch is never a runtime dependency of edgetl.
+.venv/bin/python -m pip install -q "mediapipe==1.2.2" "absl-py>=2.3" 2>&1 | grep -v "dependency resolver\|requires absl-py\|^$" || true
+.venv/bin/python -m pip install -q "torch==2.13.0" 2>&1 | tail -n 3 || true
+.venv/bin/python -m pip install -q --no-deps "geffnet==1.0.2" 2>&1 | tail -n 3 || true
+exec .venv/bin/python -m pytest "$@"
