@@ -106,6 +106,169 @@ def predict(
             typer.echo(f"  {s:7.2%}  {lab}  [{i}]")
 
 
+# --------------------------------------------------------------------------- bench
+
+
+@app.command()
+def bench(
+    targets: List[Path] = typer.Argument(..., help="Run directories (Keras model + every export/ artifact) and/or .tflite/.onnx/.keras files."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Labelled images DIR/<class>/ (or DIR/val/<class>/); default: the run's validation split."),
+    samples: Optional[int] = typer.Option(None, "--samples", min=1, help="Use a stratified subset of N images for accuracy."),
+    threads: str = typer.Option("1", "--threads", help="Comma-separated thread counts, one row each (e.g. 1,2,4)."),
+    batch: int = typer.Option(1, "--batch", min=1, help="Batch size for latency."),
+    warmup_runs: int = typer.Option(5, "--warmup-runs", min=0, help="Warm-up: at least this many runs ..."),
+    warmup_time: float = typer.Option(0.5, "--warmup-time", min=0.0, help="... and at least this many seconds."),
+    min_runs: int = typer.Option(50, "--min-runs", min=1, help="Timed: at least this many runs ..."),
+    min_time: float = typer.Option(1.0, "--min-time", min=0.0, help="... and at least this many seconds."),
+    max_time: float = typer.Option(30.0, "--max-time", min=0.001, help="Stop timing one row after this many seconds."),
+    no_keras: bool = typer.Option(False, "--no-keras", help="Skip the Keras/TensorFlow float reference."),
+    providers: Optional[str] = typer.Option(None, "--providers", help="ONNX Runtime EPs, comma-separated (cpu,cuda,tensorrt); default: CPU plus GPU EPs present."),
+    gpu: Optional[bool] = typer.Option(None, "--gpu/--no-gpu", help="LiteRT GPU delegate rows (default: only when available)."),
+    min_accuracy: Optional[float] = typer.Option(None, "--min-accuracy", help="Top-1 floor (percent) for naming the best artifact; default: float top-1 - 1 point."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for bench.json/csv/md/png (default: RUN_DIR/bench or ./bench)."),
+    json_out: bool = typer.Option(False, "--json", help="Print bench.json to stdout instead of the table."),
+    seed: int = typer.Option(0, "--seed", help="Seed for --samples."),
+) -> None:
+    """Accuracy and latency of every artifact on every runtime, in one table (and bench.json/csv/md/png)."""
+    from edgetl.bench import BenchSettings, run_bench
+    from edgetl.bench_report import terminal_report, write_reports
+
+    try:
+        thread_list = tuple(int(t) for t in threads.split(",") if t.strip())
+    except ValueError:
+        raise UsageError(f"--threads must be comma-separated integers, got {threads!r}") from None
+    settings = BenchSettings(
+        threads=thread_list, batch=batch, warmup_runs=warmup_runs, warmup_time=warmup_time, min_runs=min_runs,
+        min_time=min_time, max_time=max_time, samples=samples, seed=seed, keras=not no_keras,
+        providers=tuple(p.strip() for p in providers.split(",") if p.strip()) if providers else None,
+        gpu=gpu, min_accuracy=min_accuracy,
+    )
+    if not no_keras:
+        _quiet_tf()
+
+    def progress(i: int, n: int, label: str) -> None:
+        typer.echo(f"[{i}/{n}] {label}", err=True)
+
+    result = run_bench([str(t) for t in targets], settings, data=data, progress=progress)
+    if out is None:
+        first = targets[0]
+        out = first / "bench" if first.is_dir() else Path("bench")
+    written = write_reports(result, out)
+    if json_out:
+        typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
+        return
+    typer.echo(terminal_report(result))
+    typer.echo(f"wrote {', '.join(str(p) for p in written.values())}" + ("" if "png" in written else " (bench.png skipped: matplotlib not installed)"))
+
+
+# --------------------------------------------------------------------------- train
+
+
+@app.command()
+def train(
+    data_dir: Path = typer.Argument(..., help="Image folder: train/<class>/ + val/<class>/ (+ test/), or <class>/ split by --val-split."),
+    backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="Backbone name (see 'edgetl models')."),
+    weights: str = typer.Option("imagenet", "--weights", help="imagenet, none (random init) or a weights file."),
+    strategy: str = typer.Option("fine-tune", "--strategy", help="feature-extraction (frozen base) or fine-tune (head, then top blocks)."),
+    epochs: int = typer.Option(10, "--epochs", help="Head epochs (frozen base, on cached embeddings)."),
+    fine_tune_epochs: int = typer.Option(3, "--fine-tune-epochs", help="Epochs with the top blocks unfrozen."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per step."),
+    lr: float = typer.Option(1e-3, "--lr", help="Head learning rate."),
+    fine_tune_lr: Optional[float] = typer.Option(None, "--fine-tune-lr", help="Peak fine-tune learning rate [default: --lr / 10]."),
+    val_split: float = typer.Option(0.2, "--val-split", help="Validation fraction for the <class>/ layout (stratified, seeded)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the split, shuffles, augmentation and init."),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="Random flip, rotation, zoom, brightness, contrast."),
+    augment_views: int = typer.Option(1, "--augment-views", help="Augmented views per training image for the frozen-base phase."),
+    label_smoothing: float = typer.Option(0.1, "--label-smoothing", help="Label smoothing of the loss."),
+    dropout: float = typer.Option(0.2, "--dropout", help="Dropout before the classifier."),
+    weight_decay: float = typer.Option(1e-4, "--weight-decay", help="AdamW weight decay (0: Adam)."),
+    class_weights: str = typer.Option("auto", "--class-weights", help="auto (when classes are unbalanced), on or off."),
+    unfreeze: Optional[int] = typer.Option(None, "--unfreeze", help="Top blocks to unfreeze [default: the backbone's]."),
+    patience: int = typer.Option(3, "--patience", help="Early stopping patience on val loss (0: off)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory [default: runs/<name>]."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run name [default: <data folder>-<backbone>]."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint."),
+    max_pixels: int = typer.Option(89_478_485, "--max-pixels", help="Refuse images larger than this many pixels (0: no limit)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Image decoding threads [default: CPU count]."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    json_out: bool = typer.Option(False, "--json", help="Print metrics.json at the end."),
+) -> None:
+    """Train a classifier (feature extraction or fine-tuning) and write a run directory."""
+    from edgetl.config import AugmentConfig, TrainConfig
+
+    cfg = TrainConfig(
+        data_dir=str(data_dir), backbone=backbone, weights=weights, strategy=strategy, epochs=epochs,
+        fine_tune_epochs=fine_tune_epochs, batch_size=batch_size, lr=lr, fine_tune_lr=fine_tune_lr,
+        weight_decay=weight_decay, dropout=dropout, label_smoothing=label_smoothing, val_split=val_split, seed=seed,
+        augment=AugmentConfig(enabled=augment, views=augment_views), class_weights=class_weights, unfreeze=unfreeze,
+        patience=patience, out=str(out) if out else None, name=name, overwrite=overwrite, resume=resume,
+        max_pixels=max_pixels, workers=workers, verbose=0 if quiet else 1,
+    ).validate()
+    _quiet_tf()
+    from edgetl.train import train as train_fn
+
+    result = train_fn(cfg)
+    if json_out:
+        typer.echo(json.dumps(result.metrics, indent=2, default=str))
+    else:
+        typer.echo(result.summary())
+
+
+# --------------------------------------------------------------------------- export
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="A run directory made by 'edgetl train'."),
+    formats: Optional[str] = typer.Option(None, "--formats", help="Comma-separated formats (default tflite_fp32,onnx_fp32); see edgetl.export.FORMATS."),
+    int8: bool = typer.Option(False, "--int8", help="Add full-integer int8 TFLite and static int8 ONNX (calibrated)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Add float16 TFLite."),
+    dynamic: bool = typer.Option(False, "--dynamic", help="Add dynamic-range TFLite (int8 weights, no calibration)."),
+    qat: bool = typer.Option(False, "--qat", help="Add int8 TFLite after a short quantization-aware fine-tune."),
+    io_type: str = typer.Option("uint8", "--io-type", help="Input/output type of int8 TFLite: uint8 (raw pixels), int8 or float32."),
+    calib_samples: int = typer.Option(300, "--calib-samples", min=1, help="Training images for calibration (stratified; all if fewer)."),
+    verify_samples: Optional[int] = typer.Option(None, "--verify-samples", min=1, help="Validation images for verification (default: all)."),
+    max_drop: float = typer.Option(1.0, "--max-drop", min=0.0, help="Allowed accuracy loss vs the Keras model, in points."),
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 when an artifact misses --max-drop and no remedy fixed it."),
+    doctor: Optional[bool] = typer.Option(None, "--doctor/--no-doctor", help="Try quantization remedies (default: only when int8 misses the budget)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Image folder to use instead of the one recorded in the run."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RUN_DIR/export)."),
+    opset: int = typer.Option(17, "--opset", min=13, help="ONNX opset."),
+    qat_epochs: int = typer.Option(1, "--qat-epochs", min=1, help="Epochs of quantization-aware fine-tuning."),
+    json_out: bool = typer.Option(False, "--json", help="Print export.json instead of a table."),
+) -> None:
+    """Export a run to TFLite/ONNX (float, and int8 with --int8) and verify every file against the Keras model."""
+    _quiet_tf()
+    from edgetl.export.api import ROW_COLUMNS, ExportConfig, export_run
+    from edgetl.report import format_table
+
+    config = ExportConfig(
+        formats=tuple(formats.split(",")) if formats is not None else None,
+        int8=int8, fp16=fp16, dynamic=dynamic, qat=qat, io_type=io_type, calib_samples=calib_samples,
+        verify_samples=verify_samples, max_drop=max_drop, strict=strict, doctor=doctor,
+        data_dir=str(data) if data else None, out_dir=str(out) if out else None, opset=opset, qat_epochs=qat_epochs,
+    )
+    config.resolve_formats()  # bad names and values fail here, before TensorFlow loads
+    result = export_run(run_dir, config, progress=lambda line: typer.echo(line, err=True))
+    if json_out:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        typer.echo(format_table(result.rows(), ROW_COLUMNS))
+        for d in result.doctor:
+            w = d.get("winner")
+            typer.echo(f"doctor[{d['target']}]: " + (f"kept {w['format']} ({w['remedy'] or 'original'})" if w else "no remedy met the budget"))
+        typer.echo(f"wrote {result.json_path} ({result.total_s:.1f} s)")
+    for w in result.warnings:
+        typer.echo(f"WARNING: {w}", err=True)
+    # An EdgetlError (not typer.Exit) so main() prints one line and returns 1.
+    if result.failed:
+        raise EdgetlError(f"{len(result.failed)} format(s) failed: {', '.join(a.format for a in result.failed)} (see {result.json_path})")
+    if strict and result.budget_failures:
+        names = ", ".join(f"{a.format} ({a.drop:+.2f} pt)" for a in result.budget_failures)
+        raise EdgetlError(f"over the --max-drop budget of {max_drop} pt with --strict: {names}")
+
+
 # --------------------------------------------------------------------------- entry point
 
 

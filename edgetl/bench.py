@@ -1,0 +1,675 @@
+"""``edgetl bench``: accuracy and latency of every artifact on every runtime (measuring only, no printing).
+
+Method (after TFLite ``benchmark_model`` and ``onnxruntime_perf_test``):
+
+* the thread count is explicit and recorded for every row; one row per thread count;
+* inputs are real images, decoded, resized and (for quantized inputs) quantized *before* timing;
+  a batch is set once, then only the inference call is timed with ``time.perf_counter_ns``:
+  ``interpreter.invoke()`` for LiteRT (``set_tensor``/``get_tensor`` outside, as in ``benchmark_model``),
+  ``session.run(outputs, feed)`` for ONNX Runtime (its input/output copies are part of ``run``),
+  a compiled ``tf.function`` call (with the result fetched) for Keras;
+* warm-up until both ``warmup_runs`` and ``warmup_time`` are met, then time runs until both
+  ``min_runs`` and ``min_time`` are met, or ``max_time`` is reached;
+* p50/p90/p99, mean, std, throughput (batch / mean), load time, first-inference time and the
+  peak resident memory added while loading and running (``/proc/self/status``, peak reset
+  through ``/proc/self/clear_refs`` where the kernel allows it).
+
+A runtime that is not installed becomes a ``skipped: <reason>`` row; any other failure an
+``error: ...`` row; neither aborts the table. TensorFlow is imported only for Keras rows.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from edgetl.errors import EdgetlError, ModelFileError, UsageError
+from edgetl.runtime.env import RuntimeUnavailableError
+
+PRECISION_ORDER = {"fp32": 0, "fp16": 1, "dynamic": 2, "int16x8": 3, "int8": 4, "qat_int8": 5}
+FORMAT_ORDER = {"keras": 0, "tflite": 1, "onnx": 2}
+#: int8 must beat fp32 p50 by at least this fraction to be called faster.
+MEANINGFUL_SPEEDUP = 0.10
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What to measure and how long; defaults follow ``benchmark_model`` (50 runs, >= 1 s)."""
+
+    threads: tuple[int, ...] = (1,)
+    batch: int = 1
+    warmup_runs: int = 5
+    warmup_time: float = 0.5
+    min_runs: int = 50
+    min_time: float = 1.0
+    max_time: float = 30.0
+    samples: int | None = None
+    seed: int = 0
+    keras: bool = True
+    providers: tuple[str, ...] | None = None  # ONNX Runtime EPs; None: CPU (+ CUDA/TensorRT when present)
+    gpu: bool | None = None  # LiteRT GPU delegate: None = when available, True = always try (skipped row if absent)
+    min_accuracy: float | None = None  # top-1 floor in percent for "best"; None: reference top-1 - 1 point
+
+    def __post_init__(self) -> None:
+        if not self.threads or any(int(t) < 1 for t in self.threads):
+            raise UsageError("--threads must be a list of positive integers, e.g. 1,2,4")
+        if self.batch < 1:
+            raise UsageError("--batch must be >= 1")
+        if self.min_runs < 1 or self.warmup_runs < 0:
+            raise UsageError("--min-runs must be >= 1 and --warmup-runs >= 0")
+        if min(self.warmup_time, self.min_time) < 0 or self.max_time <= 0:
+            raise UsageError("--warmup-time/--min-time must be >= 0 and --max-time > 0")
+
+
+@dataclass
+class Target:
+    """One model to bench: a Keras model or an exported file."""
+
+    path: Path
+    format: str  # keras, tflite, onnx
+    run_dir: Path | None = None
+    precision_hint: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def size_mb(self) -> float | None:
+        try:
+            return self.path.stat().st_size / 1e6
+        except OSError:
+            return None
+
+
+@dataclass
+class BenchRow:
+    model: str
+    path: str
+    format: str
+    runtime: str
+    precision: str
+    threads: int | None
+    device: str = "cpu"
+    batch: int = 1
+    size_mb: float | None = None
+    status: str = "ok"
+    # accuracy (percent / percentage points)
+    n_images: int | None = None
+    correct: int | None = None
+    top1: float | None = None
+    top5: float | None = None
+    top1_delta_pt: float | None = None
+    agreement: float | None = None
+    max_prob_diff: float | None = None
+    per_class_recall: dict[str, float] | None = None
+    confusion_matrix: list[list[int]] | None = None
+    # latency (ms) and resources
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    mean_ms: float | None = None
+    std_ms: float | None = None
+    min_ms: float | None = None
+    max_ms: float | None = None
+    runs: int | None = None
+    warmup_runs: int | None = None
+    fps: float | None = None
+    load_ms: float | None = None
+    first_ms: float | None = None
+    peak_mem_mb: float | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass
+class BenchResult:
+    rows: list[BenchRow]
+    environment: dict[str, Any]
+    settings: BenchSettings
+    data: dict[str, Any]
+    reference: str | None
+    best: dict[str, Any] | None
+    notes: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        s = asdict(self.settings)
+        return {"edgetl_bench": 1, "settings": s, "environment": self.environment, "data": self.data,
+                "reference": self.reference, "best": self.best, "notes": self.notes,
+                "rows": [r.to_dict() for r in self.rows]}
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def latency_stats(times_ns: Sequence[int], batch: int = 1) -> dict[str, float]:
+    """p50/p90/p99 (linear interpolation), mean, population std, min, max in ms; fps = batch / mean."""
+    if len(times_ns) == 0:
+        raise ValueError("no timed runs")
+    ms = np.asarray(times_ns, dtype=np.float64) / 1e6
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    mean = float(ms.mean())
+    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "mean_ms": mean, "std_ms": float(ms.std()),
+            "min_ms": float(ms.min()), "max_ms": float(ms.max()), "runs": int(len(ms)),
+            "fps": float(batch / (mean / 1e3)) if mean > 0 else math.inf}
+
+
+def timed_runs(fn: Callable[[], Any], warmup_runs: int, warmup_time: float, min_runs: int, min_time: float,
+               max_time: float, clock: Callable[[], int] = time.perf_counter_ns) -> tuple[int, list[int]]:
+    """Warm up, then time ``fn`` until both ``min_runs`` and ``min_time`` are met (or ``max_time`` passes).
+
+    Warm-up stops when both ``warmup_runs`` and ``warmup_time`` are met (also capped by ``max_time``).
+    Times are in ``clock`` units (ns). Returns (warm-up count, per-run times). At least one run is
+    always timed. The loop body is kept to two clock reads, the call and an append.
+    """
+    max_ns = int(max_time * 1e9)
+    warm_ns = int(warmup_time * 1e9)
+    start = clock()
+    n_warm = 0
+    now = start
+    while (n_warm < warmup_runs or now - start < warm_ns) and now - start < max_ns:
+        fn()
+        n_warm += 1
+        now = clock()
+    times: list[int] = []
+    append = times.append
+    min_ns = int(min_time * 1e9)
+    start = clock()
+    while True:
+        t0 = clock()
+        fn()
+        t1 = clock()
+        append(t1 - t0)
+        if (len(times) >= min_runs and t1 - start >= min_ns) or t1 - start >= max_ns:
+            break
+    return n_warm, times
+
+
+def accuracy_metrics(probs: np.ndarray, y: np.ndarray, labels: Sequence[str],
+                     ref_probs: np.ndarray | None = None) -> dict[str, Any]:
+    """Top-1 (and top-5 when > 5 classes) in percent, per-class recall, confusion matrix, agreement with a reference."""
+    y = np.asarray(y, dtype=np.int64)
+    n_cls = len(labels)
+    pred = probs.argmax(axis=1)
+    out: dict[str, Any] = {"n_images": int(len(y)), "correct": int((pred == y).sum()),
+                           "top1": float(100.0 * np.mean(pred == y)) if len(y) else None}
+    if n_cls > 5 and len(y):
+        top5 = np.argsort(-probs, axis=1)[:, :5]
+        out["top5"] = float(100.0 * np.mean((top5 == y[:, None]).any(axis=1)))
+    cm = np.zeros((n_cls, n_cls), dtype=np.int64)
+    np.add.at(cm, (y, np.clip(pred, 0, n_cls - 1)), 1)
+    support = cm.sum(axis=1)
+    out["per_class_recall"] = {labels[i]: (float(100.0 * cm[i, i] / support[i]) if support[i] else None) for i in range(n_cls)}
+    out["confusion_matrix"] = cm.tolist()
+    if ref_probs is not None and len(ref_probs) == len(probs):
+        out["agreement"] = float(100.0 * np.mean(ref_probs.argmax(axis=1) == pred))
+        out["max_prob_diff"] = float(np.max(np.abs(ref_probs - probs))) if probs.shape == ref_probs.shape else None
+    return out
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def _status_kb(key: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) to the current RSS; False when not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class _MemoryProbe:
+    """Peak RSS added since construction (MB), from /proc; None where /proc is missing."""
+
+    def __init__(self) -> None:
+        self.reset_ok = _reset_peak_rss()
+        self.start = _status_kb("VmRSS")
+        if not self.reset_ok:
+            self.start_hwm = _status_kb("VmHWM")
+
+    def peak_delta_mb(self) -> float | None:
+        hwm = _status_kb("VmHWM")
+        if hwm is None or self.start is None:
+            return None
+        if not self.reset_ok and self.start_hwm is not None and hwm <= self.start_hwm:
+            rss = _status_kb("VmRSS") or self.start  # peak unknown: fall back to the current RSS delta
+            return max(0.0, (rss - self.start) / 1024.0)
+        return max(0.0, (hwm - self.start) / 1024.0)
+
+
+# --------------------------------------------------------------------------- targets and data
+
+
+def discover_targets(items: Sequence[str | Path], keras: bool = True) -> tuple[list[Target], Any]:
+    """Run directories expand to their Keras model and every ``export/*.tflite|*.onnx``; files stay as given.
+
+    Returns (targets, the first run's RunInfo or None).
+    """
+    from edgetl.run import load_run
+
+    targets: list[Target] = []
+    first_run = None
+    for item in items:
+        p = Path(item)
+        if not p.exists():
+            raise UsageError(f"not found: {p}")
+        if p.is_dir() and not (p / "model.keras").exists():
+            files = sorted(f for f in p.iterdir() if f.suffix.lower() in (".tflite", ".onnx") and f.is_file())
+            if files:  # a folder of exported files (e.g. RUN_DIR/export copied to a device)
+                targets += [Target(f, f.suffix.lower()[1:]) for f in files]
+                continue
+        if p.is_dir():
+            info = load_run(p)
+            first_run = first_run or info
+            found: list[Target] = []
+            if keras:
+                found.append(Target(info.model_path, "keras", p, "fp32"))
+            if info.export_dir.is_dir():
+                for f in sorted(info.export_dir.iterdir()):
+                    if f.suffix.lower() in (".tflite", ".onnx") and f.is_file():
+                        found.append(Target(f, f.suffix.lower()[1:], p))
+            if not found:
+                raise EdgetlError(f"{p}: nothing to bench (no export/ artifacts and --no-keras); run 'edgetl export {p}' first")
+            targets += found
+        else:
+            fmt = p.suffix.lower()[1:]
+            if fmt not in ("tflite", "onnx", "keras"):
+                raise ModelFileError(f"{p}: unsupported model file type {p.suffix!r}; expected .tflite, .onnx or .keras")
+            if fmt == "keras" and not keras:
+                continue
+            targets.append(Target(p, fmt))
+    if not targets:
+        raise UsageError("nothing to bench")
+    from edgetl.runtime.loader import precision_from_name
+
+    def order(t: Target) -> tuple:
+        prec = t.precision_hint or precision_from_name(t.path) or "zz"
+        return (FORMAT_ORDER.get(t.format, 9), PRECISION_ORDER.get(prec, 5), str(t.path))
+
+    seen: set[Path] = set()
+    unique = []
+    for t in sorted(targets, key=order):
+        key = t.path.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(t)
+    return unique, first_run
+
+
+@dataclass
+class EvalSet:
+    paths: list[str]
+    y: np.ndarray
+    classes: list[str]
+    source: str
+    note: str | None = None
+
+
+def eval_set_for(labels: Sequence[str], data: str | Path | None, run: Any, samples: int | None, seed: int) -> EvalSet | None:
+    """Labelled validation images for a model with ``labels``.
+
+    With ``data``: ``data/val/<class>/`` when present, else ``data/<class>/``; class folders are matched to
+    the model's labels by name (models without labels, i.e. ``class_0..``, take the sorted folder names).
+    Without it: the run's own validation split. None when there is neither.
+    """
+    from edgetl.data import Sample, scan_folder, stratified_sample
+
+    labels = list(labels)
+    note = None
+    if data is None:
+        if run is None or list(run.labels) != labels:
+            return None
+        split = run.dataset().val
+        source = f"{run.config.get('data_dir') or (run.config.get('data') or {}).get('root')} (the run's validation split)"
+    else:
+        root = Path(data)
+        if not root.is_dir():
+            raise UsageError(f"--data folder not found: {root}")
+        for sub in ("val", "validation"):
+            if (root / sub).is_dir() and any((root / sub / c).is_dir() for c in labels + _folders(root / sub)):
+                root = root / sub
+                break
+        folders = _folders(root)
+        if not folders:
+            raise UsageError(f"--data {data}: no class folders found")
+        classes = labels
+        if not set(folders) & set(labels):
+            if labels == [f"class_{i}" for i in range(len(labels))] and len(folders) == len(labels):
+                note = f"the model carries no labels; class folders matched by sorted name: {', '.join(folders)}"
+                split = scan_folder(root, folders)
+                split.classes = labels
+            else:
+                raise EdgetlError(f"--data {data}: class folders ({', '.join(folders[:8])}) match none of the model's labels ({', '.join(labels[:8])})")
+        else:
+            extra = sorted(set(folders) - set(labels))
+            if extra:
+                note = f"ignored class folders the model does not know: {', '.join(extra[:8])}"
+            split = scan_folder(root, classes)
+        source = str(root)
+    samples_ = stratified_sample(split.samples, samples, seed=seed) if samples else list(split.samples)
+    if not samples_:
+        raise EdgetlError(f"no labelled images for bench in {source}")
+    return EvalSet([s.path for s in samples_], np.array([s.label for s in samples_], dtype=np.int64), labels, source, note)
+
+
+def _folders(root: Path) -> list[str]:
+    try:
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return []
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+
+@dataclass
+class _Job:
+    target: Target
+    threads: int | None
+    device: str  # cpu, gpu
+    providers: tuple[str, ...] | None = None  # ONNX
+    skip: str | None = None
+
+
+def plan_jobs(targets: Sequence[Target], settings: BenchSettings) -> list[_Job]:
+    """One job per (target, device/provider, thread count); unavailable accelerators become skip jobs."""
+    from edgetl.runtime import env
+
+    jobs: list[_Job] = []
+    ort_avail = env.onnxruntime_providers()
+    gpu_ok, gpu_reason = (False, "")
+    if any(t.format == "tflite" for t in targets) and settings.gpu is not False:
+        gpu_ok, gpu_reason = env.litert_gpu_delegate()
+    for t in targets:
+        if t.format == "keras":
+            jobs.append(_Job(t, max(settings.threads), "cpu"))
+        elif t.format == "tflite":
+            jobs += [_Job(t, th, "cpu") for th in settings.threads]
+            if settings.gpu is True or (settings.gpu is None and gpu_ok):
+                jobs.append(_Job(t, None, "gpu", skip=None if gpu_ok else f"skipped: {gpu_reason}"))
+        else:
+            from edgetl.runtime.onnx_runner import provider_name
+
+            if settings.providers:
+                names = [provider_name(p) for p in settings.providers]
+            else:
+                names = ["CPUExecutionProvider"] + [p for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider") if p in ort_avail]
+            for name in names:
+                dev = name.replace("ExecutionProvider", "").lower()
+                if name not in ort_avail:
+                    have = ", ".join(a.replace("ExecutionProvider", "") for a in ort_avail) or "onnxruntime not installed"
+                    jobs.append(_Job(t, None, dev, (name,), skip=f"skipped: {name} not available (have: {have})"))
+                elif name == "CPUExecutionProvider":
+                    jobs += [_Job(t, th, "cpu", (name,)) for th in settings.threads]
+                else:
+                    jobs.append(_Job(t, max(settings.threads), dev, (name,)))
+    return jobs
+
+
+def _open(job: _Job) -> Any:
+    from edgetl.runtime.loader import keras_file_runner, runner_for
+
+    t = job.target
+    if t.format == "keras":
+        _set_tf_threads(job.threads)
+        return runner_for(t.run_dir) if t.run_dir else keras_file_runner(t.path)
+    if t.format == "tflite":
+        return runner_for(t.path, threads=job.threads, use_gpu=job.device == "gpu")
+    return runner_for(t.path, threads=job.threads, providers=job.providers)
+
+
+def _set_tf_threads(n: int | None) -> None:
+    try:
+        import tensorflow as tf
+    except Exception as exc:  # noqa: BLE001
+        raise RuntimeUnavailableError(f"TensorFlow is not installed ({type(exc).__name__}); Keras rows need the 'train' extra") from None
+    if n:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(n)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:
+            pass  # TensorFlow already initialized: the row records the setting actually in force
+
+
+def _keras_threads() -> int | None:
+    import tensorflow as tf
+
+    return tf.config.threading.get_intra_op_parallelism_threads() or None
+
+
+def _timer(runner: Any, pixels: np.ndarray) -> Callable[[], Any]:
+    if hasattr(runner, "timer"):
+        return runner.timer(pixels)
+    import tensorflow as tf  # Keras runner: a compiled graph call, result fetched to host
+
+    fn = tf.function(lambda x: runner.model(x, training=False), reduce_retracing=True)
+    x = tf.constant(np.asarray(pixels, np.float32))
+    return lambda: fn(x).numpy()
+
+
+def _latency_batch(pixels: np.ndarray, batch: int) -> np.ndarray:
+    reps = -(-batch // len(pixels))
+    return np.concatenate([pixels] * reps)[:batch] if reps > 1 else pixels[:batch]
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {msg[:240]}" if not isinstance(exc, EdgetlError) else msg[:300]
+
+
+def run_bench(items: Sequence[str | Path], settings: BenchSettings = BenchSettings(), data: str | Path | None = None,
+              progress: Callable[[int, int, str], None] | None = None) -> BenchResult:
+    """Bench every target in ``items`` (run directories and/or model files) and return the rows.
+
+    Args:
+        items: run directories (their Keras model and every export) and/or model files.
+        settings: threads, batch, timing budget, sample count, accuracy floor.
+        data: labelled images (``DIR/<class>/`` or ``DIR/val/<class>/``); default: the run's validation split.
+        progress: called as ``progress(i, n, label)`` before each row (for a progress indicator).
+    """
+    from edgetl.preprocess import prepare_batch
+    from edgetl.runtime.env import environment
+
+    targets, run = discover_targets(items, keras=settings.keras)
+    jobs = plan_jobs(targets, settings)
+    env = environment()
+    notes: list[str] = []
+    eval_cache: dict[tuple, EvalSet | None] = {}
+    pixel_cache: dict[tuple, np.ndarray] = {}
+    acc_cache: dict[tuple, dict[str, Any]] = {}
+    ref: dict[tuple, tuple[str, np.ndarray, float | None]] = {}  # labels -> (name, probs, top1)
+    data_info: dict[str, Any] = {}
+
+    # Reference candidates (Keras, then fp32 artifacts) run first so every other row can be compared
+    # with them; rows are put back in table order (format, precision) at the end.
+    order = sorted(range(len(jobs)), key=lambda j: (jobs[j].target.format != "keras", _precision_hint(jobs[j].target) != "fp32", j))
+    done: dict[int, BenchRow] = {}
+    for i, jidx in enumerate(order):
+        job = jobs[jidx]
+        t = job.target
+        label = f"{t.name} [{job.device}{'' if job.threads is None else f', {job.threads} thread(s)'}]"
+        if progress:
+            progress(i + 1, len(jobs), label)
+        row = BenchRow(model=t.name, path=str(t.path), format=t.format,
+                       runtime={"keras": "tensorflow", "tflite": "litert", "onnx": "onnxruntime"}[t.format],
+                       precision=t.precision_hint or _precision_hint(t), threads=job.threads, device=job.device,
+                       batch=settings.batch, size_mb=t.size_mb)
+        if job.providers:
+            row.detail["providers"] = list(job.providers)
+        done[jidx] = row
+        if job.skip:
+            row.status = job.skip
+            continue
+        runner = None
+        try:
+            gc.collect()
+            mem = _MemoryProbe()
+            t0 = time.perf_counter_ns()
+            runner = _open(job)
+            row.load_ms = (time.perf_counter_ns() - t0) / 1e6
+            row.precision = getattr(runner, "precision", row.precision)
+            if t.format == "keras":
+                row.threads = _keras_threads()
+            if hasattr(runner, "describe"):
+                row.detail.update(runner.describe())
+            labels = list(runner.labels)
+            ekey = tuple(labels)
+            if ekey not in eval_cache:
+                eval_cache[ekey] = eval_set_for(labels, data, run, settings.samples, settings.seed)
+                es = eval_cache[ekey]
+                if es is not None:
+                    data_info.setdefault("sources", []).append({"source": es.source, "images": len(es.paths), "classes": es.classes, "note": es.note})
+                    if es.note:
+                        notes.append(es.note)
+            es = eval_cache[ekey]
+            pre = runner.preprocessing
+            pkey = (ekey, tuple(pre.input_size), pre.resize)
+            new_pixels = pkey not in pixel_cache
+            if new_pixels:
+                if es is not None:
+                    pixel_cache[pkey] = prepare_batch(es.paths, pre)
+                else:
+                    h, w = pre.input_size
+                    pixel_cache[pkey] = np.random.default_rng(settings.seed).integers(0, 256, (max(settings.batch, 1), h, w, 3), dtype=np.uint8)
+                    msg = f"{t.name}: no labelled data (pass --data DIR): accuracy not measured, latency on random pixels"
+                    notes.append(msg)
+            pixels = pixel_cache[pkey]
+            cache_mb = pixels.nbytes / 2**20 if new_pixels else 0.0  # the decoded images are not the model's memory
+
+            # latency first, on the interpreter as loaded: resizing it for the batched accuracy pass
+            # and back measurably slows XNNPACK (~3 %), which a bare invoke() loop would not see
+            fn = _timer(runner, _latency_batch(pixels, settings.batch))
+            t0 = time.perf_counter_ns()
+            fn()
+            row.first_ms = (time.perf_counter_ns() - t0) / 1e6
+            n_warm, times = timed_runs(fn, settings.warmup_runs, settings.warmup_time, settings.min_runs,
+                                       settings.min_time, settings.max_time)
+            st = latency_stats(times, settings.batch)
+            for k, v in st.items():
+                setattr(row, k, v)
+            row.warmup_runs = n_warm
+            if len(times) < settings.min_runs:
+                row.detail["note"] = f"--max-time reached after {len(times)} runs (< --min-runs {settings.min_runs})"
+            peak = mem.peak_delta_mb()
+            row.peak_mem_mb = None if peak is None else max(0.0, peak - cache_mb)
+            # accuracy: once per (artifact, device); the reference is the first fp32 model of each label set
+            akey = (str(t.path), job.device)
+            if es is not None:
+                if akey not in acc_cache:
+                    probs = runner.predict(pixels)
+                    rref = ref.get(ekey)
+                    m = accuracy_metrics(probs, es.y, labels, rref[1] if rref else None)
+                    if rref is None and (t.format == "keras" or row.precision == "fp32"):
+                        ref[ekey] = (t.name, probs, m["top1"])
+                        m["agreement"] = 100.0
+                        m["max_prob_diff"] = 0.0
+                        m["is_reference"] = True
+                    acc_cache[akey] = m
+                m = acc_cache[akey]
+                for k in ("n_images", "correct", "top1", "top5", "agreement", "max_prob_diff", "per_class_recall", "confusion_matrix"):
+                    setattr(row, k, m.get(k))
+                rref = ref.get(ekey)
+                if rref is not None and m.get("top1") is not None and rref[2] is not None:
+                    row.top1_delta_pt = m["top1"] - rref[2]
+                    row.detail["reference"] = rref[0]
+
+        except RuntimeUnavailableError as exc:
+            row.status = f"skipped: {exc}"
+        except Exception as exc:  # noqa: BLE001 - one failing runtime never aborts the table
+            row.status = f"error: {_one_line(exc)}"
+        finally:
+            del runner
+    rows = [done[j] for j in range(len(jobs))]
+
+    ref_names = sorted({v[0] for v in ref.values()})
+    notes += speed_notes(rows, env)
+    floor, best = choose_best(rows, settings.min_accuracy, [v[2] for v in ref.values()])
+    if best is None and any(r.ok for r in rows):
+        notes.append(f"no artifact reaches the top-1 floor of {floor:.2f} %" if floor is not None else "no artifact has both accuracy and latency")
+    data_info["floor_top1"] = floor
+    return BenchResult(rows, env, settings, data_info, ", ".join(ref_names) or None, best, notes)
+
+
+def _precision_hint(t: Target) -> str:
+    from edgetl.runtime.loader import precision_from_name
+
+    return precision_from_name(t.path) or ("fp32" if t.format == "keras" else "unknown")
+
+
+def choose_best(rows: Sequence[BenchRow], min_accuracy: float | None, ref_top1: Sequence[float | None] = ()) -> tuple[float | None, dict[str, Any] | None]:
+    """The fastest p50 among rows meeting the top-1 floor (percent; a value <= 1 is read as a fraction).
+
+    Without ``min_accuracy`` the floor is the reference's top-1 minus one point; with no accuracy at all,
+    the fastest row (and the floor is None).
+    """
+    floor = None
+    if min_accuracy is not None:
+        floor = min_accuracy * 100.0 if min_accuracy <= 1.0 else float(min_accuracy)
+    else:
+        known = [r for r in ref_top1 if r is not None]
+        floor = (min(known) - 1.0) if known else None
+    ok = [r for r in rows if r.ok and r.p50_ms is not None]
+    if floor is not None:
+        ok = [r for r in ok if r.top1 is not None and r.top1 + 1e-9 >= floor]
+    elif any(r.top1 is not None for r in ok):
+        ok = [r for r in ok if r.top1 is not None]
+    if not ok:
+        return floor, None
+    b = min(ok, key=lambda r: (r.p50_ms, -(r.top1 or 0)))
+    return floor, {"model": b.model, "path": b.path, "format": b.format, "runtime": b.runtime, "precision": b.precision,
+                   "threads": b.threads, "device": b.device, "p50_ms": b.p50_ms, "top1": b.top1, "floor_top1": floor}
+
+
+def speed_notes(rows: Sequence[BenchRow], env: dict[str, Any]) -> list[str]:
+    """Say plainly how int8 compares with fp32 on the same runtime and threads; never claim an unmeasured speed-up."""
+    from edgetl.runtime.env import int8_fast_path
+
+    notes = []
+    fast = int8_fast_path(env)
+    flags = env.get("cpu", {}).get("flags", {})
+    have = ", ".join(k for k in ("avx512_vnni", "avx_vnni", "amx", "dotprod", "i8mm") if flags.get(k))
+    groups: dict[tuple, dict[str, BenchRow]] = {}
+    for r in rows:
+        if r.ok and r.p50_ms:
+            groups.setdefault((r.format, r.runtime, r.device, r.threads, r.batch), {})[r.precision] = r
+    for (fmt, rt, dev, th, _), by in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        q = next((p for p in ("int8", "qat_int8") if p in by), None)
+        if q is None or "fp32" not in by:
+            continue
+        a, b = by[q].p50_ms, by["fp32"].p50_ms
+        ratio = a / b
+        where = f"{fmt}/{rt}, {th} thread(s)" if dev == "cpu" else f"{fmt}/{rt} on {dev}"
+        if ratio <= 1.0 - MEANINGFUL_SPEEDUP:
+            notes.append(f"{q} is {b / a:.2f}x faster than fp32 ({where}: p50 {a:.3g} vs {b:.3g} ms).")
+        else:
+            verdict = "slower than" if ratio > 1.02 else "not meaningfully faster than"
+            why = ("this CPU has no int8 dot-product instructions (VNNI/dotprod), so int8 runs at about float speed here; "
+                   "the gain is mainly the ~4x smaller file (ARM CPUs with dotprod typically run XNNPACK int8 2-3x faster)"
+                   if not fast else f"even though this CPU has {have or 'int8 dot-product instructions'}, no int8 speed-up was measured for this model and runtime")
+            notes.append(f"{q} is {verdict} fp32 ({where}: p50 {a:.3g} vs {b:.3g} ms, ratio {ratio:.2f}): {why}.")
+    return notes
