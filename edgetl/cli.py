@@ -278,8 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="edgetl", standalone_mode=False)
-        return 0
+        rc = command.main(args=argv, prog_name="edgetl", standalone_mode=False)
+        return rc if isinstance(rc, int) else 0
     except typer.Exit as exc:
         return exc.exit_code
     except _cx.NoArgsIsHelpError as exc:

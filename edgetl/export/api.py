@@ -1,0 +1,514 @@
+"""``export_run(run_dir, ExportConfig) -> ExportResult``: the library behind ``edgetl export``.
+
+Each artifact is converted, given its metadata, written atomically to
+``RUN_DIR/export/<backbone>_<precision>.<suffix>``, then loaded back by its own
+runtime and compared with the float Keras model on validation images.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgetl import __version__
+from edgetl.errors import EdgetlError, UsageError
+from edgetl.export.formats import DEFAULT_FORMATS, INT8_FORMATS, ExportFormat, parse_formats
+from edgetl.export.metadata import LABELS_NAME, ModelFacts
+from edgetl.export.verify import Verification, accuracy, compare, run_file
+from edgetl.quant import IO_TYPES, QuantizationConfig
+from edgetl.report import atomic_write_bytes, atomic_write_text, write_json
+
+EXPORT_JSON = "export.json"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What ``edgetl export`` should write (every CLI option has a field here).
+
+    Attributes:
+        formats: explicit format names; None = ``tflite_fp32, onnx_fp32`` plus what the flags add.
+        int8: add ``tflite_int8`` and ``onnx_int8``.
+        fp16: add ``tflite_fp16``.
+        dynamic: add ``tflite_dynamic``.
+        qat: add ``tflite_qat`` (quantization-aware fine-tune, then int8).
+        io_type: input/output type of full-integer TFLite models (uint8, int8, float32).
+        calib_samples: training images for calibration (stratified; all if fewer).
+        verify_samples: validation images for verification (stratified); None = all.
+        max_drop: largest allowed accuracy loss of an artifact vs the Keras model, in points.
+        strict: an artifact over ``max_drop`` makes the export fail (exit 1).
+        doctor: True: always try remedies on int8 artifacts; None: only when one misses the budget; False: never.
+        opset: ONNX opset.
+        data_dir: image folder to use instead of the one recorded in the run.
+        out_dir: output folder; default ``RUN_DIR/export``.
+        seed: seed of the stratified samples.
+        qat_epochs: epochs of quantization-aware fine-tuning.
+        qat_samples: training images used by QAT (stratified).
+        threads: threads of the runtimes during verification (default: all cores).
+    """
+
+    formats: tuple[str, ...] | None = None
+    int8: bool = False
+    fp16: bool = False
+    dynamic: bool = False
+    qat: bool = False
+    io_type: str = "uint8"
+    calib_samples: int = 300
+    verify_samples: int | None = None
+    max_drop: float = 1.0
+    strict: bool = False
+    doctor: bool | None = None
+    opset: int = 17
+    data_dir: str | None = None
+    out_dir: str | None = None
+    seed: int = 0
+    qat_epochs: int = 1
+    qat_samples: int = 300
+    threads: int | None = None
+
+    def resolve_formats(self) -> list[ExportFormat]:
+        """The formats to write, in table order.
+
+        Raises:
+            UsageError: an unknown name (the message lists the valid ones) or a bad option value.
+        """
+        if self.io_type not in IO_TYPES:
+            raise UsageError(f"--io-type must be one of {', '.join(IO_TYPES)}, got {self.io_type!r}")
+        if self.calib_samples < 1:
+            raise UsageError(f"--calib-samples must be at least 1, got {self.calib_samples}")
+        if self.verify_samples is not None and self.verify_samples < 1:
+            raise UsageError(f"--verify-samples must be at least 1, got {self.verify_samples}")
+        if self.max_drop < 0:
+            raise UsageError(f"--max-drop must be >= 0, got {self.max_drop}")
+        names: list[str] = list(self.formats) if self.formats else list(DEFAULT_FORMATS)
+        if self.int8:
+            names += INT8_FORMATS
+        if self.fp16:
+            names.append("tflite_fp16")
+        if self.dynamic:
+            names.append("tflite_dynamic")
+        if self.qat:
+            names.append("tflite_qat")
+        return parse_formats(names)
+
+    def int8_quant(self) -> QuantizationConfig:
+        return QuantizationConfig.for_int8(calib_samples=self.calib_samples, io_type=self.io_type, seed=self.seed)
+
+
+@dataclass
+class Artifact:
+    """One exported file and how it compares with the float model."""
+
+    format: str
+    path: str | None
+    precision: str
+    runtime: str
+    size_bytes: int = 0
+    export_s: float = 0.0
+    verify_s: float = 0.0
+    verification: Verification | None = None
+    drop: float | None = None  # accuracy points lost vs the Keras model (negative = gained)
+    within_budget: bool | None = None
+    quantization: dict[str, Any] = field(default_factory=dict)
+    io: dict[str, Any] = field(default_factory=dict)
+    remedy: str | None = None  # set when the quantization doctor made this file
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.within_budget is not False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["verification"] = self.verification.to_dict() if self.verification else None
+        d["size_mb"] = round(self.size_bytes / 1e6, 3)
+        return d
+
+    def row(self) -> dict[str, Any]:
+        v = self.verification
+        return {
+            "format": self.format,
+            "file": Path(self.path).name if self.path else "-",
+            "size_MB": round(self.size_bytes / 1e6, 3) if self.size_bytes else None,
+            "acc_%": v.accuracy if v else None,
+            "drop_pt": self.drop,
+            "agree_%": v.agreement if v else None,
+            "max_dp": round(v.max_abs_diff, 4) if v else None,
+            "export_s": round(self.export_s, 1),
+            "status": "FAILED" if self.error else ("OVER BUDGET" if self.within_budget is False else "ok"),
+        }
+
+
+ROW_COLUMNS = ["format", "file", "size_MB", "acc_%", "drop_pt", "agree_%", "max_dp", "export_s", "status"]
+
+
+@dataclass
+class ExportResult:
+    run_dir: str
+    out_dir: str
+    backbone: str
+    labels: list[str]
+    keras_accuracy: float | None
+    n_verify: int
+    n_calib: int
+    max_drop: float
+    artifacts: list[Artifact]
+    warnings: list[str] = field(default_factory=list)
+    doctor: list[dict[str, Any]] = field(default_factory=list)
+    total_s: float = 0.0
+    json_path: str | None = None
+
+    @property
+    def failed(self) -> list[Artifact]:
+        return [a for a in self.artifacts if a.error]
+
+    @property
+    def over_budget(self) -> list[Artifact]:
+        return [a for a in self.artifacts if a.error is None and a.within_budget is False]
+
+    @property
+    def budget_failures(self) -> list[Artifact]:
+        """Artifacts over ``max_drop`` for which the quantization doctor found no remedy."""
+        remedied = {d["target"] for d in self.doctor if d.get("winner")}
+        return [a for a in self.over_budget if a.format not in remedied]
+
+    def artifact(self, fmt: str) -> Artifact | None:
+        for a in self.artifacts:
+            if a.format == fmt:
+                return a
+        return None
+
+    def rows(self) -> list[dict[str, Any]]:
+        keras_row = {"format": "keras (reference)", "file": "model.keras", "acc_%": self.keras_accuracy,
+                     "agree_%": 100.0 if self.n_verify else None, "status": "ok"}
+        return [keras_row] + [a.row() for a in self.artifacts]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "edgetl_version": __version__,
+            "run_dir": self.run_dir,
+            "out_dir": self.out_dir,
+            "backbone": self.backbone,
+            "labels": self.labels,
+            "keras_accuracy": self.keras_accuracy,
+            "n_verify": self.n_verify,
+            "n_calib": self.n_calib,
+            "max_drop": self.max_drop,
+            "artifacts": [a.to_dict() for a in self.artifacts],
+            "warnings": self.warnings,
+            "doctor": self.doctor,
+            "total_s": round(self.total_s, 2),
+        }
+
+
+@dataclass
+class _Context:
+    """Everything the per-format exporters share (built once per export)."""
+
+    run: Any
+    model: Any
+    config: ExportConfig
+    out_dir: Path
+    calib_px: np.ndarray | None
+    train_samples: list[Any]
+    val_px: np.ndarray
+    val_y: np.ndarray
+    ref: np.ndarray
+    keras_acc: float | None
+    say: Callable[[str], None]
+    onnx_fp32: Any = None  # converted once, reused by onnx_int8 and the doctor
+
+    def facts(self, fmt: ExportFormat, io_type: str, **extra: Any) -> ModelFacts:
+        return ModelFacts(
+            labels=list(self.run.labels),
+            preprocessing=self.run.preprocessing.to_dict(),
+            backbone=self.run.backbone,
+            precision=fmt.precision,
+            format=fmt.name,
+            io_type=io_type,
+            extra=extra,
+        )
+
+    def calibration(self, n: int | None = None) -> np.ndarray:
+        """Calibration images: the default sample, or a new stratified sample of ``n`` training images."""
+        from edgetl.data import stratified_sample
+        if n is None and self.calib_px is not None:
+            return self.calib_px
+        if not self.train_samples:
+            raise EdgetlError("calibration needs training images and the run's data folder has none")
+        picked = stratified_sample(self.train_samples, n or self.config.calib_samples, seed=self.config.seed)
+        return prepare_images(picked, self.run.preprocessing)[0]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
+
+
+def build_artifact_bytes(ctx: _Context, fmt: ExportFormat, quant: QuantizationConfig | None = None,
+                         remedy: str | None = None) -> tuple[bytes, dict[str, Any], list[str], list[str]]:
+    """Convert the run's model to ``fmt`` with its metadata: (file bytes, quantization facts, notes, warnings)."""
+    from edgetl.export import metadata
+
+    notes: list[str] = []
+    warns: list[str] = []
+    cfg = ctx.config
+    extra = {"remedy": remedy} if remedy else {}
+    if fmt.family == "tflite":
+        from edgetl.export import tflite
+
+        if quant is None:
+            quant = {
+                "tflite_fp32": QuantizationConfig.for_float32(),
+                "tflite_fp16": QuantizationConfig.for_float16(),
+                "tflite_dynamic": QuantizationConfig.for_dynamic(),
+                "tflite_int8": cfg.int8_quant(),
+                "tflite_qat": cfg.int8_quant(),
+                "tflite_int16x8": QuantizationConfig.for_int16x8(cfg.calib_samples, seed=cfg.seed),
+            }[fmt.name]
+        calib = ctx.calibration(quant.calib_samples if quant.calib_samples != cfg.calib_samples else None) if quant.needs_calibration else None
+        model = ctx.model
+        if fmt.name == "tflite_qat":
+            from edgetl.export.qat import qat_finetune
+
+            model, qat_notes = qat_finetune(ctx)
+            notes += qat_notes
+        raw = tflite.convert(model, quant, calib)
+        io_type = quant.io_type if quant.mode == "int8" else "float32"
+        data, meta_warns = metadata.populate_tflite(raw, ctx.facts(fmt, io_type, **extra))
+        warns += meta_warns
+        io = tflite.io_details(raw)
+        if quant.mode == "int8" and quant.io_type == "uint8" and io["input_quantization"] != [1.0, 0]:
+            warns.append(f"uint8 input quantization is {io['input_quantization']}, not exactly (1.0, 0): "
+                         "MediaPipe feeds raw pixels, so results there will differ")
+        qd = quant.to_dict()
+        qd["calib_samples_used"] = 0 if calib is None else int(len(calib))
+        return data, {"quantization": qd, "io": io}, notes, warns
+    # ONNX
+    from edgetl.export import onnx as onnx_export
+    from edgetl.export.metadata import set_onnx_props
+
+    if ctx.onnx_fp32 is None:
+        ctx.onnx_fp32 = onnx_export.convert(ctx.model, opset=cfg.opset)
+    if fmt.name == "onnx_fp32":
+        proto = type(ctx.onnx_fp32)()
+        proto.CopyFrom(ctx.onnx_fp32)
+        qd = QuantizationConfig.for_float32().to_dict()
+        qd["calib_samples_used"] = 0
+    else:
+        quant = quant or cfg.int8_quant()
+        calib = ctx.calibration(quant.calib_samples if quant.calib_samples != cfg.calib_samples else None)
+        proto, qnotes = onnx_export.quantize(ctx.onnx_fp32, calib, quant)
+        notes += qnotes
+        qd = quant.to_dict()
+        qd["io_type"] = "float32"
+        qd["calib_samples_used"] = int(len(calib))
+    set_onnx_props(proto, ctx.facts(fmt, "float32", **extra))
+    onnx_export.check(proto)
+    return proto.SerializeToString(), {"quantization": qd, "io": {"input_dtype": "float32", "output_dtype": "float32"}}, notes, warns
+
+
+def make_artifact(ctx: _Context, fmt: ExportFormat, path: Path, quant: QuantizationConfig | None = None,
+                  remedy: str | None = None) -> Artifact:
+    """Convert, write atomically to ``path``, verify with the file's own runtime. Errors are recorded, not raised."""
+    art = Artifact(fmt.name, str(path), fmt.precision, fmt.runtime, remedy=remedy)
+    t0 = time.perf_counter()
+    try:
+        data, facts, notes, warns = build_artifact_bytes(ctx, fmt, quant, remedy)
+        art.quantization, art.io = facts["quantization"], facts["io"]
+        art.notes += notes
+        art.warnings += warns
+        atomic_write_bytes(path, data)
+        _readable(path)
+        art.size_bytes = len(data)
+    except EdgetlError as exc:
+        art.error = str(exc)
+        art.path = None
+        return art
+    except Exception as exc:  # noqa: BLE001 - one bad format must not lose the others
+        art.error = f"{fmt.name} export failed: {_one_line(exc)}"
+        art.path = None
+        return art
+    finally:
+        art.export_s = time.perf_counter() - t0
+    verify_artifact(ctx, art)
+    return art
+
+
+def verify_artifact(ctx: _Context, art: Artifact) -> Artifact:
+    """Run the written file on the validation images and set accuracy, agreement and the budget check."""
+    if art.path is None or len(ctx.val_px) == 0:
+        return art
+    t0 = time.perf_counter()
+    try:
+        probs = run_file(art.path, ctx.val_px, ctx.config.threads)
+        art.verification = compare(probs, ctx.ref, ctx.val_y)
+    except EdgetlError as exc:
+        art.error = f"verification failed: {exc}"
+        return art
+    finally:
+        art.verify_s = time.perf_counter() - t0
+    if ctx.keras_acc is not None and art.verification.accuracy is not None:
+        art.drop = round(ctx.keras_acc - art.verification.accuracy, 4)
+        art.within_budget = art.drop <= ctx.config.max_drop + 1e-9
+    return art
+
+
+def prepare_images(samples: list[Any], pre: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(uint8 pixels, labels, warnings) of ``samples`` via :func:`edgetl.preprocess.prepare`.
+
+    Unreadable files are skipped with one warning each, so one bad image cannot stop an export.
+    """
+    from edgetl.preprocess import prepare
+
+    h, w = pre.input_size
+    px, labels, bad = [], [], []
+    for s in samples:
+        try:
+            px.append(prepare(s.path, pre))
+            labels.append(s.label)
+        except EdgetlError as exc:
+            bad.append(f"skipped unreadable image: {exc}")
+    pixels = np.stack(px) if px else np.zeros((0, h, w, 3), np.uint8)
+    return pixels, np.array(labels, dtype=np.int64), bad
+
+
+def _readable(path: str | Path) -> None:
+    """mkstemp creates 0600 files; exported models are meant to be copied and served: use the umask."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def _load_data(run: Any, config: ExportConfig) -> tuple[Any | None, str | None]:
+    from edgetl.data import load_dataset
+
+    try:
+        if config.data_dir:
+            ds = load_dataset(config.data_dir, val_split=float(run.config.get("val_split", 0.2)),
+                              seed=int(run.config.get("seed", 0)), validate=False)
+            if ds.classes != run.labels:
+                raise EdgetlError(f"classes in {config.data_dir} ({', '.join(ds.classes)}) differ from the run's labels ({', '.join(run.labels)})")
+            return ds, None
+        # No decode check while scanning (thousands of images): prepare_images skips bad files instead.
+        return run.dataset(validate=False), None
+    except EdgetlError as exc:
+        return None, str(exc)
+
+
+def export_run(run_dir: str | Path, config: ExportConfig | None = None,
+               progress: Callable[[str], None] | None = None) -> ExportResult:
+    """Export a run to every requested format and prove each file against the float model.
+
+    Args:
+        run_dir: a folder made by ``edgetl train``.
+        config: what to write; default TFLite fp32 + ONNX fp32.
+        progress: called with one line per step (the CLI prints them).
+
+    Returns:
+        The artifacts with sizes, timings and verification; also written to ``export.json``.
+
+    Raises:
+        UsageError: bad run directory or option.
+        EdgetlError: incomplete run, or calibration requested without training images.
+    """
+    from edgetl.data import stratified_sample
+    from edgetl.run import load_run
+
+    config = config or ExportConfig()
+    say = progress or (lambda _s: None)
+    t_start = time.perf_counter()
+    fmts = config.resolve_formats()
+    run = load_run(run_dir)
+    warnings: list[str] = []
+
+    need_calib = any(f.needs_calibration for f in fmts)
+    ds, data_err = _load_data(run, config)
+    if ds is None:
+        if need_calib:
+            raise EdgetlError(f"int8 calibration needs the run's training images: {data_err}")
+        warnings.append(f"artifacts are NOT verified: {data_err}")
+    train_samples = list(ds.train.samples) if ds else []
+    calib_px = None
+    if need_calib:
+        if not train_samples:
+            raise EdgetlError("int8 calibration needs training images and none were found")
+        say(f"calibration: {min(config.calib_samples, len(train_samples))} of {len(train_samples)} training images")
+        calib_px, _, bad = prepare_images(stratified_sample(train_samples, config.calib_samples, seed=config.seed), run.preprocessing)
+        warnings += bad
+        if len(calib_px) == 0:
+            raise EdgetlError("int8 calibration needs training images and none of the sampled files could be read")
+    val = stratified_sample(ds.val.samples, config.verify_samples, seed=config.seed) if ds else []
+    val_px, val_y, bad = prepare_images(val, run.preprocessing)
+    warnings += bad
+
+    say(f"loading {run.model_path}")
+    model = run.load_model()
+    _check_model(model, run)
+    from edgetl.runtime.keras_runner import KerasRunner
+
+    ref = KerasRunner(model, run.labels, run.preprocessing).predict(val_px) if len(val_px) else np.zeros((0, len(run.labels)), np.float32)
+    keras_acc = accuracy(ref, val_y) if len(val_px) else None
+    out_dir = Path(config.out_dir) if config.out_dir else run.export_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = _Context(run, model, config, out_dir, calib_px, train_samples, val_px, val_y, ref, keras_acc, say)
+
+    artifacts: list[Artifact] = []
+    for fmt in fmts:
+        say(f"exporting {fmt.name} ...")
+        art = make_artifact(ctx, fmt, out_dir / fmt.file_name(run.backbone))
+        artifacts.append(art)
+        say(f"  {fmt.name}: " + (f"FAILED: {art.error}" if art.error else
+                                 f"{art.size_bytes / 1e6:.2f} MB in {art.export_s:.1f} s"
+                                 + (f", agreement {art.verification.agreement:.1f}%" if art.verification else "")))
+
+    result = ExportResult(str(run.path), str(out_dir), run.backbone, list(run.labels), keras_acc, len(val_px),
+                          0 if calib_px is None else len(calib_px), config.max_drop, artifacts, warnings)
+
+    # The quantization doctor: explicit, or automatic when an int8 artifact misses the budget.
+    targets = [a for a in artifacts if a.format in ("tflite_int8", "onnx_int8") and a.error is None]
+    if config.doctor is not False and targets and len(val_px):
+        from edgetl.export.doctor import run_doctor
+
+        chosen = targets if config.doctor else [a for a in targets if a.within_budget is False]
+        for art in chosen:
+            say(f"quantization doctor: {art.format} (drop {art.drop} pt, budget {config.max_drop})")
+            result.doctor.append(run_doctor(ctx, result, art))
+
+    for a in artifacts:
+        for w in a.warnings:
+            warnings.append(f"{a.format}: {w}")
+        if a.error:
+            warnings.append(f"{a.format}: FAILED: {a.error}")
+        elif a.within_budget is False:
+            warnings.append(
+                f"{a.format} loses {a.drop:.2f} accuracy points vs the Keras model "
+                f"({a.verification.accuracy:.2f}% vs {keras_acc:.2f}%), over the --max-drop budget of {config.max_drop}"
+            )
+    result.total_s = time.perf_counter() - t_start
+    result.json_path = str(out_dir / EXPORT_JSON)
+    try:
+        atomic_write_text(out_dir / LABELS_NAME, "\n".join(run.labels) + "\n")
+        write_json(result.json_path, result.to_dict())
+        for p in (out_dir / LABELS_NAME, Path(result.json_path)):
+            _readable(p)
+    except OSError as exc:
+        raise EdgetlError(f"cannot write {out_dir}: {exc.strerror or exc}") from None
+    return result
+
+
+def _check_model(model: Any, run: Any) -> None:
+    shape = tuple(model.input_shape[1:])
+    h, w = run.preprocessing.input_size
+    if shape != (h, w, 3):
+        raise EdgetlError(f"{run.model_path} takes input {shape}, but the run's preprocessing says ({h}, {w}, 3)")
+    n_out = model.output_shape[-1]
+    if n_out != len(run.labels):
+        raise EdgetlError(f"{run.model_path} has {n_out} outputs but labels.txt lists {len(run.labels)} classes")

@@ -1,0 +1,126 @@
+"""Keras -> ONNX (tf2onnx), and static int8 quantization with ONNX Runtime (QDQ).
+
+The ONNX models keep the Keras input contract: float32 RGB pixels [0, 255], NHWC,
+input named ``image``, dynamic batch; the int8 model quantizes internally (QDQ).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetl.errors import EdgetlError
+from edgetl.quant import QuantizationConfig
+
+DEFAULT_OPSET = 17
+INPUT_NAME = "image"
+
+
+def convert(model: Any, opset: int = DEFAULT_OPSET) -> Any:
+    """Keras model -> ``onnx.ModelProto`` (float32), checked with ``onnx.checker``.
+
+    Raises:
+        EdgetlError: tf2onnx failed both from the Keras model and from a concrete function.
+    """
+    import tensorflow as tf
+    import tf2onnx
+
+    h, w = model.input_shape[1:3]
+    spec = [tf.TensorSpec((None, h, w, 3), tf.float32, name=INPUT_NAME)]
+    try:
+        proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
+    except Exception as first:  # noqa: BLE001 - retry through a plain tf.function
+        try:
+            fn = tf.function(lambda image: model(image, training=False), input_signature=spec)
+            proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset)
+        except Exception as exc:  # noqa: BLE001
+            raise EdgetlError(
+                f"ONNX conversion failed: {type(first).__name__}: {str(first).splitlines()[0][:200] if str(first) else ''}; "
+                f"retry via tf.function: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            ) from None
+    check(proto)
+    return proto
+
+
+def check(proto: Any) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as exc:  # noqa: BLE001
+        raise EdgetlError(f"exported ONNX model fails onnx.checker: {str(exc).splitlines()[0][:300]}") from None
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over uint8 images (fed as float32 pixels)."""
+
+    def __init__(self, input_name: str, pixels: np.ndarray):
+        self.input_name = input_name
+        self.pixels = pixels
+        self.i = 0
+
+    def get_next(self):
+        if self.i >= len(self.pixels):
+            return None
+        x = self.pixels[self.i : self.i + 1].astype(np.float32)
+        self.i += 1
+        return {self.input_name: x}
+
+    def rewind(self) -> None:
+        self.i = 0
+
+
+_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+
+
+def quantize(proto: Any, calib_pixels: np.ndarray, quant: QuantizationConfig) -> tuple[Any, list[str]]:
+    """Static QDQ int8 quantization (per-channel weights by default), calibrated on ``calib_pixels``.
+
+    Runs ``quant_pre_process`` (shape inference + graph optimization) first; if that fails the
+    float model is quantized as it is and a note says so.
+
+    Returns:
+        (quantized ``onnx.ModelProto``, notes)
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if calib_pixels is None or len(calib_pixels) == 0:
+        raise EdgetlError("int8 ONNX quantization needs calibration images and none were found")
+    notes: list[str] = []
+    input_name = proto.graph.input[0].name
+    with tempfile.TemporaryDirectory(prefix="edgetl-onnx-") as tmp:
+        f32 = Path(tmp) / "fp32.onnx"
+        pre = Path(tmp) / "fp32_pre.onnx"
+        q8 = Path(tmp) / "int8.onnx"
+        onnx.save(proto, str(f32))
+        src = f32
+        try:
+            quant_pre_process(str(f32), str(pre), skip_symbolic_shape=False)
+            src = pre
+        except Exception as exc:  # noqa: BLE001 - pre-processing is an optimization, not a requirement
+            notes.append(f"quant_pre_process failed ({type(exc).__name__}); quantized the plain float graph")
+        extra = {}
+        if quant.calib_method == "percentile":
+            extra["CalibPercentile"] = 99.999
+        try:
+            quantize_static(
+                str(src),
+                str(q8),
+                _Reader(input_name, calib_pixels),
+                quant_format=QuantFormat.QDQ,
+                per_channel=quant.per_channel,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=getattr(CalibrationMethod, _METHODS[quant.calib_method]),
+                extra_options=extra,
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise EdgetlError(f"ONNX int8 quantization failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}") from None
+        out = onnx.load(str(q8))
+    check(out)
+    return out, notes

@@ -1,0 +1,142 @@
+"""Quantization-aware fine-tuning with tensorflow-model-optimization (tfmot).
+
+tfmot only accepts tf_keras (Keras 2) models with one flat functional graph, and
+edgetl's models are Keras 3. So the same graph is rebuilt layer by layer in
+tf_keras from each Keras 3 layer's config, and the weights are copied over; the
+rebuilt model is checked to give the same outputs before anything else happens.
+Layers that tfmot cannot quantize (e.g. the folded-in ``Normalization``) are left
+un-annotated: they train in float and the TFLite converter quantizes them with the
+representative dataset like any PTQ layer.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from edgetl.errors import EdgetlError
+
+# Config keys that Keras 3 writes and tf_keras does not understand, or that do not matter
+# once the weights are copied (initializers, regularizers, constraints).
+_DROP_KEYS = {
+    "quantization_config", "lora_rank", "lora_alpha", "synchronized", "gamma_initializer", "beta_initializer",
+    "moving_mean_initializer", "moving_variance_initializer", "kernel_initializer", "bias_initializer",
+    "depthwise_initializer", "pointwise_initializer", "kernel_regularizer", "bias_regularizer",
+    "activity_regularizer", "depthwise_regularizer", "pointwise_regularizer", "gamma_regularizer",
+    "beta_regularizer", "kernel_constraint", "bias_constraint", "depthwise_constraint",
+    "pointwise_constraint", "gamma_constraint", "beta_constraint", "seed",
+}
+
+
+def _tf_keras_config(layer: Any) -> dict[str, Any]:
+    cfg = dict(layer.get_config())
+    for k in list(cfg):
+        if k in _DROP_KEYS:
+            cfg.pop(k)
+    dtype = cfg.get("dtype")
+    if isinstance(dtype, dict):  # Keras 3 DTypePolicy -> its name
+        cfg["dtype"] = dtype.get("config", {}).get("name", "float32")
+    return cfg
+
+
+def to_tf_keras(model: Any) -> Any:
+    """Rebuild a flat Keras 3 functional model in tf_keras with the same weights.
+
+    Raises:
+        EdgetlError: a layer type tf_keras lacks, a nested model, or a config it rejects.
+    """
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "0")
+    import tf_keras
+
+    tensors: dict[int, Any] = {}
+    inputs = []
+    for layer in model.layers:
+        cls = type(layer).__name__
+        if cls == "InputLayer":
+            shape = tuple(model.input_shape[1:]) if len(model.inputs) == 1 else tuple(layer.output.shape[1:])
+            t = tf_keras.Input(shape=shape, name=layer.name)
+            tensors[id(layer.output)] = t
+            inputs.append(t)
+            continue
+        if hasattr(layer, "layers"):
+            raise EdgetlError(f"QAT needs one flat graph; layer {layer.name!r} is a nested model")
+        tk_cls = getattr(tf_keras.layers, cls, None)
+        if tk_cls is None:
+            raise EdgetlError(f"QAT: tf_keras has no layer class {cls} (layer {layer.name!r})")
+        try:
+            new = tk_cls.from_config(_tf_keras_config(layer))
+        except Exception as exc:  # noqa: BLE001
+            raise EdgetlError(f"QAT: cannot rebuild layer {layer.name!r} ({cls}) in tf_keras: {type(exc).__name__}: {exc}") from None
+        if len(layer._inbound_nodes) != 1:
+            raise EdgetlError(f"QAT: layer {layer.name!r} is used {len(layer._inbound_nodes)} times; only single-use layers are supported")
+        node = layer._inbound_nodes[0]
+        args = [tensors[id(t)] for t in node.input_tensors]
+        y = new(args[0] if len(args) == 1 else args)
+        tensors[id(layer.output)] = y
+        src = layer.get_weights()
+        dst = new.get_weights()
+        if len(src) != len(dst) or any(a.shape != b.shape for a, b in zip(src, dst)):
+            if src or dst:
+                if cls == "Normalization" and not dst:
+                    continue  # constants baked into the tf_keras layer from mean/variance in the config
+                raise EdgetlError(f"QAT: weights of layer {layer.name!r} ({cls}) do not match after the rebuild")
+        else:
+            new.set_weights(src)
+    outputs = [tensors[id(t)] for t in model.outputs]
+    return tf_keras.Model(inputs[0] if len(inputs) == 1 else inputs, outputs[0] if len(outputs) == 1 else outputs,
+                          name=model.name)
+
+
+def quantize_aware(tk_model: Any) -> tuple[Any, list[str]]:
+    """tfmot QAT model: every layer tfmot supports is annotated, the rest stays float."""
+    import tf_keras
+    import tensorflow_model_optimization as tfmot
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import default_8bit_quantize_registry
+
+    registry = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
+    skipped: list[str] = []
+
+    def annotate(layer: Any) -> Any:
+        if isinstance(layer, tf_keras.layers.InputLayer):
+            return layer
+        # BatchNormalization is "unsupported" on its own, but tfmot folds Conv+BN(+ReLU) when both are annotated.
+        if registry.supports(layer) or isinstance(layer, tf_keras.layers.BatchNormalization):
+            return tfmot.quantization.keras.quantize_annotate_layer(layer)
+        skipped.append(f"{layer.name} ({type(layer).__name__})")
+        return layer
+
+    annotated = tf_keras.models.clone_model(tk_model, clone_function=annotate)
+    annotated.set_weights(tk_model.get_weights())
+    with tfmot.quantization.keras.quantize_scope():
+        qat = tfmot.quantization.keras.quantize_apply(annotated)
+    notes = [f"QAT left {len(skipped)} layer(s) in float (tfmot cannot quantize them; PTQ calibrates them): {', '.join(skipped)}"] if skipped else []
+    return qat, notes
+
+
+def qat_finetune(ctx: Any) -> tuple[Any, list[str]]:
+    """Rebuild in tf_keras, annotate, fine-tune briefly on training images; return the QAT model."""
+    from edgetl.data import stratified_sample
+    from edgetl.preprocess import prepare_batch
+
+    cfg = ctx.config
+    notes: list[str] = []
+    tk = to_tf_keras(ctx.model)
+    probe = ctx.calibration()[:8].astype(np.float32)
+    diff = float(np.max(np.abs(tk.predict(probe, verbose=0) - ctx.model.predict(probe, verbose=0))))
+    if diff > 1e-3:
+        raise EdgetlError(f"QAT: the tf_keras rebuild differs from the Keras 3 model by {diff:.3g} (max |dp|)")
+    qat, qnotes = quantize_aware(tk)
+    notes += qnotes
+    picked = stratified_sample(ctx.train_samples, cfg.qat_samples, seed=cfg.seed)
+    x = prepare_batch([s.path for s in picked], ctx.run.preprocessing).astype(np.float32)
+    y = np.array([s.label for s in picked], dtype=np.int64)
+    import tf_keras
+
+    qat.compile(optimizer=tf_keras.optimizers.Adam(1e-5), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    ctx.say(f"  QAT: fine-tuning {cfg.qat_epochs} epoch(s) on {len(x)} training images")
+    hist = qat.fit(x, y, epochs=cfg.qat_epochs, batch_size=16, shuffle=True, verbose=0)
+    notes.append(f"QAT: {cfg.qat_epochs} epoch(s) on {len(x)} images, final train accuracy "
+                 f"{100 * hist.history['accuracy'][-1]:.1f}%")
+    return qat, notes

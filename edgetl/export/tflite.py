@@ -1,0 +1,109 @@
+"""Keras -> TFLite: float32, float16, dynamic range, full-integer int8 and int16x8.
+
+The model takes pixels in [0, 255] with normalization in the graph, so full-integer
+models get a uint8 input with scale 1 and zero point 0: raw image bytes go straight
+in, exactly. To make the converter choose exactly that scale, the representative
+dataset always spans the full pixel range (see :func:`representative_dataset`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from edgetl.errors import EdgetlError
+from edgetl.quant import QuantizationConfig
+
+
+def representative_dataset(pixels: np.ndarray) -> Callable[[], Iterator[list[np.ndarray]]]:
+    """Calibration generator over uint8 (N, H, W, 3) images, yielded as float32 pixels [0, 255].
+
+    One extra sample, a copy of the first image with one pixel at 0 and one at 255,
+    pins the observed input range to exactly [0, 255] (-> uint8 input scale 1, zero point 0)
+    even when no calibration image contains both a black and a white pixel.
+    """
+    x = np.asarray(pixels)
+
+    def gen() -> Iterator[list[np.ndarray]]:
+        for i in range(len(x)):
+            yield [x[i : i + 1].astype(np.float32)]
+        anchor = x[:1].astype(np.float32).copy()
+        anchor[0, 0, 0, :] = 0.0
+        anchor[0, 0, -1, :] = 255.0
+        yield [anchor]
+
+    return gen
+
+
+def _converter(model: Any):
+    import tensorflow as tf
+
+    try:
+        return tf.lite.TFLiteConverter.from_keras_model(model)
+    except Exception:  # noqa: BLE001 - fall back to a concrete function (same graph)
+        spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name="image")
+        fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+        return tf.lite.TFLiteConverter.from_concrete_functions([fn], model)
+
+
+_TF_TYPES = {"uint8": "uint8", "int8": "int8", "float32": "float32"}
+
+
+def convert(model: Any, quant: QuantizationConfig, calib_pixels: np.ndarray | None = None) -> bytes:
+    """Convert a Keras model to a TFLite flatbuffer.
+
+    Args:
+        model: Keras model, float32 pixels [0, 255] -> probabilities.
+        quant: what to do (``QuantizationConfig.for_int8()`` etc.).
+        calib_pixels: uint8 (N, H, W, 3) training images, required for ``int8``/``int16x8``.
+
+    Raises:
+        EdgetlError: calibration images missing, or the converter failed.
+    """
+    import tensorflow as tf
+
+    conv = _converter(model)
+    mode = quant.mode
+    if mode == "float16":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_types = [tf.float16]
+    elif mode == "dynamic":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif mode in ("int8", "int16x8"):
+        if calib_pixels is None or len(calib_pixels) == 0:
+            raise EdgetlError(f"{mode} quantization needs calibration images and none were found")
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = representative_dataset(calib_pixels)
+        if mode == "int8":
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            if quant.io_type != "float32":
+                dtype = getattr(tf, _TF_TYPES[quant.io_type])
+                conv.inference_input_type = dtype
+                conv.inference_output_type = dtype
+        else:
+            conv.target_spec.supported_ops = [
+                tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+            ]
+    elif mode != "float32":
+        raise EdgetlError(f"TFLite export does not support mode {mode!r}")
+    try:
+        return bytes(conv.convert())
+    except Exception as exc:  # noqa: BLE001 - converter errors are long MLIR dumps: keep one line
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise EdgetlError(f"TFLite conversion ({mode}) failed: {type(exc).__name__}: {first}") from None
+
+
+def io_details(model_bytes: bytes) -> dict[str, Any]:
+    """Input/output dtype and (scale, zero point) of a TFLite model, for export.json and checks."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=model_bytes)
+    i = it.get_input_details()[0]
+    o = it.get_output_details()[0]
+    return {
+        "input_dtype": np.dtype(i["dtype"]).name,
+        "input_quantization": [float(i["quantization"][0]), int(i["quantization"][1])],
+        "output_dtype": np.dtype(o["dtype"]).name,
+        "output_quantization": [float(o["quantization"][0]), int(o["quantization"][1])],
+    }

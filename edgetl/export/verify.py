@@ -1,0 +1,138 @@
+"""Prove each exported file against the float Keras model, with the file's own runtime.
+
+TFLite files run in ai-edge-litert's ``Interpreter``, ONNX files in ONNX Runtime with
+all graph optimizations on: the same engines a device uses. Inputs are the uint8
+pixels of :func:`edgetl.preprocess.prepare`; quantized inputs/outputs are converted
+with the tensor's own scale and zero point.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetl.errors import ModelFileError
+
+
+@dataclass
+class Verification:
+    """How an artifact compares with the float model on the same images.
+
+    Attributes:
+        n: images compared.
+        accuracy: top-1 accuracy of the artifact in percent (None without labels).
+        agreement: percent of images where the artifact's top-1 equals the float model's.
+        max_abs_diff: largest absolute difference of any class probability.
+        mean_abs_diff: mean absolute difference over all probabilities.
+    """
+
+    n: int
+    accuracy: float | None
+    agreement: float
+    max_abs_diff: float
+    mean_abs_diff: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _threads(threads: int | None) -> int:
+    return threads or max(1, os.cpu_count() or 1)
+
+
+def run_tflite(model: str | Path | bytes, pixels: np.ndarray, threads: int | None = None, batch: int = 32) -> np.ndarray:
+    """Probabilities (N, C) float32 from a TFLite model on uint8 pixels (N, H, W, 3)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    kw = {"model_content": bytes(model)} if isinstance(model, (bytes, bytearray)) else {"model_path": str(model)}
+    try:
+        it = Interpreter(num_threads=_threads(threads), **kw)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelFileError(f"LiteRT cannot load the model: {type(exc).__name__}: {str(exc)[:200]}") from None
+    inp = it.get_input_details()[0]
+    out = it.get_output_details()[0]
+    in_dtype = np.dtype(inp["dtype"])
+    in_scale, in_zp = inp["quantization"]
+    out_scale, out_zp = out["quantization"]
+    results = []
+    current = None
+    for start in range(0, len(pixels), batch):
+        x = np.asarray(pixels[start : start + batch])
+        if in_dtype == np.float32:
+            xin = x.astype(np.float32)
+        elif in_scale == 1.0 and in_zp == 0 and in_dtype == np.uint8:
+            xin = x.astype(np.uint8)
+        else:
+            info = np.iinfo(in_dtype)
+            xin = np.clip(np.round(x.astype(np.float32) / in_scale + in_zp), info.min, info.max).astype(in_dtype)
+        if current != len(xin):
+            it.resize_tensor_input(inp["index"], [len(xin), *inp["shape"][1:]])
+            it.allocate_tensors()
+            current = len(xin)
+        it.set_tensor(inp["index"], xin)
+        it.invoke()
+        y = it.get_tensor(out["index"])
+        if np.dtype(out["dtype"]) != np.float32:
+            y = (y.astype(np.float32) - out_zp) * out_scale
+        results.append(y.astype(np.float32))
+    if not results:
+        return np.zeros((0, int(out["shape"][-1])), np.float32)
+    return np.concatenate(results)
+
+
+def onnx_session(path: str | Path, threads: int | None = None) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = _threads(threads)
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001
+        raise ModelFileError(f"{path}: ONNX Runtime cannot load it: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def run_onnx(path: str | Path, pixels: np.ndarray, threads: int | None = None, batch: int = 32) -> np.ndarray:
+    """Probabilities (N, C) float32 from an ONNX model on uint8 pixels (N, H, W, 3)."""
+    sess = onnx_session(path, threads)
+    name = sess.get_inputs()[0].name
+    outs = [sess.run(None, {name: pixels[i : i + batch].astype(np.float32)})[0] for i in range(0, len(pixels), batch)]
+    if not outs:
+        return np.zeros((0, int(sess.get_outputs()[0].shape[-1] or 0)), np.float32)
+    return np.concatenate(outs).astype(np.float32)
+
+
+def run_file(path: str | Path, pixels: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """Run a ``.tflite`` or ``.onnx`` file on uint8 pixels."""
+    p = Path(path)
+    if p.suffix == ".tflite":
+        return run_tflite(p, pixels, threads)
+    if p.suffix == ".onnx":
+        return run_onnx(p, pixels, threads)
+    raise ModelFileError(f"{p}: not a .tflite or .onnx file")
+
+
+def compare(probs: np.ndarray, reference: np.ndarray, labels: np.ndarray | None = None) -> Verification:
+    """Agreement and probability differences between an artifact and the float model."""
+    probs = np.asarray(probs, np.float32)
+    reference = np.asarray(reference, np.float32)
+    if probs.shape != reference.shape:
+        raise ModelFileError(f"exported model outputs shape {probs.shape[1:]}, the Keras model {reference.shape[1:]}")
+    n = len(probs)
+    if n == 0:
+        return Verification(0, None, 0.0, 0.0, 0.0)
+    top = probs.argmax(-1)
+    ref_top = reference.argmax(-1)
+    diff = np.abs(probs - reference)
+    acc = None if labels is None else float(100.0 * np.mean(top == np.asarray(labels)))
+    return Verification(n, acc, float(100.0 * np.mean(top == ref_top)), float(diff.max()), float(diff.mean()))
+
+
+def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float(100.0 * np.mean(np.asarray(probs).argmax(-1) == np.asarray(labels))) if len(labels) else 0.0

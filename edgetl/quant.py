@@ -1,0 +1,88 @@
+"""Quantization settings, made with named constructors.
+
+>>> QuantizationConfig.for_int8(calib_samples=500)
+>>> QuantizationConfig.for_float16()
+>>> QuantizationConfig.for_dynamic()
+
+One frozen dataclass that the TFLite and ONNX exporters both read, so a setting
+(e.g. the number of calibration images) means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from edgetl.errors import UsageError
+
+IO_TYPES = ("uint8", "int8", "float32")
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
+
+
+@dataclass(frozen=True)
+class QuantizationConfig:
+    """How to quantize one artifact.
+
+    Attributes:
+        mode: ``float32`` (none), ``float16``, ``dynamic`` (int8 weights only),
+            ``int8`` (full integer, calibrated) or ``int16x8`` (int16 activations, int8 weights).
+        io_type: TFLite input/output type for full-integer models: ``uint8`` (default: raw
+            image pixels go straight in, scale 1 / zero point 0), ``int8`` or ``float32``.
+        calib_samples: training images used for calibration (stratified; all if fewer).
+        per_channel: per-channel weight scales (ONNX; TFLite always uses per-channel conv weights).
+        calib_method: ONNX calibration: ``minmax``, ``entropy`` or ``percentile``.
+        seed: seed of the stratified calibration sample.
+    """
+
+    mode: str = "float32"
+    io_type: str = "uint8"
+    calib_samples: int = 300
+    per_channel: bool = True
+    calib_method: str = "minmax"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise UsageError(f"unknown quantization mode {self.mode!r}; valid: {', '.join(MODES)}")
+        if self.io_type not in IO_TYPES:
+            raise UsageError(f"--io-type must be one of {', '.join(IO_TYPES)}, got {self.io_type!r}")
+        if self.calib_method not in CALIB_METHODS:
+            raise UsageError(f"calibration method must be one of {', '.join(CALIB_METHODS)}, got {self.calib_method!r}")
+        if self.calib_samples < 1:
+            raise UsageError(f"--calib-samples must be at least 1, got {self.calib_samples}")
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.mode in ("int8", "int16x8")
+
+    @classmethod
+    def for_float32(cls) -> "QuantizationConfig":
+        return cls(mode="float32")
+
+    @classmethod
+    def for_int8(cls, calib_samples: int = 300, io_type: str = "uint8", per_channel: bool = True,
+                 calib_method: str = "minmax", seed: int = 0) -> "QuantizationConfig":
+        """Full-integer int8, calibrated on ``calib_samples`` training images."""
+        return cls(mode="int8", io_type=io_type, calib_samples=calib_samples, per_channel=per_channel,
+                   calib_method=calib_method, seed=seed)
+
+    @classmethod
+    def for_int16x8(cls, calib_samples: int = 300, seed: int = 0) -> "QuantizationConfig":
+        """16-bit activations, 8-bit weights (TFLite); float32 input and output."""
+        return cls(mode="int16x8", io_type="float32", calib_samples=calib_samples, seed=seed)
+
+    @classmethod
+    def for_float16(cls) -> "QuantizationConfig":
+        return cls(mode="float16", io_type="float32")
+
+    @classmethod
+    def for_dynamic(cls) -> "QuantizationConfig":
+        """Dynamic range: int8 weights, float activations, no calibration data."""
+        return cls(mode="dynamic", io_type="float32")
+
+    def with_(self, **changes) -> "QuantizationConfig":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "io_type": self.io_type, "calib_samples": self.calib_samples,
+                "per_channel": self.per_channel, "calib_method": self.calib_method, "seed": self.seed}

@@ -1,0 +1,361 @@
+"""edgetl export: every format from the tiny run, verification that catches broken models,
+atomic writes, the quantization doctor, and one-line errors for bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edgetl.cli import app, main
+from edgetl.errors import UsageError
+from edgetl.export.formats import DEFAULT_FORMATS, FORMATS, format_for_path, parse_formats
+
+ALL = tuple(FORMATS)
+
+
+def _export(run, out, **kw):
+    from edgetl.export.api import ExportConfig, export_run
+
+    return export_run(run, ExportConfig(out_dir=str(out), **kw))
+
+
+@pytest.fixture(scope="module")
+def all_formats(tiny_run, tmp_path_factory):
+    """Every format (incl. QAT) exported once from the tiny run."""
+    return _export(tiny_run, tmp_path_factory.mktemp("export_all"), formats=ALL)
+
+
+# --------------------------------------------------------------------------- the format table
+
+
+def test_format_table_is_consistent():
+    assert set(DEFAULT_FORMATS) == {"tflite_fp32", "onnx_fp32"}
+    names = {f.file_name("b") for f in FORMATS.values()}
+    assert len(names) == len(FORMATS)  # no two formats write the same file
+    for f in FORMATS.values():
+        assert f.suffix in (".tflite", ".onnx") and f.runtime in ("litert", "onnxruntime")
+        assert format_for_path(f"/x/efficientnet_lite0_{f.precision}{f.suffix}") == f
+
+
+def test_unknown_format_lists_valid_ones():
+    with pytest.raises(UsageError) as exc:
+        parse_formats("tflite_fp32,tflite_int4")
+    assert "tflite_int4" in str(exc.value) and "onnx_int8" in str(exc.value)
+
+
+def test_config_flags_add_formats():
+    from edgetl.export.api import ExportConfig
+
+    names = [f.name for f in ExportConfig(int8=True, fp16=True, dynamic=True).resolve_formats()]
+    assert names == ["tflite_fp32", "tflite_fp16", "tflite_dynamic", "tflite_int8", "onnx_fp32", "onnx_int8"]
+    assert [f.name for f in ExportConfig(formats=("onnx_int8",)).resolve_formats()] == ["onnx_int8"]
+    with pytest.raises(UsageError):
+        ExportConfig(io_type="int4").resolve_formats()
+
+
+def test_quantization_named_constructors():
+    from edgetl.quant import QuantizationConfig
+
+    q = QuantizationConfig.for_int8(calib_samples=50)
+    assert (q.mode, q.io_type, q.calib_samples, q.needs_calibration) == ("int8", "uint8", 50, True)
+    assert QuantizationConfig.for_float16().mode == "float16"
+    assert QuantizationConfig.for_dynamic().needs_calibration is False
+    with pytest.raises(UsageError):
+        QuantizationConfig.for_int8(io_type="int4")
+
+
+# --------------------------------------------------------------------------- every format
+
+
+@pytest.mark.parametrize("fmt", ALL)
+def test_each_format_exports_and_matches_keras(all_formats, fmt):
+    art = all_formats.artifact(fmt)
+    assert art is not None and art.error is None, art.error if art else fmt
+    path = Path(art.path)
+    assert path.is_file() and path.name == FORMATS[fmt].file_name("tiny_cnn")
+    assert art.size_bytes == path.stat().st_size > 0
+    v = art.verification
+    assert v.n == all_formats.n_verify == 12
+    assert v.agreement >= 90.0 and art.within_budget, (fmt, v)
+    assert art.export_s > 0
+    # every artifact also runs as written, outside the exporter
+    from edgetl.export.verify import run_file
+    from edgetl.preprocess import prepare_batch
+    from edgetl.run import load_run
+
+    run = load_run(all_formats.run_dir)
+    px = prepare_batch(run.dataset().val.paths[:3], run.preprocessing)
+    probs = run_file(path, px)
+    assert probs.shape == (3, 2) and np.allclose(probs.sum(-1), 1.0, atol=0.05)
+
+
+def test_int8_tflite_takes_raw_uint8_pixels(all_formats):
+    art = all_formats.artifact("tflite_int8")
+    assert art.io["input_dtype"] == "uint8" and art.io["input_quantization"] == [1.0, 0]
+    assert art.io["output_dtype"] == "uint8"
+    assert art.quantization["calib_samples_used"] == 24  # all 24 training images (fewer than 300)
+
+
+def test_float_int8_size_and_export_json(all_formats):
+    out = Path(all_formats.out_dir)
+    assert (out / "labels.txt").read_text().split() == ["alpha", "beta"]
+    data = json.loads((out / "export.json").read_text())
+    assert data["keras_accuracy"] == all_formats.keras_accuracy
+    assert {a["format"] for a in data["artifacts"]} == set(ALL)
+    for a in data["artifacts"]:
+        assert {"size_bytes", "export_s", "verification", "drop", "within_budget"} <= set(a)
+        assert {"accuracy", "agreement", "max_abs_diff"} <= set(a["verification"])
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".doctor-*"))
+
+
+def test_qat_reported_next_to_ptq(all_formats):
+    ptq, qat = all_formats.artifact("tflite_int8"), all_formats.artifact("tflite_qat")
+    assert qat.path.endswith("tiny_cnn_qat_int8.tflite") and ptq.path.endswith("tiny_cnn_int8.tflite")
+    assert qat.verification.accuracy is not None and ptq.verification.accuracy is not None
+    assert any("QAT:" in n for n in qat.notes)
+
+
+def test_onnx_loads_with_optimizations_and_passes_checker(all_formats):
+    import onnx
+
+    from edgetl.export.verify import onnx_session
+
+    for fmt in ("onnx_fp32", "onnx_int8"):
+        path = all_formats.artifact(fmt).path
+        onnx.checker.check_model(onnx.load(path))
+        sess = onnx_session(path)
+        assert sess.get_inputs()[0].shape[1:] == [32, 32, 3]
+    int8 = onnx.load(all_formats.artifact("onnx_int8").path)
+    assert any(n.op_type == "QuantizeLinear" for n in int8.graph.node)
+
+
+# --------------------------------------------------------------------------- verification catches broken models
+
+
+def _negate_last_dense(src: Path, dst: Path) -> None:
+    """An ONNX file with the classifier's weights negated: the predicted class flips."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    inits = [i for i in model.graph.initializer if numpy_helper.to_array(i).ndim == 2]
+    target = inits[-1]
+    target.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(target), target.name))
+    onnx.save(model, str(dst))
+
+
+def test_verification_fails_for_perturbed_weights(all_formats, tmp_path):
+    from edgetl.export.verify import compare, run_file
+    from edgetl.preprocess import prepare_batch
+    from edgetl.run import load_run
+
+    run = load_run(all_formats.run_dir)
+    val = run.dataset().val
+    px = prepare_batch(val.paths, run.preprocessing)
+    ref = run_file(all_formats.artifact("onnx_fp32").path, px)
+    broken = tmp_path / "broken.onnx"
+    _negate_last_dense(Path(all_formats.artifact("onnx_fp32").path), broken)
+    v = compare(run_file(broken, px), ref, np.array(val.labels))
+    assert v.agreement < 50 and v.accuracy < 50 and v.max_abs_diff > 0.5
+    # ... and a different model (probabilities swapped) is caught too
+    v2 = compare(ref[:, ::-1], ref, np.array(val.labels))
+    assert v2.agreement == 0.0
+
+
+def test_broken_int8_is_flagged_and_strict_fails(tiny_run, tmp_path, monkeypatch):
+    """A quantizer that produces a wrong model: the artifact is over budget, --strict exits 1."""
+    import edgetl.export.onnx as onnx_export
+
+    real = onnx_export.quantize
+
+    def bad_quantize(proto, calib, quant):
+        model, notes = real(proto, calib, quant)
+        src, dst = tmp_path / "q.onnx", tmp_path / "qb.onnx"
+        import onnx
+
+        onnx.save(model, str(src))
+        _negate_last_dense(src, dst)
+        return onnx.load(str(dst)), notes
+
+    monkeypatch.setattr(onnx_export, "quantize", bad_quantize)
+    out = tmp_path / "out"
+    res = _export(tiny_run, out, formats=("onnx_int8",), doctor=False)
+    art = res.artifact("onnx_int8")
+    assert art.within_budget is False and art.drop > 1.0
+    assert any("over the --max-drop budget" in w for w in res.warnings)
+    code = main([ "export", str(tiny_run), "--formats", "onnx_int8", "--out", str(out), "--strict"])
+    assert code == 1  # the automatic doctor also ran, and every remedy used the broken quantizer
+    data = json.loads((out / "export.json").read_text())
+    assert data["doctor"] and data["doctor"][0]["winner"] is None
+    assert len(data["doctor"][0]["attempts"]) >= 3
+
+
+def test_doctor_reports_every_attempt(tiny_run, tmp_path):
+    res = _export(tiny_run, tmp_path, formats=("tflite_int8", "onnx_int8", "tflite_qat"), doctor=True, calib_samples=8)
+    by_target = {d["target"]: d for d in res.doctor}
+    assert set(by_target) == {"tflite_int8", "onnx_int8"}
+    tfl = [a["remedy"] for a in by_target["tflite_int8"]["attempts"]]
+    assert tfl[0].startswith("more calibration") and "int16x8" in tfl[1] and "quantization-aware" in tfl[2]
+    onx = [a["remedy"] for a in by_target["onnx_int8"]["attempts"]]
+    assert any("per-tensor" in r for r in onx) and any("Entropy" in r for r in onx) and any("Percentile" in r for r in onx)
+    for d in res.doctor:
+        assert d["winner"] is not None
+        for a in d["attempts"]:
+            assert a["error"] is None and a["accuracy"] is not None
+    assert not list(Path(tmp_path).glob(".doctor-*"))
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def test_interrupted_write_leaves_no_file(tiny_run, tmp_path, monkeypatch):
+    import edgetl.report as report
+
+    def boom(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report.os, "replace", boom)
+    from edgetl.errors import EdgetlError
+
+    with pytest.raises(EdgetlError, match="No space left"):  # export.json cannot be written either
+        _export(tiny_run, tmp_path, formats=("tflite_fp32",), verify_samples=2)
+    assert not (tmp_path / "tiny_cnn_fp32.tflite").exists()
+    assert not (tmp_path / "export.json").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_failed_write_keeps_previous_file_intact(tiny_run, tmp_path, monkeypatch):
+    """A crash mid-write (after some bytes) never replaces the previous good file."""
+    import os
+
+    import edgetl.report as report
+
+    final = tmp_path / "tiny_cnn_fp32.tflite"
+    final.write_bytes(b"previous")
+    real_fdopen = os.fdopen
+
+    class Half:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.fh.close()
+
+        def write(self, data):
+            self.fh.write(data[: len(data) // 2])
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(report.os, "fdopen", lambda fd, mode: Half(real_fdopen(fd, mode)))
+    with pytest.raises(KeyboardInterrupt):
+        _export(tiny_run, tmp_path, formats=("tflite_fp32",), verify_samples=2)
+    assert final.read_bytes() == b"previous"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+# --------------------------------------------------------------------------- bad inputs, CLI
+
+
+def _cli(*args):
+    res = CliRunner().invoke(app, list(args))
+    return res
+
+
+def test_cli_default_export(tiny_run, tmp_path, capsys):
+    code = main(["export", str(tiny_run), "--out", str(tmp_path), "--verify-samples", "4"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "tflite_fp32" in out and "onnx_fp32" in out and "keras (reference)" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export.json", "labels.txt", "tiny_cnn_fp32.onnx", "tiny_cnn_fp32.tflite"]
+
+
+def test_cli_errors_are_one_line(tiny_run, tmp_path, capsys):
+    assert main(["export", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: run directory not found") and "\n" not in err
+
+    assert main(["export", str(tiny_run), "--formats", "tflite_fp32,bogus"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown export format 'bogus'" in err and "tflite_int8" in err and "\n" not in err
+
+    assert main(["export", str(tiny_run), "--io-type", "int4"]) == 2
+    assert "--io-type" in capsys.readouterr().err
+
+    empty = tmp_path / "run_without_model"
+    empty.mkdir()
+    shutil.copy(tiny_run / "labels.txt", empty)
+    shutil.copy(tiny_run / "config.json", empty)
+    assert main(["export", str(empty)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "model.keras is missing" in err and "\n" not in err
+
+
+def test_calibration_without_images(tiny_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export"))
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["data_dir"] = str(tmp_path / "gone")
+    cfg.pop("data", None)
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert main(["export", str(run), "--int8"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "calibration needs the run's training images" in err and "\n" not in err
+    # float formats still export, loudly unverified
+    assert main(["export", str(run), "--formats", "tflite_fp32"]) == 0
+    assert "NOT verified" in capsys.readouterr().err
+    assert (run / "export" / "tiny_cnn_fp32.tflite").is_file()
+
+
+# --------------------------------------------------------------------------- real backbones (weights=None)
+
+
+def _backbone_run(tmp_path: Path, image_folder: Path, name: str) -> Path:
+    import keras
+
+    from edgetl import __version__
+    from edgetl.models import build, get_spec
+
+    spec = get_spec(name)
+    base = build(name, weights=None)
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(base.output)
+    out = keras.layers.Dense(2, activation="softmax", name="probs", dtype="float32")(x)
+    run = tmp_path / name
+    run.mkdir()
+    keras.Model(base.input, out).save(run / "model.keras")
+    (run / "labels.txt").write_text("alpha\nbeta\n")
+    cfg = {"edgetl_version": __version__, "backbone": name, "preprocessing": spec.preprocessing.to_dict(),
+           "labels": ["alpha", "beta"], "data_dir": str(image_folder), "val_split": 0.2, "seed": 0}
+    (run / "config.json").write_text(json.dumps(cfg))
+    return run
+
+
+def test_mobilenet_v2_exports_int8_and_onnx(tmp_path, image_folder):
+    run = _backbone_run(tmp_path, image_folder, "mobilenet_v2_035")
+    res = _export(run, run / "export", formats=("tflite_int8", "onnx_fp32"), calib_samples=6, verify_samples=4, doctor=False)
+    for fmt in ("tflite_int8", "onnx_fp32"):
+        art = res.artifact(fmt)
+        assert art.error is None, art.error
+        assert art.verification.n == 4
+    assert res.artifact("onnx_fp32").verification.max_abs_diff < 1e-3
+    assert res.artifact("tflite_int8").io["input_quantization"] == [1.0, 0]
+
+
+def test_mobilenet_v2_rebuilds_in_tf_keras_for_qat(tmp_path, image_folder):
+    """The Keras 3 -> tf_keras rebuild that QAT needs works on a real backbone (same outputs)."""
+    from edgetl.export.qat import quantize_aware, to_tf_keras
+    from edgetl.run import load_run
+
+    run = load_run(_backbone_run(tmp_path, image_folder, "mobilenet_v2_035"))
+    model = run.load_model()
+    tk = to_tf_keras(model)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 224, 224, 3)).astype(np.float32)
+    assert np.max(np.abs(tk.predict(x, verbose=0) - model.predict(x, verbose=0))) < 1e-4
+    qat, _notes = quantize_aware(tk)
+    assert qat.predict(x, verbose=0).shape == (2, 2)
