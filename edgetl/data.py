@@ -15,12 +15,13 @@ import hashlib
 import os
 import random
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from edgetl.errors import EdgetlError, UsageError
-from edgetl.preprocess import DEFAULT_MAX_PIXELS, is_image_file, load_rgb
+from edgetl.preprocess import DEFAULT_MAX_PIXELS, Preprocessing, is_image_file, load_rgb, resize_rgb
 
 SPLITS = ("train", "val", "test")
 
@@ -60,6 +61,20 @@ class Dataset:
     test: Split | None
     layout: str  # "split-folders" or "class-folders"
     root: str
+    #: path -> uint8 (H, W, 3) model input, filled when ``load_dataset(preprocessing=...)`` decoded the files.
+    pixels: dict[str, Any] | None = field(default=None, repr=False)
+
+    def arrays(self, split: str) -> tuple[Any, Any]:
+        """``(x uint8 (N, H, W, 3), y int32 (N,))`` of a split, from the pixels decoded at load time."""
+        import numpy as np
+
+        sp = {"train": self.train, "val": self.val, "test": self.test}[split]
+        if sp is None:
+            raise EdgetlError(f"no {split} split in {self.root}")
+        if self.pixels is None:
+            raise EdgetlError("dataset was loaded without preprocessing=...; pixels were not decoded")
+        x = np.stack([self.pixels[p] for p in sp.paths]) if sp.samples else np.zeros((0, 1, 1, 3), np.uint8)
+        return x, np.asarray(sp.labels, dtype=np.int32)
 
     @property
     def skipped(self) -> list[tuple[str, str]]:
@@ -139,19 +154,39 @@ def check_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> str 
         return msg.split(": ", 1)[1] if ": " in msg else msg
 
 
-def _scan_classes(folder: Path, classes: Sequence[str], validate: bool, max_pixels: int | None) -> Split:
-    samples: list[Sample] = []
-    skipped: list[tuple[str, str]] = []
+def _decode_one(path: Path, max_pixels: int | None, pre: Preprocessing | None) -> tuple[Any, str | None]:
+    """(pixels or None, reason or None): decode, convert and resize one file exactly once."""
+    try:
+        im = load_rgb(path, max_pixels=max_pixels)
+    except EdgetlError as exc:
+        msg = str(exc)
+        return None, (msg.split(": ", 1)[1] if ": " in msg else msg)
+    return (resize_rgb(im, pre) if pre is not None else None), None
+
+
+def _scan_classes(folder: Path, classes: Sequence[str], validate: bool, max_pixels: int | None,
+                  pre: Preprocessing | None = None, pixels: dict[str, Any] | None = None,
+                  workers: int | None = None) -> Split:
+    candidates: list[tuple[Path, int]] = []
     for label, name in enumerate(classes):
         cdir = folder / name
-        if not cdir.is_dir():
-            continue
-        for p in _walk_images(cdir):
-            reason = check_image(p, max_pixels) if validate else None
-            if reason is None:
-                samples.append(Sample(str(p), label))
-            else:
-                skipped.append((str(p), reason))
+        if cdir.is_dir():
+            candidates += [(p, label) for p in _walk_images(cdir)]
+    if not (validate or pre is not None):
+        return Split([Sample(str(p), lab) for p, lab in candidates], list(classes), [])
+    # Pillow releases the GIL while decoding and resizing, so threads use every core.
+    n = workers or os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        results = list(pool.map(lambda c: _decode_one(c[0], max_pixels, pre), candidates))
+    samples: list[Sample] = []
+    skipped: list[tuple[str, str]] = []
+    for (p, label), (arr, reason) in zip(candidates, results):
+        if reason is None:
+            samples.append(Sample(str(p), label))
+            if pixels is not None and arr is not None:
+                pixels[str(p)] = arr
+        else:
+            skipped.append((str(p), reason))
     return Split(samples, list(classes), skipped)
 
 
@@ -180,8 +215,15 @@ def _stratified_split(samples: list[Sample], n_classes: int, val_split: float, s
 
 
 def load_dataset(data_dir: str | Path, val_split: float = 0.2, seed: int = 0, validate: bool = True,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Dataset:
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, preprocessing: Preprocessing | None = None,
+                 workers: int | None = None) -> Dataset:
     """Scan ``data_dir`` into train/val(/test) splits.
+
+    Args:
+        preprocessing: when given, every file is decoded and resized exactly once (in a
+            thread pool) and the uint8 model inputs are kept in ``Dataset.pixels``; the
+            decode doubles as the validation, so the splits are identical to ``validate=True``.
+        workers: decoding threads (default: CPU count).
 
     Raises:
         UsageError: the folder does not exist or is not a folder.
@@ -194,6 +236,8 @@ def load_dataset(data_dir: str | Path, val_split: float = 0.2, seed: int = 0, va
         raise UsageError(f"not a folder: {root} (expected DATA_DIR/<class>/ or DATA_DIR/train/<class>/)")
     if not 0.0 < val_split < 1.0:
         raise UsageError(f"--val-split must be between 0 and 1 (exclusive), got {val_split}")
+    pixels: dict[str, Any] | None = {} if preprocessing is not None else None
+    kw = dict(pre=preprocessing, pixels=pixels, workers=workers)
     top = _list_class_dirs(root)
     top_names = {p.name for p in top}
     if "train" in top_names and ("val" in top_names or "validation" in top_names):
@@ -201,17 +245,17 @@ def load_dataset(data_dir: str | Path, val_split: float = 0.2, seed: int = 0, va
         val_name = "val" if "val" in top_names else "validation"
         classes = [p.name for p in _list_class_dirs(root / "train")]
         _check_classes(classes, root / "train")
-        train = _scan_classes(root / "train", classes, validate, max_pixels)
-        val = _scan_classes(root / val_name, classes, validate, max_pixels)
+        train = _scan_classes(root / "train", classes, validate, max_pixels, **kw)
+        val = _scan_classes(root / val_name, classes, validate, max_pixels, **kw)
         extra = sorted({p.name for p in _list_class_dirs(root / val_name)} - set(classes))
         if extra:
             raise EdgetlError(f"{root / val_name} has classes not in train/: {', '.join(extra)}")
-        test = _scan_classes(root / "test", classes, validate, max_pixels) if "test" in top_names else None
+        test = _scan_classes(root / "test", classes, validate, max_pixels, **kw) if "test" in top_names else None
     else:
         layout = "class-folders"
         classes = [p.name for p in top]
         _check_classes(classes, root)
-        everything = _scan_classes(root, classes, validate, max_pixels)
+        everything = _scan_classes(root, classes, validate, max_pixels, **kw)
         tr, va = _stratified_split(everything.samples, len(classes), val_split, seed)
         train = Split(tr, classes, everything.skipped)
         val = Split(va, classes, [])
@@ -219,7 +263,9 @@ def load_dataset(data_dir: str | Path, val_split: float = 0.2, seed: int = 0, va
     _check_nonempty(train, root, "train")
     if not val.samples:
         raise EdgetlError(f"no validation images found under {root}")
-    return Dataset(classes, train, val, test, layout, str(root))
+    if test is not None and not test.samples and not test.skipped:
+        test = None
+    return Dataset(classes, train, val, test, layout, str(root), pixels)
 
 
 def _check_classes(classes: list[str], folder: Path) -> None:

@@ -127,7 +127,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         root = self.storages[key]
         if view_metadata is None:
             return root
-        view_key, view_offset, view_size = view_metadata
+        _view_key, view_offset, view_size = view_metadata
         return _StorageRef(root.key, root.dtype, int(view_size), int(view_offset))
 
 
@@ -136,8 +136,7 @@ def _load_pickle(f: BinaryIO, storages: dict[str, _StorageRef] | None = None) ->
         return _RestrictedUnpickler(f, storages).load()
     except ModelFileError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            struct.error, UnicodeDecodeError, MemoryError, OverflowError) as exc:
+    except Exception as exc:  # noqa: BLE001 - hostile or damaged input may raise anything while unpickling
         raise ModelFileError(f"not a readable legacy PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
 
 
@@ -159,7 +158,7 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
         with open(path, "rb") as f:
             return _read(f, str(path))
     except ModelFileError as exc:
-        msg = str(exc)
+        msg = " ".join(str(exc).split())  # one line, whatever the unpickler said
         raise ModelFileError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
     except OSError as exc:
         raise ModelFileError(f"{path}: cannot read checkpoint ({exc.strerror or exc})") from None
@@ -223,6 +222,8 @@ def _materialize(name: str, t: _TensorRef, data: dict[str, np.ndarray]) -> np.nd
     last = t.offset + sum((n - 1) * s for n, s in zip(t.size, t.stride))
     if last >= storage.size:
         raise ModelFileError(f"malformed checkpoint: tensor {name!r} reaches past its storage")
+    if int(np.prod(t.size, dtype=np.float64)) > 16 * storage.size:  # stride-0 "broadcast" memory bomb
+        raise ModelFileError(f"malformed checkpoint: tensor {name!r} is far larger than its storage")
     item = storage.dtype.itemsize
     view = np.lib.stride_tricks.as_strided(
         storage[t.offset:], shape=t.size, strides=tuple(s * item for s in t.stride), writeable=False
