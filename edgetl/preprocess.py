@@ -42,8 +42,12 @@ class Preprocessing:
         input_size: (height, width) the model expects.
         mean: per-channel mean subtracted from pixels in [0, 255] (RGB order).
         std: per-channel divisor applied after the mean.
-        resize: Pillow resampling filter used to resize the whole image to
-            ``input_size`` (no crop: the same as MediaPipe Tasks does on device).
+        resize: Pillow resampling filter used to resize the image to ``input_size``.
+        crop: fraction of the image kept by a center crop before resizing. 1.0 (the default
+            for training and deployment) resizes the whole image, as MediaPipe Tasks does on
+            device, so nothing near the border is lost. 0.875 is the ImageNet evaluation
+            convention (resize the shorter side to size / 0.875, center crop), which the
+            backbones' own 1000-class heads were published with: see :func:`imagenet_eval`.
     """
 
     input_size: tuple[int, int]
@@ -51,6 +55,7 @@ class Preprocessing:
     std: tuple[float, float, float] = (128.0, 128.0, 128.0)
     resize: str = "bilinear"
     normalization_in_graph: bool = field(default=True)
+    crop: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -69,7 +74,19 @@ class Preprocessing:
             std=tuple(float(v) for v in d["std"]),  # type: ignore[arg-type]
             resize=str(d.get("resize", "bilinear")),
             normalization_in_graph=bool(d.get("normalization_in_graph", True)),
+            crop=float(d.get("crop", 1.0)),
         )
+
+    def imagenet_eval(self) -> "Preprocessing":
+        """The same preprocessing with the ImageNet evaluation crop (0.875, bicubic).
+
+        Used when a backbone's own ImageNet head classifies photos (``edgetl predict BACKBONE``).
+        Measured on the first 50 cats + 50 dogs of cats_dogs/val with Lite0: whole image 89/100
+        correct (bilinear and bicubic alike), center crop 0.875 91/100.
+        """
+        from dataclasses import replace
+
+        return replace(self, crop=0.875, resize="bicubic")
 
 
 def is_image_file(path: Path) -> bool:
@@ -137,8 +154,16 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 def resize_rgb(im: Image.Image, pre: Preprocessing) -> np.ndarray:
     """Resize a decoded RGB image to the model input: uint8 array of shape (H, W, 3)."""
     h, w = pre.input_size
-    if im.size != (w, h):
-        im = im.resize((w, h), _RESAMPLE.get(pre.resize, Image.Resampling.BILINEAR))
+    method = _RESAMPLE.get(pre.resize, Image.Resampling.BILINEAR)
+    if 0.0 < pre.crop < 1.0:
+        # Shorter side to size / crop, then a center crop of exactly (h, w).
+        scale = max(h, w) / pre.crop / min(im.size)
+        nw, nh = max(w, round(im.size[0] * scale)), max(h, round(im.size[1] * scale))
+        im = im.resize((nw, nh), method)
+        left, top = (nw - w) // 2, (nh - h) // 2
+        im = im.crop((left, top, left + w, top + h))
+    elif im.size != (w, h):
+        im = im.resize((w, h), method)
     return np.asarray(im, dtype=np.uint8)
 
 

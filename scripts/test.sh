@@ -11,9 +11,11 @@ PY="${PYTHON:-python3}"
 # - mediapipe (reads TFLite metadata like the Android/iOS client) pins absl-py~=2.3 while
 #   tensorflow-model-optimization declares absl-py~=1.2, so one resolve of both fails;
 #   tfmot runs fine with absl 2.x (verified), so absl is upgraded here.
-# - torch==2.13.0 (CPU build) + geffnet, an independent EfficientNet-Lite implementation
-#   for the weight-parity test. torch is never a runtime dependency of edgetl.
+# - torch==2.13.0 (CPU build) + timm, an independent EfficientNet-Lite implementation for the
+#   weight-parity test (timm needs torchvision importable; see tests/test_lite_parity.py).
+#   torch is never a runtime dependency of edgetl.
 .venv/bin/python -m pip install -q "mediapipe==1.2.2" "absl-py>=2.3" 2>&1 | grep -v "dependency resolver\|requires absl-py\|^$" || true
 .venv/bin/python -m pip install -q "torch==2.13.0" 2>&1 | tail -n 3 || true
-.venv/bin/python -m pip install -q --no-deps "geffnet==1.0.2" 2>&1 | tail -n 3 || true
+.venv/bin/python -m pip install -q "pyyaml" "safetensors" "huggingface_hub" 2>&1 | tail -n 3 || true
+.venv/bin/python -m pip install -q --no-deps "timm==1.0.31" "torchvision==0.28.0" 2>&1 | tail -n 3 || true
 exec .venv/bin/python -m pytest "$@"

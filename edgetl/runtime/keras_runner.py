@@ -36,7 +36,7 @@ def backbone_runner(name: str, weights: str | None = "imagenet") -> KerasRunner:
 
     spec = get_spec(name)
     model = build(spec.name, weights=weights, include_top=True)
-    return KerasRunner(model, imagenet_labels(), spec.preprocessing)
+    return KerasRunner(model, imagenet_labels(), spec.preprocessing.imagenet_eval())
 
 
 def load_keras_model(path: str | Path) -> Any:
