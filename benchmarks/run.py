@@ -1,0 +1,227 @@
+"""One command, the whole results table: every TARGETS.md row, end to end through the public CLI.
+
+    python -m benchmarks.run --data ../shared/datasets            # full (about 30-40 min on 2 cores)
+    python -m benchmarks.run --data ../shared/datasets --quick    # reduced (a few minutes)
+
+Steps (each a subprocess running ``python -m edgetl ...``, exactly what a user types):
+
+1. ``edgetl train`` on cats_dogs and hymenoptera, both strategies, EfficientNet-Lite0, defaults;
+2. the plain-Keras tutorial recipe on cats_dogs (frozen base, ``model.fit`` through the base every
+   epoch) for the training-time ratio, and the peer comparison (tutorial recipe + default TFLite
+   conversion) when ``benchmarks.train_bench`` provides it;
+3. ``edgetl export --int8`` on every run (plus ``--fp16 --dynamic`` on the cats_dogs fine-tune run,
+   which gives the all-formats export time and the naive dynamic-range model for the latency ratio);
+4. ``edgetl bench`` on the cats_dogs fine-tune run (1 and 2 threads) and the bench-overhead check.
+
+Writes ``benchmarks/results/<date>.json`` and ``benchmarks/results/<date>.md`` (the README's results
+table is copied from the Markdown). Work files go to ``--workdir`` (default: a temporary folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+
+ACC_TARGETS = {  # (dataset, strategy): float target, allowed int8 drop (points)
+    ("cats_dogs", "feature-extraction"): (98.8, 0.5),
+    ("cats_dogs", "fine-tune"): (99.0, 0.5),
+    ("hymenoptera", "feature-extraction"): (94.8, 1.0),
+    ("hymenoptera", "fine-tune"): (95.4, 1.0),
+}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def edgetl(*args: str, json_out: bool = False) -> tuple[float, Any]:
+    """Run ``python -m edgetl ARGS``; return (wall seconds, parsed stdout JSON or text)."""
+    cmd = [sys.executable, "-m", "edgetl", *args]
+    log("$ edgetl " + " ".join(args))
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"edgetl {' '.join(args)} exited {proc.returncode}: {' | '.join(tail)}")
+    if json_out:
+        text = proc.stdout
+        return wall, json.loads(text[text.index("{") if text.lstrip().startswith("{") else text.index("\n{") + 1:])
+    return wall, proc.stdout
+
+
+def check(metric: str, value: float | None, op: str, target: float, detail: str = "") -> dict[str, Any]:
+    ok = None if value is None else (value <= target if op == "<=" else value >= target)
+    return {"metric": metric, "measured": None if value is None else round(float(value), 4), "target": f"{op} {target}",
+            "met": ok, "detail": detail}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets")
+    ap.add_argument("--quick", action="store_true", help="hymenoptera only, fewer epochs, shorter timings")
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    if not (args.data / "cats_dogs").is_dir() and not (args.data / "hymenoptera").is_dir():
+        print(f"error: no cats_dogs/ or hymenoptera/ under {args.data} (pass --data ../shared/datasets)", file=sys.stderr)
+        return 2
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="edgetl-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    datasets = ["hymenoptera"] if args.quick else ["cats_dogs", "hymenoptera"]
+    train_extra = ["--epochs", "3", "--fine-tune-epochs", "1"] if args.quick else []
+    started = time.perf_counter()
+    result: dict[str, Any] = {"benchmark": "edgetl full path", "quick": args.quick, "date": _dt.datetime.now().isoformat(timespec="seconds"),
+                              "workdir": str(work), "train": [], "export": [], "bench": None, "overhead": None, "baseline": None,
+                              "peer": None, "checks": []}
+    from edgetl.runtime.env import environment
+
+    result["environment"] = environment()
+
+    # 1. train
+    runs: dict[tuple[str, str], Path] = {}
+    for ds in datasets:
+        for strategy in ("feature-extraction", "fine-tune"):
+            out = work / f"{ds}_{strategy}"
+            wall, metrics = edgetl("train", str(args.data / ds), "--strategy", strategy, "--out", str(out), "--overwrite",
+                                   "--quiet", "--json", *train_extra, json_out=True)
+            v = metrics["val"]
+            runs[(ds, strategy)] = out
+            result["train"].append({"dataset": ds, "strategy": strategy, "accuracy": 100 * v["accuracy"], "correct": v["correct"],
+                                    "total": v["total"], "wall_s": wall, "train_wall_s": metrics.get("train_wall_seconds"),
+                                    "fine_tune_images_per_s": metrics.get("fine_tune_images_per_s")})
+            target, _ = ACC_TARGETS[(ds, strategy)]
+            result["checks"].append(check(f"{ds} {strategy} float accuracy %", 100 * v["accuracy"], ">=", target,
+                                          f"{v['correct']}/{v['total']}"))
+            _save(result, args.out, started)
+
+    # 2. plain-Keras baseline (training-time ratio) and peer comparison
+    base_ds = datasets[0]
+    from benchmarks import train_bench
+
+    log(f"plain-Keras baseline on {base_ds} (model.fit through the frozen base every epoch)")
+    b = train_bench.run_baseline(args.data / base_ds, epochs=3 if args.quick else 10)
+    result["baseline"] = b
+    fe = next(r for r in result["train"] if r["dataset"] == base_ds and r["strategy"] == "feature-extraction")
+    result["checks"].append(check(f"{base_ds} feature-extraction wall time / plain model.fit", fe["wall_s"] / b["wall_seconds"], "<=", 0.2,
+                                  f"{fe['wall_s']:.0f} s vs {b['wall_seconds']:.0f} s (CLI wall time incl. start-up)"))
+    result["checks"].append(check(f"{base_ds} feature-extraction accuracy - plain model.fit accuracy (pt)",
+                                  fe["accuracy"] - 100 * b["val_accuracy"], ">=", 0.0,
+                                  f"{fe['correct']}/{fe['total']} vs {b['correct']}/{b['total']}"))
+    if hasattr(train_bench, "run_peer"):
+        log("peer comparison: the tutorial recipe + its default TFLite conversion")
+        result["peer"] = train_bench.run_peer(args.data / base_ds, epochs=3 if args.quick else 10)
+    _save(result, args.out, started)
+
+    # 3. export
+    for (ds, strategy), run in runs.items():
+        full = (ds, strategy) == (base_ds, "fine-tune")
+        extra = ["--fp16", "--dynamic"] if full else []
+        if args.quick:
+            extra += ["--calib-samples", "100"]
+        wall, ex = edgetl("export", str(run), "--int8", *extra, "--json", json_out=True)
+        arts = {a["format"]: a for a in ex["artifacts"]}
+        entry = {"dataset": ds, "strategy": strategy, "wall_s": wall, "keras_accuracy": ex["keras_accuracy"], "n_verify": ex["n_verify"],
+                 "artifacts": {f: {k: a.get(k) for k in ("size_bytes", "export_s", "drop", "verification", "error")} for f, a in arts.items()}}
+        result["export"].append(entry)
+        _, max_drop = ACC_TARGETS[(ds, strategy)]
+        for f in ("tflite_int8", "onnx_int8"):
+            a = arts.get(f)
+            if a and not a.get("error"):
+                result["checks"].append(check(f"{ds} {strategy} {f} drop (pt)", a["drop"], "<=", max_drop))
+                result["checks"].append(check(f"{ds} {strategy} {f} top-1 agreement %", a["verification"]["agreement"], ">=", 99.5))
+        if full:
+            size = {f: a["size_bytes"] for f, a in arts.items() if not a.get("error")}
+            result["checks"].append(check("int8/fp32 TFLite size", size["tflite_int8"] / size["tflite_fp32"], "<=", 0.30))
+            result["checks"].append(check("int8/fp32 ONNX size", size["onnx_int8"] / size["onnx_fp32"], "<=", 0.35))
+            result["checks"].append(check("Lite0 int8 TFLite MB", size["tflite_int8"] / 1e6, "<=", 5.0))
+            conv = sum(a["export_s"] or 0 for a in arts.values())
+            result["checks"].append(check("export all formats, s (conversion)", conv, "<=", 180.0,
+                                          f"{wall:.0f} s wall incl. verification of every artifact"))
+        _save(result, args.out, started)
+
+    # 4. bench (latency ratios) and the bench-overhead check
+    run = runs[(base_ds, "fine-tune")]
+    timing = ["--min-time", "0.5", "--min-runs", "30"] if args.quick else ["--min-time", "3", "--min-runs", "100"]
+    _, bench = edgetl("bench", str(run), "--threads", "1,2", *timing, "--out", str(work / "bench"), "--json", json_out=True)
+    result["bench"] = bench
+    p50 = {(r.get("format"), r.get("precision"), r.get("threads")): r.get("p50_ms") for r in bench.get("rows", []) if r.get("status") == "ok"}
+    int8, dyn = p50.get(("tflite", "int8", 1)), p50.get(("tflite", "dynamic", 1))
+    result["checks"].append(check("--int8 TFLite p50 / dynamic-range p50 (1 thread)", int8 / dyn if int8 and dyn else None, "<=", 0.6,
+                                  f"{int8} ms vs {dyn} ms"))
+    overhead_json = work / "overhead.json"
+    int8_file = next(run.glob("export/*_int8.tflite"), None)
+    if int8_file is not None:
+        log("bench overhead vs a bare invoke() loop")
+        cmd = [sys.executable, "-m", "benchmarks.bench_overhead", str(int8_file), "--data", str(args.data / base_ds / "val"),
+               "--repeats", "3" if args.quick else "7"]
+        before = set(RESULTS.glob("bench_overhead_*.json"))
+        subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        new = sorted(set(RESULTS.glob("bench_overhead_*.json")) - before) or sorted(RESULTS.glob("bench_overhead_*.json"))
+        if new:
+            data = json.loads(new[-1].read_text())
+            result["overhead"] = data
+            ratios = [r["ratio"] for r in data.get("results", [])]
+            result["checks"].append(check("edgetl bench p50 / bare invoke() p50", max(ratios) if ratios else None, "<=", 1.05))
+    overhead_json.write_text(json.dumps(result["overhead"], default=str))
+    _save(result, args.out, started, final=True)
+    met = [c["met"] for c in result["checks"]]
+    log(f"done in {time.perf_counter() - started:.0f} s: {sum(1 for m in met if m)} of {len(met)} checks met")
+    return 0
+
+
+def _save(result: dict[str, Any], out: Path, started: float, final: bool = False) -> None:
+    from edgetl.report import atomic_write_text, markdown_table, write_json
+
+    result["total_s"] = round(time.perf_counter() - started, 1)
+    result["complete"] = final
+    stamp = result["date"][:10] + ("-quick" if result["quick"] else "")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / f"{stamp}.json", result)
+    env = result["environment"]
+    lines = [f"# edgetl results {result['date']}" + (" (quick)" if result["quick"] else ""), "",
+             f"Machine: {env.get('cpu', {}).get('model', '?') if isinstance(env.get('cpu'), dict) else env.get('cpu_model', '?')}; "
+             f"{os.cpu_count()} cores; Python {sys.version.split()[0]}. Total {result['total_s']:.0f} s."
+             + ("" if final else " **Partial: the run has not finished.**"), "",
+             "## Targets (../shared/TARGETS.md)", "",
+             markdown_table([{**c, "met": {True: "yes", False: "**no**", None: "n/a"}[c["met"]]} for c in result["checks"]],
+                            ["metric", "measured", "target", "met", "detail"]), "",
+             "## Training", "",
+             markdown_table([{**r, "accuracy": f"{r['accuracy']:.2f}% ({r['correct']}/{r['total']})",
+                              "wall_s": round(r["wall_s"], 1)} for r in result["train"]],
+                            ["dataset", "strategy", "accuracy", "wall_s", "fine_tune_images_per_s"])]
+    if result.get("baseline"):
+        b = result["baseline"]
+        lines += ["", f"Plain-Keras tutorial recipe ({b['method']}): {100 * b['val_accuracy']:.2f}% ({b['correct']}/{b['total']}), "
+                  f"{b['wall_seconds']:.0f} s."]
+    if result.get("peer"):
+        lines += ["", "## Peer comparison (the tutorial recipe users follow today)", "", "```", json.dumps(result["peer"], indent=2, default=str), "```"]
+    if result["export"]:
+        rows = []
+        for e in result["export"]:
+            for f, a in e["artifacts"].items():
+                v = a.get("verification") or {}
+                rows.append({"run": f"{e['dataset']} {e['strategy']}", "format": f, "MB": round(a["size_bytes"] / 1e6, 2) if a.get("size_bytes") else None,
+                             "accuracy %": v.get("accuracy"), "drop pt": a.get("drop"), "agreement %": v.get("agreement"),
+                             "export s": round(a["export_s"], 1) if a.get("export_s") else None})
+        lines += ["", "## Export", "", markdown_table(rows, ["run", "format", "MB", "accuracy %", "drop pt", "agreement %", "export s"])]
+    if result.get("bench"):
+        rows = [r for r in result["bench"].get("rows", [])]
+        lines += ["", "## Bench (cats_dogs fine-tune run)", "",
+                  markdown_table(rows, ["model", "runtime", "precision", "threads", "size_mb", "top1", "top1_delta_pt", "p50_ms", "p90_ms", "p99_ms", "fps", "status"])]
+    atomic_write_text(out / f"{stamp}.md", "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
