@@ -336,8 +336,10 @@ def _backbone_run(tmp_path: Path, image_folder: Path, name: str) -> Path:
     return run
 
 
-def test_mobilenet_v2_exports_int8_and_onnx(tmp_path, image_folder):
-    run = _backbone_run(tmp_path, image_folder, "mobilenet_v2_035")
+@pytest.mark.parametrize("backbone", ["mobilenet_v2_035", "efficientnet_b0"]  # Lite0: tests/test_real_path.py)
+def test_registry_backbones_export_int8_and_onnx(tmp_path, image_folder, backbone):
+    """Every backbone family in the registry converts (random weights: this checks the graph, not accuracy)."""
+    run = _backbone_run(tmp_path, image_folder, backbone)
     res = _export(run, run / "export", formats=("tflite_int8", "onnx_fp32"), calib_samples=6, verify_samples=4, doctor=False)
     for fmt in ("tflite_int8", "onnx_fp32"):
         art = res.artifact(fmt)
