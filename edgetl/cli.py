@@ -61,6 +61,21 @@ def _quiet_tf() -> None:
         import_tensorflow_quietly()
 
 
+def _existing_dir(path: Optional[Path], option: str) -> None:
+    """A folder argument: missing or a regular file is a usage error (exit 2), checked before any work."""
+    if path is None:
+        return
+    if not path.exists():
+        raise UsageError(f"{option} folder not found: {path}")
+    if not path.is_dir():
+        raise UsageError(f"{option} expects a folder, but {path} is a file")
+
+
+def _weights_arg(weights: str) -> None:
+    if weights not in ("imagenet", "none", "None", "") and not Path(weights).is_file():
+        raise UsageError(f"--weights must be imagenet, none or a weights file; file not found: {weights}")
+
+
 # --------------------------------------------------------------------------- models
 
 
@@ -96,6 +111,11 @@ def predict(
     """Top-k labels with scores for each image."""
     from edgetl.predict import predict_files
 
+    if target.lower().endswith((".tflite", ".onnx", ".keras")) and not Path(target).exists():
+        raise UsageError(f"model file not found: {target}")
+    _weights_arg(weights)
+    if csv_out is not None and csv_out.is_dir():
+        raise UsageError(f"--csv expects a file name, but {csv_out} is a folder")
     if not target.lower().endswith((".tflite", ".onnx")):
         _quiet_tf()  # a backbone name, a run directory or a .keras file: TensorFlow is needed
     results = predict_files(target, images, k=top, weights=weights, threads=threads)
@@ -143,6 +163,24 @@ def bench(
         thread_list = tuple(int(t) for t in threads.split(",") if t.strip())
     except ValueError:
         raise UsageError(f"--threads must be comma-separated integers, got {threads!r}") from None
+    for t in targets:
+        if t.is_file() and t.suffix.lower() not in (".tflite", ".onnx", ".keras"):
+            raise UsageError(f"unsupported model file {t}: expected a run directory or a .tflite, .onnx or .keras file")
+    _existing_dir(data, "--data")
+    if min_accuracy is not None and not 0.0 <= min_accuracy <= 100.0:
+        raise UsageError(f"--min-accuracy is a top-1 percentage between 0 and 100, got {min_accuracy}")
+    if providers:
+        from edgetl.runtime.onnx_runner import PROVIDER_NAMES
+
+        for p in (p.strip() for p in providers.split(",") if p.strip()):
+            if p.lower() not in PROVIDER_NAMES and not p.endswith("ExecutionProvider"):
+                raise UsageError(f"unknown --providers name {p!r}; valid: {', '.join(PROVIDER_NAMES)} or a full ONNX Runtime provider name")
+    if out is None:
+        first = targets[0]
+        out = first / "bench" if first.is_dir() else Path("bench")
+    from edgetl.locking import check_output_dir
+
+    check_output_dir(out, min_free_mb=1)
     settings = BenchSettings(
         threads=thread_list, batch=batch, warmup_runs=warmup_runs, warmup_time=warmup_time, min_runs=min_runs,
         min_time=min_time, max_time=max_time, samples=samples, seed=seed, keras=not no_keras,
@@ -156,9 +194,6 @@ def bench(
         typer.echo(f"[{i}/{n}] {label}", err=True)
 
     result = run_bench([str(t) for t in targets], settings, data=data, progress=progress)
-    if out is None:
-        first = targets[0]
-        out = first / "bench" if first.is_dir() else Path("bench")
     written = write_reports(result, out)
     if json_out:
         typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
@@ -214,7 +249,17 @@ def train(
     _quiet_tf()
     from edgetl.train import train as train_fn
 
-    result = train_fn(cfg)
+    try:
+        result = train_fn(cfg)
+    except KeyboardInterrupt:  # Ctrl-C: every finished epoch is already checkpointed
+        import shlex
+
+        if (cfg.run_dir / "checkpoints" / "latest.json").is_file():
+            typer.echo(f"interrupted; resume with: edgetl train {shlex.quote(str(data_dir))} "
+                       f"--out {shlex.quote(str(cfg.run_dir))} --resume", err=True)
+        else:
+            typer.echo("interrupted before the first checkpoint; nothing was saved", err=True)
+        raise typer.Exit(130) from None
     if json_out:
         typer.echo(json.dumps(result.metrics, indent=2, default=str))
     else:
@@ -245,6 +290,7 @@ def export(
     json_out: bool = typer.Option(False, "--json", help="Print export.json instead of a table."),
 ) -> None:
     """Export a run to TFLite/ONNX (float, and int8 with --int8) and verify every file against the Keras model."""
+    _existing_dir(data, "--data")
     _quiet_tf()
     from edgetl.export.api import ROW_COLUMNS, ExportConfig, export_run
     from edgetl.report import format_table
@@ -294,6 +340,9 @@ def demo(
     from edgetl.models import get_spec
 
     get_spec(backbone)
+    from edgetl.locking import check_output_dir
+
+    check_output_dir(out)
     try:
         thread_list = tuple(int(t) for t in threads.split(",") if t.strip())
     except ValueError:

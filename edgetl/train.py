@@ -33,6 +33,7 @@ import numpy as np
 from edgetl import __version__
 from edgetl.config import TrainConfig
 from edgetl.errors import EdgetlError, UsageError
+from edgetl.locking import LOCK_NAME, DirLock, check_output_dir
 from edgetl.report import atomic_write_text, csv_text, write_json
 from edgetl.run import CONFIG_FILE, LABELS_FILE, MODEL_FILE
 
@@ -205,7 +206,7 @@ def _prepare_run_dir(cfg: TrainConfig) -> tuple[Path, bool]:
     run_dir = cfg.run_dir
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"--out {run_dir} exists and is not a folder")
-    existing = run_dir.is_dir() and any(run_dir.iterdir())
+    existing = run_dir.is_dir() and any(p.name != LOCK_NAME for p in run_dir.iterdir())
     if cfg.resume:
         if not (run_dir / CHECKPOINT_DIR / "latest.json").is_file():
             raise EdgetlError(f"nothing to resume in {run_dir}: no checkpoint found (start a new run without --resume)")
@@ -215,7 +216,9 @@ def _prepare_run_dir(cfg: TrainConfig) -> tuple[Path, bool]:
             raise EdgetlError(f"run directory {run_dir} already exists; pass --overwrite to replace it or --resume to continue it")
         if not ((run_dir / CONFIG_FILE).is_file() or (run_dir / CHECKPOINT_DIR).is_dir()):
             raise EdgetlError(f"{run_dir} is not empty and is not an edgetl run; refusing to delete it (choose another --out)")
-        shutil.rmtree(run_dir)
+        for child in run_dir.iterdir():  # not the lock file this process holds
+            if child.name != LOCK_NAME:
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -270,8 +273,12 @@ class _Checkpoints:
 
     @staticmethod
     def arrays(path: Path) -> list[np.ndarray]:
-        with np.load(path) as z:
-            return [z[f"arr_{i}"] for i in range(len(z.files))]
+        try:
+            with np.load(path) as z:
+                return [z[f"arr_{i}"] for i in range(len(z.files))]
+        except Exception as exc:  # noqa: BLE001 - zip/npy/pickle errors all mean a damaged checkpoint
+            raise EdgetlError(f"checkpoint file {path} is damaged ({type(exc).__name__}); "
+                              f"start a new run with --overwrite") from None
 
     def restore(self, model: Any, path: Path) -> list[np.ndarray] | None:
         """Load weights and optimizer state into ``model`` (compiled); return the best weights."""
@@ -410,17 +417,44 @@ def train(config: TrainConfig, *, extra_callbacks: Sequence[Any] = ()) -> TrainR
         raise UsageError(f"data folder not found: {data_dir}")
     if not data_dir.is_dir():
         raise UsageError(f"not a folder: {data_dir} (expected DATA_DIR/<class>/ or DATA_DIR/train/<class>/)")
-    run_dir, created = _prepare_run_dir(config)
-    if config.resume:
-        config = _resumed_config(run_dir, config)
-        spec = get_spec(config.backbone)
+    if config.weights not in ("imagenet", "none", "None", "") and not Path(config.weights).is_file():
+        raise UsageError(f"--weights must be imagenet, none or a weights file; file not found: {config.weights}")
+    # Before any long work: an impossible or full output folder fails now, and a second
+    # process writing the same run directory is refused (edgetl/locking.py).
+    check_output_dir(config.run_dir)
+    created = not config.run_dir.exists()
+    lock = DirLock(config.run_dir, what="training run").acquire()
     try:
-        return _train(config, spec, run_dir, extra_callbacks)
+        run_dir, _ = _prepare_run_dir(config)
+        if config.resume:
+            config = _resumed_config(run_dir, config)
+            spec = get_spec(config.backbone)
+        return _train(config, spec, run_dir, (*extra_callbacks, *_test_hooks()))
     except BaseException:
         # A run that failed before its first checkpoint leaves nothing behind to block a retry.
-        if created and not (run_dir / CHECKPOINT_DIR / "latest.json").is_file():
-            shutil.rmtree(run_dir, ignore_errors=True)
+        if created and not (config.run_dir / CHECKPOINT_DIR / "latest.json").is_file():
+            shutil.rmtree(config.run_dir, ignore_errors=True)
         raise
+    finally:
+        lock.release()
+
+
+def _test_hooks() -> list[Any]:
+    """Test-only slowdown: ``EDGETL_TEST_EPOCH_DELAY=<seconds>`` sleeps at the start of every epoch.
+
+    Lets the reliability tests (tests/test_reliability.py) kill or interrupt a real run
+    mid-epoch, after a checkpoint exists. Unset (always, outside tests): no callback at all.
+    """
+    delay = float(os.environ.get("EDGETL_TEST_EPOCH_DELAY") or 0)
+    if delay <= 0:
+        return []
+    import keras
+
+    class _EpochDelay(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            time.sleep(delay)
+
+    return [_EpochDelay()]
 
 
 def _resumed_config(run_dir: Path, given: TrainConfig) -> TrainConfig:

@@ -407,6 +407,10 @@ def export_run(run_dir: str | Path, config: ExportConfig | None = None,
                progress: Callable[[str], None] | None = None) -> ExportResult:
     """Export a run to every requested format and prove each file against the float model.
 
+    The output folder is locked for the whole export (``edgetl.locking.DirLock``): a second
+    export into the same folder refuses instead of interleaving files. Every file is written
+    atomically, so an export killed at any moment leaves complete files or none.
+
     Args:
         run_dir: a folder made by ``edgetl train``.
         config: what to write; default TFLite fp32 + ONNX fp32.
@@ -417,8 +421,24 @@ def export_run(run_dir: str | Path, config: ExportConfig | None = None,
 
     Raises:
         UsageError: bad run directory or option.
-        EdgetlError: incomplete run, or calibration requested without training images.
+        EdgetlError: incomplete run, calibration requested without training images, unwritable
+            output folder, or another process exporting into the same folder.
     """
+    from edgetl.locking import DirLock, check_output_dir
+    from edgetl.run import load_run
+
+    config = config or ExportConfig()
+    config.resolve_formats()
+    run = load_run(run_dir)  # a bad run directory fails before anything is created
+    out_dir = Path(config.out_dir) if config.out_dir else run.export_dir
+    check_output_dir(out_dir, min_free_mb=10)
+    with DirLock(out_dir, what="export"):
+        return _export_run(run_dir, config, progress)
+
+
+def _export_run(run_dir: str | Path, config: ExportConfig | None = None,
+                progress: Callable[[str], None] | None = None) -> ExportResult:
+    """:func:`export_run` without the output-folder checks and lock."""
     from edgetl.data import stratified_sample
     from edgetl.run import load_run
 
