@@ -3,7 +3,7 @@ atomic writes, unwritable/full output folders, one writer per output folder.
 
 Image fuzzing and folder shapes live in tests/test_robust_images.py; damaged .tflite/.onnx/.keras
 files (empty, truncated, garbage, wrong suffix) in tests/test_runtime.py; damaged or malicious
-.pth checkpoints and weight caches in tests/test_lite_weights.py. docs/guarantees.md maps every
+.pth checkpoints and weight caches in tests/test_lite_weights.py. The README section "What edgetl guarantees" maps every
 case to its test.
 """
 
