@@ -4,7 +4,8 @@
 
 Runs (in this order, results written after each one so a partial run still reports):
 ``cats_dogs:fe``, ``cats_dogs:baseline`` (frozen base + GAP/Dense head, ``model.fit`` through the base
-every epoch, 10 epochs), ``hymenoptera:fe``, ``hymenoptera:ft``, ``cats_dogs:ft`` and
+every epoch, 10 epochs; the same fit also trains issue 6's peer, the tutorial Flatten/Dense head, whose
+default TFLite conversion is then checked on the val set: ``--no-peer`` leaves it out), ``hymenoptera:fe``, ``hymenoptera:ft``, ``cats_dogs:ft`` and
 ``cats_dogs:plain_ft_throughput`` (plain ``model.fit`` on the same model with the same blocks unfrozen,
 timed over a fixed number of steps). Writes ``benchmarks/results/train_<date>.json`` and ``.md``.
 """

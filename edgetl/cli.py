@@ -21,6 +21,8 @@ except ImportError:  # pragma: no cover
     from click import exceptions as _cx  # type: ignore[no-redef]
 
 from edgetl import __version__
+from edgetl.config import AugmentConfig as _AC
+from edgetl.config import TrainConfig as _TC  # defaults live in one place (light import: no TensorFlow)
 from edgetl.errors import EdgetlError, UsageError
 
 app = typer.Typer(
@@ -211,26 +213,27 @@ def train(
     backbone: str = typer.Option("efficientnet_lite0", "--backbone", "-b", help="Backbone name (see 'edgetl models')."),
     weights: str = typer.Option("imagenet", "--weights", help="imagenet, none (random init) or a weights file."),
     strategy: str = typer.Option("fine-tune", "--strategy", help="feature-extraction (frozen base) or fine-tune (head, then top blocks)."),
-    epochs: int = typer.Option(10, "--epochs", help="Head epochs (frozen base, on cached embeddings)."),
-    fine_tune_epochs: int = typer.Option(3, "--fine-tune-epochs", help="Epochs with the top blocks unfrozen."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per step."),
-    lr: float = typer.Option(1e-3, "--lr", help="Head learning rate."),
-    fine_tune_lr: Optional[float] = typer.Option(None, "--fine-tune-lr", help="Peak fine-tune learning rate [default: --lr / 10]."),
-    val_split: float = typer.Option(0.2, "--val-split", help="Validation fraction for the <class>/ layout (stratified, seeded)."),
+    epochs: int = typer.Option(_TC.epochs, "--epochs", help="Head epochs (frozen base, on cached embeddings)."),
+    fine_tune_epochs: int = typer.Option(_TC.fine_tune_epochs, "--fine-tune-epochs", help="Epochs with the top blocks unfrozen."),
+    batch_size: int = typer.Option(_TC.batch_size, "--batch-size", help="Images per step."),
+    lr: float = typer.Option(_TC.lr, "--lr", help="Head learning rate."),
+    fine_tune_lr: Optional[float] = typer.Option(_TC.fine_tune_lr, "--fine-tune-lr", help="Peak fine-tune learning rate (warm-up, then cosine decay)."),
+    val_split: float = typer.Option(_TC.val_split, "--val-split", help="Validation fraction for the <class>/ layout (stratified, seeded)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the split, shuffles, augmentation and init."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Random flip, rotation, zoom, brightness, contrast."),
-    augment_views: int = typer.Option(1, "--augment-views", help="Augmented views per training image for the frozen-base phase."),
-    label_smoothing: float = typer.Option(0.1, "--label-smoothing", help="Label smoothing of the loss."),
-    dropout: float = typer.Option(0.2, "--dropout", help="Dropout before the classifier."),
-    weight_decay: float = typer.Option(1e-4, "--weight-decay", help="AdamW weight decay (0: Adam)."),
+    augment_views: int = typer.Option(_AC.views, "--augment-views", help="Augmented views per training image for the frozen-base phase."),
+    label_smoothing: float = typer.Option(_TC.label_smoothing, "--label-smoothing", help="Label smoothing of the loss."),
+    dropout: float = typer.Option(_TC.dropout, "--dropout", help="Dropout before the classifier."),
+    weight_decay: float = typer.Option(_TC.weight_decay, "--weight-decay", help="AdamW weight decay (0: Adam)."),
+    head_l2: float = typer.Option(_TC.head_l2, "--head-l2", help="L2 penalty on the classifier weights."),
     class_weights: str = typer.Option("auto", "--class-weights", help="auto (when classes are unbalanced), on or off."),
     unfreeze: Optional[int] = typer.Option(None, "--unfreeze", help="Top blocks to unfreeze [default: the backbone's]."),
-    patience: int = typer.Option(3, "--patience", help="Early stopping patience on val loss (0: off)."),
+    patience: int = typer.Option(_TC.patience, "--patience", help="Early stopping patience on val loss (0: off)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory [default: runs/<name>]."),
     name: Optional[str] = typer.Option(None, "--name", help="Run name [default: <data folder>-<backbone>]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint."),
-    max_pixels: int = typer.Option(89_478_485, "--max-pixels", help="Refuse images larger than this many pixels (0: no limit)."),
+    max_pixels: int = typer.Option(_TC.max_pixels, "--max-pixels", help="Refuse images larger than this many pixels (0: no limit)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Image decoding threads [default: CPU count]."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     json_out: bool = typer.Option(False, "--json", help="Print metrics.json at the end."),
@@ -241,7 +244,7 @@ def train(
     cfg = TrainConfig(
         data_dir=str(data_dir), backbone=backbone, weights=weights, strategy=strategy, epochs=epochs,
         fine_tune_epochs=fine_tune_epochs, batch_size=batch_size, lr=lr, fine_tune_lr=fine_tune_lr,
-        weight_decay=weight_decay, dropout=dropout, label_smoothing=label_smoothing, val_split=val_split, seed=seed,
+        weight_decay=weight_decay, head_l2=head_l2, dropout=dropout, label_smoothing=label_smoothing, val_split=val_split, seed=seed,
         augment=AugmentConfig(enabled=augment, views=augment_views), class_weights=class_weights, unfreeze=unfreeze,
         patience=patience, out=str(out) if out else None, name=name, overwrite=overwrite, resume=resume,
         max_pixels=max_pixels, workers=workers, verbose=0 if quiet else 1,

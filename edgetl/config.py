@@ -62,11 +62,17 @@ class TrainConfig:
         fine_tune_epochs: epochs with the top ``unfreeze`` blocks trainable.
         batch_size: images per step.
         lr: head learning rate.
-        fine_tune_lr: peak learning rate of the fine-tune phase (None: ``lr * 0.1``).
+        fine_tune_lr: peak learning rate of the fine-tune phase (None: ``lr * 0.1``). The default 3e-5
+            (lr * 0.03): cats_dogs seeds 0-2 gave 992/992/990 at 3e-5 vs 992/994/988 at 1e-4, the same
+            mean with a smaller spread.
         warmup_fraction: fraction of fine-tune steps spent warming the LR up (then cosine decay).
         weight_decay: AdamW decoupled weight decay (0 = Adam).
+        head_l2: L2 penalty on the classifier weights, added to the loss (``head_l2 * sum(w**2)``)
+            in both phases: with label smoothing off, the head converges to an L2-regularized
+            logistic regression on the embeddings (measured best on both benchmark datasets).
         dropout: dropout before the classifier.
-        label_smoothing: label smoothing of the cross-entropy.
+        label_smoothing: label smoothing of the cross-entropy (0: off; it caps the confidence
+            of a linear head on separable embeddings and cost 2-3 val images on cats_dogs).
         val_split: validation fraction for the ``<class>/`` layout (stratified, seeded).
         seed: seed for every random choice (split, shuffles, augmentation, init).
         augment: augmentation settings.
@@ -89,22 +95,23 @@ class TrainConfig:
     backbone: str = "efficientnet_lite0"
     weights: str = "imagenet"
     strategy: str = "fine-tune"
-    epochs: int = 10
+    epochs: int = 20
     fine_tune_epochs: int = 3
     batch_size: int = 32
     lr: float = 1e-3
-    fine_tune_lr: float | None = None
+    fine_tune_lr: float | None = 3e-5
     warmup_fraction: float = 0.1
-    weight_decay: float = 1e-4
+    weight_decay: float = 0.0
+    head_l2: float = 0.015
     dropout: float = 0.2
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.0
     val_split: float = 0.2
     seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     class_weights: str = "auto"
     imbalance_ratio: float = 1.5
     unfreeze: int | None = None
-    patience: int = 3
+    patience: int = 5
     out: str | None = None
     name: str | None = None
     overwrite: bool = False
@@ -140,6 +147,7 @@ class TrainConfig:
             ("lr", "--lr", 0.0, 10.0, False),
             ("warmup_fraction", "warmup_fraction", 0.0, 1.0, True),
             ("weight_decay", "--weight-decay", 0.0, 1.0, True),
+            ("head_l2", "--head-l2", 0.0, 10.0, True),
             ("dropout", "--dropout", 0.0, 0.95, True),
             ("label_smoothing", "--label-smoothing", 0.0, 0.99, True),
             ("imbalance_ratio", "imbalance_ratio", 1.0, 1e9, True),
@@ -185,6 +193,7 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
+        kw.setdefault("head_l2", 0.0)  # runs saved before head_l2 existed were trained without it (resume stays exact)
         aug = kw.pop("augment", None)
         if isinstance(aug, dict):
             aug_known = {f.name for f in fields(AugmentConfig)}

@@ -375,7 +375,7 @@ def _optimizer(lr: Any, weight_decay: float) -> Any:
     return keras.optimizers.Adam(learning_rate=lr)
 
 
-def _compile(model: Any, lr: Any, cfg: TrainConfig, jit: bool) -> None:
+def _compile(model: Any, lr: Any, cfg: TrainConfig, jit: bool, steps_per_execution: int = 1) -> None:
     import keras
 
     model.compile(
@@ -383,6 +383,7 @@ def _compile(model: Any, lr: Any, cfg: TrainConfig, jit: bool) -> None:
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         jit_compile=jit,
+        steps_per_execution=steps_per_execution,
     )
 
 
@@ -544,12 +545,16 @@ def _train(cfg: TrainConfig, spec: Any, run_dir: Path, extra_callbacks: Sequence
         base.trainable = False
         pooled = keras.layers.GlobalAveragePooling2D(name="head_pool")(base.output)
         dropped = keras.layers.Dropout(cfg.dropout, name="head_dropout")(pooled)
-        probs = keras.layers.Dense(n_cls, activation="softmax", dtype="float32", name="probs")(dropped)
+        # The same L2 penalty on the classifier in both phases (a no-op for inference and export).
+        reg = (lambda: keras.regularizers.L2(cfg.head_l2)) if cfg.head_l2 > 0 else (lambda: None)
+        probs = keras.layers.Dense(n_cls, activation="softmax", dtype="float32", name="probs",
+                                   kernel_regularizer=reg())(dropped)
         full = keras.Model(base.input, probs, name=f"{spec.name}_classifier")
 
         feat_dim = int(pooled.shape[-1])
         emb_in = keras.Input((feat_dim,), name="embedding")
-        head = keras.Model(emb_in, keras.layers.Dense(n_cls, activation="softmax", dtype="float32", name="probs")(
+        head = keras.Model(emb_in, keras.layers.Dense(n_cls, activation="softmax", dtype="float32", name="probs",
+                                                      kernel_regularizer=reg())(
             keras.layers.Dropout(cfg.dropout, name="head_dropout")(emb_in)), name="head")
 
         # Fine-tuning on cached activations: only when the frozen part ends cleanly at one tensor.
@@ -622,7 +627,9 @@ def _train(cfg: TrainConfig, spec: Any, run_dir: Path, extra_callbacks: Sequence
     # ---- phase 1: head on cached embeddings
     head_epochs_run = 0
     head_state = resume_state if resumed_phase == "head" else None
-    _compile(head, cfg.lr, cfg, jit=False)
+    # The head's steps are tiny (one Dense layer): 32 steps per graph call removes the per-step
+    # Python overhead (2-3x faster head epochs on 2 CPU cores, same updates, same results).
+    _compile(head, cfg.lr, cfg, jit=False, steps_per_execution=32)
     if resumed_phase == "fine-tune":
         head_epochs_run = sum(1 for r in history if r["phase"] == "head")
     elif head_state and head_state[0].get("done"):
@@ -688,8 +695,17 @@ def _train(cfg: TrainConfig, spec: Any, run_dir: Path, extra_callbacks: Sequence
                       f"{cfg.fine_tune_epochs} epochs, peak lr {peak:g}, on {ft_mode}")
             ft_cb = _make_phase_callback("fine-tune", cfg.fine_tune_epochs, head_epochs_run, cfg.patience, ckpt, history,
                                          len(ft_y), ft_state[0] if ft_state else None, best_w)
+            start_loss = None
+            if not ft_state:
+                # Early stopping counts the starting point (the best head) as epoch 0: when no
+                # fine-tune epoch lowers the val loss, the restore keeps the head unchanged.
+                ev = model.evaluate(*ft_val, verbose=0) if isinstance(ft_val, tuple) else model.evaluate(ft_val, verbose=0)
+                start_loss = float(ev[0] if isinstance(ev, (list, tuple)) else ev)
+                ft_cb.best, ft_cb.best_weights = start_loss, model.get_weights()
             model.fit(ft_ds, validation_data=ft_val, epochs=cfg.fine_tune_epochs,
                       initial_epoch=start, callbacks=[ft_cb, *extra_callbacks], verbose=cfg.verbose, shuffle=False)
+            if start_loss is not None and ft_cb.best >= start_loss:
+                _log(cfg, f"no fine-tune epoch lowered the val loss below the head's ({start_loss:.4f}): kept the head")
             ft_train_seconds = float(sum(ft_cb.train_seconds))
             ft_images = len(ft_y) * len(ft_cb.train_seconds)
         elif best_w is not None:
