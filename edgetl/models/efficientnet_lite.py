@@ -175,24 +175,21 @@ def top_block_layers(model: Any, k: int) -> list[Any]:
     ]
 
 
-def _conv(keras: Any, x: Any, filters: int, kernel: int, stride: int, name: str, padding: str) -> Any:
-    layers = keras.layers
+def _pad(keras: Any, x: Any, kernel: int, stride: int, name: str, padding: str) -> tuple[Any, str]:
+    """TF "same" padding, or PyTorch-style symmetric zero padding before a "valid" strided conv."""
     if stride > 1 and padding == "symmetric":
-        x = layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
-        pad = "valid"
-    else:
-        pad = "same"
-    return layers.Conv2D(filters, kernel, strides=stride, padding=pad, use_bias=False, name=name)(x)
+        return keras.layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x), "valid"
+    return x, "same"
+
+
+def _conv(keras: Any, x: Any, filters: int, kernel: int, stride: int, name: str, padding: str) -> Any:
+    x, pad = _pad(keras, x, kernel, stride, name, padding)
+    return keras.layers.Conv2D(filters, kernel, strides=stride, padding=pad, use_bias=False, name=name)(x)
 
 
 def _dwconv(keras: Any, x: Any, kernel: int, stride: int, name: str, padding: str) -> Any:
-    layers = keras.layers
-    if stride > 1 and padding == "symmetric":
-        x = layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
-        pad = "valid"
-    else:
-        pad = "same"
-    return layers.DepthwiseConv2D(kernel, strides=stride, padding=pad, use_bias=False, name=name)(x)
+    x, pad = _pad(keras, x, kernel, stride, name, padding)
+    return keras.layers.DepthwiseConv2D(kernel, strides=stride, padding=pad, use_bias=False, name=name)(x)
 
 
 def _bn_relu(keras: Any, x: Any, bn_name: str, relu_name: str | None, eps: float) -> Any:
