@@ -336,7 +336,7 @@ def _backbone_run(tmp_path: Path, image_folder: Path, name: str) -> Path:
     return run
 
 
-@pytest.mark.parametrize("backbone", ["mobilenet_v2_035", "efficientnet_b0"]  # Lite0: tests/test_real_path.py)
+@pytest.mark.parametrize("backbone", ["mobilenet_v2_035", "efficientnet_b0"])  # Lite0: tests/test_real_path.py
 def test_registry_backbones_export_int8_and_onnx(tmp_path, image_folder, backbone):
     """Every backbone family in the registry converts (random weights: this checks the graph, not accuracy)."""
     run = _backbone_run(tmp_path, image_folder, backbone)
