@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import shutil
 import sys
 import time
@@ -34,12 +33,12 @@ from edgetl import __version__
 from edgetl.config import TrainConfig
 from edgetl.errors import EdgetlError, UsageError
 from edgetl.locking import LOCK_NAME, DirLock, check_output_dir
+from edgetl.models.registry import block_index
 from edgetl.report import atomic_write_text, csv_text, write_json
 from edgetl.run import CONFIG_FILE, LABELS_FILE, MODEL_FILE
 
 CHECKPOINT_DIR = "checkpoints"
 HISTORY_COLUMNS = ["phase", "epoch", "phase_epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "train_seconds", "epoch_seconds"]
-_BLOCK_RE = re.compile(r"^block(\d+)_")
 
 
 # --------------------------------------------------------------------------- devices
@@ -137,11 +136,6 @@ def _warn(cfg: TrainConfig, msg: str, sink: list[str]) -> None:
 def _quiet_tf() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
-
-def block_index(name: str) -> int | None:
-    m = _BLOCK_RE.match(name)
-    return int(m.group(1)) if m else None
 
 
 def unfrozen_layer_names(layer_names: Sequence[str], k: int) -> set[str]:

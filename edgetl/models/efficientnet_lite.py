@@ -10,7 +10,7 @@ The model takes float32 RGB pixels in [0, 255] and starts with the normalization
 ``(x - mean) / std`` from ``spec.preprocessing`` (layer ``stem_normalize``). Every
 layer of block ``N`` is named ``block{N}_...`` (N as in the checkpoint's ``_blocks.N``),
 the stem ``stem_...`` and the head ``top_...``, so fine-tuning can unfreeze the
-top K blocks by name (:func:`top_block_layers`).
+top K blocks by name (:func:`edgetl.train.unfrozen_layer_names`).
 
 Conventions of the checkpoints, measured (not assumed). Whole image resized to the
 input size, no crop. "cd100": first 50 cats + 50 dogs of ``../shared/datasets/cats_dogs/val``,
@@ -67,6 +67,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgetl.errors import ModelFileError, UsageError
+from edgetl.models.registry import block_index  # noqa: F401 - re-exported: the naming contract lives in the registry
 
 if TYPE_CHECKING:
     from edgetl.models.registry import BackboneSpec
@@ -96,9 +97,6 @@ NUM_CLASSES = 1000
 #: measured, see the module docstring
 BN_EPSILON = 1e-3
 PADDING = "same"  # TF asymmetric "same" padding, not PyTorch-style symmetric padding
-
-_BLOCK_RE = re.compile(r"^block(\d+)_")
-
 
 @dataclass(frozen=True)
 class BlockConfig:
@@ -154,25 +152,6 @@ def block_configs(spec: BackboneSpec) -> list[BlockConfig]:
 def num_blocks(spec: BackboneSpec) -> int:
     """Number of MBConv blocks (16 for Lite0, 21 for Lite1 and Lite2)."""
     return len(block_configs(spec))
-
-
-def block_index(layer_name: str) -> int | None:
-    """The block number of a layer (``block15_project_conv`` -> 15), None for stem/top/other layers."""
-    m = _BLOCK_RE.match(layer_name)
-    return int(m.group(1)) if m else None
-
-
-def top_block_layers(model: Any, k: int) -> list[Any]:
-    """The layers of the last ``k`` blocks plus the head (``top_*``): what to unfreeze for fine-tuning."""
-    indices = [i for i in (block_index(layer.name) for layer in model.layers) if i is not None]
-    if not indices:
-        return [layer for layer in model.layers if layer.name.startswith("top_")]
-    first = max(indices) + 1 - max(int(k), 0)
-    return [
-        layer
-        for layer in model.layers
-        if layer.name.startswith("top_") or (block_index(layer.name) is not None and block_index(layer.name) >= first)
-    ]
 
 
 def _pad(keras: Any, x: Any, kernel: int, stride: int, name: str, padding: str) -> tuple[Any, str]:

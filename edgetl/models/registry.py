@@ -10,6 +10,7 @@ listing backbones never imports TensorFlow.
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -64,6 +65,18 @@ class BackboneSpec:
         from edgetl.models import weights
 
         return weights.available(self)
+
+
+_BLOCK_RE = re.compile(r"^block(\d+)_")
+
+
+def block_index(layer_name: str) -> int | None:
+    """The block number of a layer under the builders' naming contract (``block15_project_conv`` -> 15).
+
+    None for stem, head (``top_*``) and other layers. Fine-tuning unfreezes whole blocks by this number.
+    """
+    m = _BLOCK_RE.match(layer_name)
+    return int(m.group(1)) if m else None
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}

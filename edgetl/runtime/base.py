@@ -28,6 +28,12 @@ class Runner(Protocol):
         ...
 
 
+def as_batch(pixels: np.ndarray) -> np.ndarray:
+    """One image (H, W, 3) or a batch (N, H, W, 3) as a batch."""
+    x = np.asarray(pixels)
+    return x[None] if x.ndim == 3 else x
+
+
 @dataclass
 class TopK:
     file: str

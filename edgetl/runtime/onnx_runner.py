@@ -17,6 +17,7 @@ import numpy as np
 from edgetl.errors import ModelFileError
 from edgetl.preprocess import Preprocessing
 from edgetl.runtime import loader
+from edgetl.runtime.base import as_batch
 from edgetl.runtime.env import RuntimeUnavailableError
 
 PROVIDER_NAMES = {
@@ -149,9 +150,7 @@ class OnnxRunner:
         return {self._in.name: x}
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
-        x = np.asarray(pixels)
-        if x.ndim == 3:
-            x = x[None]
+        x = as_batch(pixels)
         n = len(x)
         if n == 0:
             return np.zeros((0, self.num_classes), np.float32)

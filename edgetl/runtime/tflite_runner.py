@@ -19,6 +19,7 @@ import numpy as np
 from edgetl.errors import ModelFileError
 from edgetl.preprocess import Preprocessing
 from edgetl.runtime import loader
+from edgetl.runtime.base import as_batch
 from edgetl.runtime.env import RuntimeUnavailableError
 
 TFLITE_IDENTIFIER = b"TFL3"
@@ -170,9 +171,7 @@ class TFLiteRunner:
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, 3) -> float32 (N, C); batches of up to ``max_batch`` when the batch is dynamic."""
-        x = np.asarray(pixels)
-        if x.ndim == 3:
-            x = x[None]
+        x = as_batch(pixels)
         n = len(x)
         if n == 0:
             return np.zeros((0, self.num_classes), np.float32)
