@@ -235,6 +235,8 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint."),
     max_pixels: int = typer.Option(_TC.max_pixels, "--max-pixels", help="Refuse images larger than this many pixels (0: no limit)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Image decoding threads [default: CPU count]."),
+    embed_engine: str = typer.Option(_TC.embed_engine, "--embed-engine",
+                                     help="Runs the frozen base: auto (ONNX Runtime on CPU, checked against TensorFlow), tensorflow or onnxruntime."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     json_out: bool = typer.Option(False, "--json", help="Print metrics.json at the end."),
 ) -> None:
@@ -247,7 +249,7 @@ def train(
         weight_decay=weight_decay, head_l2=head_l2, dropout=dropout, label_smoothing=label_smoothing, val_split=val_split, seed=seed,
         augment=AugmentConfig(enabled=augment, views=augment_views), class_weights=class_weights, unfreeze=unfreeze,
         patience=patience, out=str(out) if out else None, name=name, overwrite=overwrite, resume=resume,
-        max_pixels=max_pixels, workers=workers, verbose=0 if quiet else 1,
+        max_pixels=max_pixels, workers=workers, embed_engine=embed_engine, verbose=0 if quiet else 1,
     ).validate()
     _quiet_tf()
     from edgetl.train import train as train_fn

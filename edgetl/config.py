@@ -29,7 +29,9 @@ class AugmentConfig:
         brightness: max brightness shift as a fraction of the [0, 255] range.
         contrast: max contrast change factor.
         views: augmented views per training image embedded for the frozen-base phase
-            (in addition to the clean image). Each view costs one forward pass of the base.
+            (in addition to the clean image). Each view costs one forward pass of the base. Default 2:
+            on cached Lite0 embeddings, over head seeds 0-4, cats_dogs val scored 991.6 / 992.2 / 992.8 /
+            991.8 of 1000 on average with 0 / 1 / 2 / 3 views, hymenoptera 144.2 / 146.0 / 146.0 / 145.8 of 153.
     """
 
     enabled: bool = True
@@ -38,7 +40,7 @@ class AugmentConfig:
     zoom: float = 0.1
     brightness: float = 0.1
     contrast: float = 0.1
-    views: int = 1
+    views: int = 2
 
     def validate(self) -> None:
         for name, lo, hi in (("rotation", 0.0, 0.5), ("zoom", 0.0, 0.9), ("brightness", 0.0, 1.0), ("contrast", 0.0, 1.0)):
@@ -86,6 +88,9 @@ class TrainConfig:
         resume: continue an interrupted run from its last complete checkpoint.
         max_pixels: decompression-bomb guard per image (0 disables).
         workers: decoding threads (None: CPU count).
+        embed_engine: runs the frozen base for the cached passes: ``auto`` (ONNX Runtime on a CPU-only
+            machine, checked against TensorFlow on the first batch; TensorFlow with a GPU), ``tensorflow``
+            or ``onnxruntime``.
         cache_limit_mb: largest in-memory cache of frozen-part activations for fine-tuning;
             above it the fine-tune phase runs the whole model on images.
         verbose: 0 quiet, 1 progress bars, 2 one line per epoch.
@@ -118,6 +123,7 @@ class TrainConfig:
     resume: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     workers: int | None = None
+    embed_engine: str = "auto"
     cache_limit_mb: int = 2048
     verbose: int = 1
 
@@ -168,6 +174,8 @@ class TrainConfig:
             raise UsageError(f"--workers must be between 1 and 256, got {self.workers!r}")
         if self.class_weights not in ("auto", "on", "off"):
             raise UsageError(f"--class-weights must be auto, on or off, got {self.class_weights!r}")
+        if self.embed_engine not in ("auto", "tensorflow", "onnxruntime"):
+            raise UsageError(f"--embed-engine must be auto, tensorflow or onnxruntime, got {self.embed_engine!r}")
         self.augment.validate()
         return self
 

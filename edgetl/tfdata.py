@@ -9,39 +9,86 @@ import numpy as np
 from edgetl.config import AugmentConfig
 
 
-def build_augmenter(aug: AugmentConfig, seed: int) -> Any | None:
-    """A Keras preprocessing stack over float32 pixels in [0, 255], or None when augmentation is off.
+class Augmenter:
+    """Random flip, rotation and zoom as one bilinear warp (reflect fill), then brightness and contrast.
 
-    Zoom covers both zoom-in (random crop + resize) and zoom-out; every layer is seeded.
+    Works on float32 batches of pixels in [0, 255] and is stateless: the images depend only on the
+    batch and a ``(2,)`` int64 seed, so a seeded run draws the same views every time, in any order,
+    whatever the number of parallel map workers. One warp instead of one per layer (Keras'
+    ``RandomRotation`` then ``RandomZoom``) made augmentation ~2x faster on 2 CPU cores (measured:
+    ~400 vs ~190 images/s at 224 x 224) with one interpolation instead of two.
+
+    The draws follow the Keras layers' conventions: zoom factor ``z`` in ``[-zoom, zoom]`` scales the
+    sampling grid by ``1 + z`` (positive zooms out), rotation is a fraction of a full turn,
+    brightness adds ``U(-b, b) * 255``, contrast scales each channel around its mean by ``U(1-c, 1+c)``,
+    and the result is clipped to [0, 255].
     """
+
+    def __init__(self, aug: AugmentConfig, seed: int):
+        self.aug = aug
+        self.seed = int(seed)
+
+    def __call__(self, images: Any, seed: Any) -> Any:
+        import math
+
+        import tensorflow as tf
+
+        a = self.aug
+        images = tf.cast(images, tf.float32)
+        shape = tf.shape(images)
+        b = shape[0]
+        h = tf.cast(shape[1], tf.float32)
+        w = tf.cast(shape[2], tf.float32)
+        s = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 5)
+        one = tf.ones([b])
+        flip = tf.where(tf.random.stateless_uniform([b], s[0]) < 0.5, -1.0, 1.0) if a.flip else one
+        turn = a.rotation * 2.0 * math.pi
+        angle = tf.random.stateless_uniform([b], s[1], -turn, turn) if a.rotation > 0 else 0.0 * one
+        scale = 1.0 + tf.random.stateless_uniform([b], s[2], -a.zoom, a.zoom) if a.zoom > 0 else one
+        if a.flip or a.rotation > 0 or a.zoom > 0:
+            # output pixel p samples the input at c + R(angle) S(scale) F(flip) (p - c), c = centre
+            cos, sin = tf.cos(angle) * scale, tf.sin(angle) * scale
+            a0, a1, b0, b1 = cos * flip, -sin, sin * flip, cos
+            cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
+            zero = tf.zeros([b])
+            transforms = tf.stack([a0, a1, cx - a0 * cx - a1 * cy, b0, b1, cy - b0 * cx - b1 * cy, zero, zero], axis=1)
+            images = tf.raw_ops.ImageProjectiveTransformV3(
+                images=images, transforms=transforms, output_shape=shape[1:3], fill_value=0.0,
+                interpolation="BILINEAR", fill_mode="REFLECT")
+        if a.contrast > 0:
+            f = tf.random.stateless_uniform([b, 1, 1, 1], s[4], 1.0 - a.contrast, 1.0 + a.contrast)
+            mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
+            images = (images - mean) * f + mean
+        if a.brightness > 0:
+            images = images + tf.random.stateless_uniform([b, 1, 1, 1], s[3], -a.brightness * 255.0, a.brightness * 255.0)
+        return tf.clip_by_value(images, 0.0, 255.0)
+
+
+def build_augmenter(aug: AugmentConfig, seed: int) -> Augmenter | None:
+    """The augmentation for ``aug``, or None when it is off (or every transform is zero)."""
     if not aug.enabled:
         return None
-    import keras
-
-    layers: list[Any] = []
-    if aug.flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
-    if aug.rotation > 0:
-        layers.append(keras.layers.RandomRotation(aug.rotation, fill_mode="reflect", seed=seed + 1))
-    if aug.zoom > 0:
-        layers.append(keras.layers.RandomZoom((-aug.zoom, aug.zoom), fill_mode="reflect", seed=seed + 2))
-    if aug.brightness > 0:
-        layers.append(keras.layers.RandomBrightness(aug.brightness, value_range=(0, 255), seed=seed + 3))
-    if aug.contrast > 0:
-        layers.append(keras.layers.RandomContrast(aug.contrast, value_range=(0, 255), seed=seed + 4))
-    if not layers:
+    if not (aug.flip or aug.rotation > 0 or aug.zoom > 0 or aug.brightness > 0 or aug.contrast > 0):
         return None
-    return keras.Sequential(layers, name="augment")
+    return Augmenter(aug, seed)
 
 
-def pixels_dataset(x: np.ndarray, batch_size: int, augmenter: Any | None = None) -> Any:
-    """Batches of float32 pixels (optionally augmented) for inference, in order (no labels)."""
+def pixels_dataset(x: np.ndarray, batch_size: int, augmenter: Augmenter | None = None, view: int = 0) -> Any:
+    """Batches of float32 pixels (optionally augmented) for inference, in order (no labels).
+
+    With an augmenter, batch ``i`` of view ``v`` is drawn from the seed ``(augmenter.seed, v * 2**20 + i)``:
+    views differ from each other and repeat exactly across runs.
+    """
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices(x).batch(batch_size)
-    ds = ds.map(lambda b: tf.cast(b, tf.float32), num_parallel_calls=tf.data.AUTOTUNE)
-    if augmenter is not None:
-        ds = ds.map(lambda b: augmenter(b, training=True), num_parallel_calls=tf.data.AUTOTUNE)
+    if augmenter is None:
+        ds = ds.map(lambda b: tf.cast(b, tf.float32), num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        base = tf.constant(augmenter.seed, tf.int64)
+        offset = tf.constant(int(view) * 2**20, tf.int64)
+        ds = ds.enumerate().map(lambda i, b: augmenter(b, tf.stack([base, offset + i])),
+                                num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -53,7 +100,7 @@ def training_dataset(
     seed: int,
     shuffle: bool = True,
     sample_weight: np.ndarray | None = None,
-    augmenter: Any | None = None,
+    augmenter: Augmenter | None = None,
 ) -> Any:
     """``(x float32, one-hot y[, w])`` batches from in-memory arrays.
 
@@ -73,10 +120,16 @@ def training_dataset(
     ds = ds.batch(batch_size)
 
     def _map(xb: Any, yb: Any, *w: Any) -> Any:
-        xb = tf.cast(xb, tf.float32)
-        if augmenter is not None:
-            xb = augmenter(xb, training=True)
-        out = (xb, tf.one_hot(yb, num_classes))
-        return out + tuple(w)
+        return (tf.cast(xb, tf.float32), tf.one_hot(yb, num_classes)) + tuple(w)
 
-    return ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    if augmenter is None:
+        return ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    # One seed per batch from a seeded stream that is redrawn every epoch (every iteration).
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    base = tf.constant(augmenter.seed, tf.int64)
+
+    def _aug_map(parts: Any, r: Any) -> Any:
+        xb, yb, *w = parts
+        return (augmenter(xb, tf.stack([base, r])), tf.one_hot(yb, num_classes)) + tuple(w)
+
+    return tf.data.Dataset.zip((ds, seeds)).map(_aug_map, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

@@ -64,6 +64,8 @@ def test_feature_extraction_learns(fe_result, image_folder):
     assert fe_result.val_accuracy >= 0.9
     m = _check_run(fe_result.run_dir, image_folder, "feature-extraction")
     assert m["epochs_run"]["fine_tune"] == 0 and m["views_per_train_image"] == 2
+    # no GPU here: the frozen base ran on ONNX Runtime, checked against TensorFlow on the first batch
+    assert m["embed_engine"]["engine"] == "onnxruntime" and m["embed_engine"]["max_abs_diff_vs_tensorflow"] < 1e-3
     assert {r["phase"] for r in fe_result.history} == {"head"}
 
 
@@ -208,6 +210,7 @@ def test_unbalanced_classes_get_weights(tmp_path):
         (["--strategy", "bogus"], "--strategy"),
         (["--backbone", "nope"], "unknown backbone"),
         (["--epochs", "many"], "epochs"),
+        (["--embed-engine", "tpu"], "--embed-engine"),
     ],
 )
 def test_bad_numbers_exit_2(image_folder, tmp_path, capsys, args, needle):
