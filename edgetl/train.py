@@ -470,7 +470,7 @@ def _train(cfg: TrainConfig, spec: Any, run_dir: Path, extra_callbacks: Sequence
 
     from edgetl.data import load_dataset, summarize_skipped
     from edgetl.models import build
-    from edgetl.tfdata import build_augmenter, pixels_dataset, training_dataset
+    from edgetl.tfdata import build_augmenter, pixel_batches, pixels_dataset, training_dataset
 
     tf.get_logger().setLevel("ERROR")  # retracing notices from predicting several views
     warnings_out: list[str] = []
@@ -589,8 +589,12 @@ def _train(cfg: TrainConfig, spec: Any, run_dir: Path, extra_callbacks: Sequence
         bar = keras.utils.Progbar(int(np.ceil(len(x) / bs))) if cfg.verbose == 1 else None
         embs: list[np.ndarray] = []
         acts: list[np.ndarray] = []
-        for i, b in enumerate(pixels_dataset(x, bs, aug, view=view)):
-            out = forward(b.numpy())
+        if forward.engine == "onnxruntime":  # uses every core: no TF work alongside it
+            batches = pixel_batches(x, bs, aug, view)
+        else:
+            batches = (b.numpy() for b in pixels_dataset(x, bs, aug, view=view))
+        for i, b in enumerate(batches):
+            out = forward(b)
             embs.append(out[0])
             if len(out) > 1:
                 acts.append(out[1].astype(np.float16))
@@ -599,11 +603,15 @@ def _train(cfg: TrainConfig, spec: Any, run_dir: Path, extra_callbacks: Sequence
         emb = np.concatenate(embs) if embs else np.zeros((0, feat_dim), np.float32)
         return emb, (np.concatenate(acts) if acts else None)
 
-    tr_parts = [run_extractor(xtr, None)]
-    if augmenter is not None:
-        for view in range(1, cfg.augment.views + 1):
-            tr_parts.append(run_extractor(xtr, augmenter, view))
+    view_seconds: list[float] = []
+    tr_parts = []
+    for view in range(0, 1 + (cfg.augment.views if augmenter is not None else 0)):
+        tv = time.perf_counter()
+        tr_parts.append(run_extractor(xtr, augmenter if view else None, view))
+        view_seconds.append(time.perf_counter() - tv)
+    tv = time.perf_counter()
     emb_va, act_va = run_extractor(xva, None)
+    view_seconds.append(time.perf_counter() - tv)
     emb_tr = np.concatenate([p[0] for p in tr_parts])
     act_tr = np.concatenate([p[1] for p in tr_parts]) if tail is not None else None
     y_views = np.tile(ytr, len(tr_parts))
@@ -747,6 +755,8 @@ def _train(cfg: TrainConfig, spec: Any, run_dir: Path, extra_callbacks: Sequence
         "embed_seconds": embed_seconds,
         "embed_images_per_s": n_embedded / embed_seconds if embed_seconds > 0 else None,
         "embed_engine": forward.to_dict(),
+        "embed_seconds_per_pass": {"train_clean": view_seconds[0],
+                                   "train_augmented": view_seconds[1:-1], "val": view_seconds[-1]},
         "views_per_train_image": n_views,
         "fine_tune_mode": ft_mode,
         "fine_tune_images_per_s": ips,
@@ -768,6 +778,5 @@ def _train(cfg: TrainConfig, spec: Any, run_dir: Path, extra_callbacks: Sequence
 
     plot_curves(history, run_dir / "curves.png")
     plot_confusion(metrics["val"]["confusion_matrix"], classes, run_dir / "confusion_matrix.png")
-    result = TrainResult(run_dir, metrics, history, cfg, warnings_out, bool(resume_state))
-    _log(cfg, result.summary())
-    return result
+    # The CLI prints result.summary() once, on stdout; the API returns it.
+    return TrainResult(run_dir, metrics, history, cfg, warnings_out, bool(resume_state))

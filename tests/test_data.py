@@ -158,3 +158,16 @@ def test_training_dataset_augments_differently_each_epoch():
     assert not np.allclose(first, second)
     same_seed = training_dataset(x, np.zeros(4, int), 2, 4, seed=0, shuffle=False, augmenter=build_augmenter(AugmentConfig(), 0))
     np.testing.assert_array_equal(next(iter(same_seed))[0].numpy(), first)
+
+
+def test_pixel_batches_match_the_pipeline():
+    from edgetl.config import AugmentConfig
+    from edgetl.tfdata import build_augmenter, pixel_batches, pixels_dataset
+
+    x = np.random.default_rng(2).integers(0, 256, (23, 16, 16, 3), dtype=np.uint8)
+    aug = build_augmenter(AugmentConfig(), 5)
+    for a in (None, aug):
+        piped = np.concatenate([b.numpy() for b in pixels_dataset(x, 4, a, view=2)])
+        chunked = list(pixel_batches(x, 4, a, view=2, chunk_batches=2))
+        assert [len(b) for b in chunked] == [4, 4, 4, 4, 4, 3]
+        np.testing.assert_allclose(np.concatenate(chunked), piped, atol=1e-4)  # same seeds per batch index

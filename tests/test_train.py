@@ -97,13 +97,16 @@ def test_fine_tune_through_images_changes_only_top_block(image_folder, tmp_path)
     assert not np.array_equal(fresh.get_layer("block1_conv").get_weights()[0], model.get_layer("block1_conv").get_weights()[0])
 
 
-def test_cli_both_strategies(image_folder, tmp_path):
+def test_cli_both_strategies(image_folder, tmp_path, capsys):
     for strategy in ("feature-extraction", "fine-tune"):
         out = tmp_path / strategy
         code = main(["train", str(image_folder), "--strategy", strategy, "--out", str(out), "--epochs", "3",
-                     "--fine-tune-epochs", "1", *CLI_FAST])
+                     "--fine-tune-epochs", "1", *CLI_FAST[:-1]])  # not --quiet: progress goes to stderr
         assert code == 0
         assert RUN_FILES <= {p.name for p in out.iterdir()}
+        captured = capsys.readouterr()
+        # the end-of-run summary exactly once, on stdout
+        assert (captured.out + captured.err).count("val accuracy") == 1 and "val accuracy" in captured.out
 
 
 def test_refuses_overwrite(image_folder, tmp_path, capsys):
