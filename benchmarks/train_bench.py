@@ -70,17 +70,17 @@ def _plain_model(n_classes: int, unfreeze: int = 0, peer: bool = False):
     return keras.Model(base.input, out)
 
 
-def _tutorial_datasets(data: Path, batch: int = 32):
+def _tutorial_datasets(data: Path, batch: int = 32, seed: int = 0):
     import keras
     import tensorflow as tf
 
-    kw = dict(image_size=(224, 224), batch_size=batch, label_mode="int", seed=0, verbose=False)
+    kw = dict(image_size=(224, 224), batch_size=batch, label_mode="int", seed=seed, verbose=False)
     tr = keras.utils.image_dataset_from_directory(data / "train", shuffle=True, **kw).prefetch(tf.data.AUTOTUNE)
     va = keras.utils.image_dataset_from_directory(data / "val", shuffle=False, **kw).prefetch(tf.data.AUTOTUNE)
     return tr, va
 
 
-def run_baseline(data: Path, epochs: int, peer: bool = True) -> list[dict]:
+def run_baseline(data: Path, epochs: int, peer: bool = True, seed: int = 0) -> list[dict]:
     """The tutorial recipe: the frozen base runs on every image in every epoch.
 
     With ``peer``, the same ``model.fit`` also trains the other head tutorials use on the same frozen
@@ -94,9 +94,9 @@ def run_baseline(data: Path, epochs: int, peer: bool = True) -> list[dict]:
     import keras
     import numpy as np
 
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(seed)
     t0 = time.perf_counter()
-    tr, va = _tutorial_datasets(data)
+    tr, va = _tutorial_datasets(data, seed=seed)
     if peer:
         model, peer_model = _plain_model(2, peer=True)
         tr2 = tr.map(lambda x, y: (x, (y, y)))
@@ -117,7 +117,7 @@ def run_baseline(data: Path, epochs: int, peer: bool = True) -> list[dict]:
     acc = _val_acc("gap_head" if peer else None)
     out = [{"dataset": data.name, "method": f"plain model.fit, frozen base, {epochs} epochs", "strategy": "baseline",
             "val_accuracy": acc, "correct": int(round(acc * len(ys))), "total": int(len(ys)), "wall_seconds": wall,
-            "trained_with_peer_head": peer}]
+            "trained_with_peer_head": peer, "seed": seed}]
     if peer:
         out.append(run_peer_tflite(data, peer_model, va, ys, _val_acc("peer_head"), wall, epochs))
     return out
