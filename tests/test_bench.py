@@ -134,7 +134,7 @@ def slow_model(tmp_path_factory) -> Path:
     return d
 
 
-def _bare_p50(kind: str, path: Path, x: np.ndarray, n: int) -> float:
+def _bare_p50(kind: str, path: Path, x: np.ndarray, n: int) -> tuple[float, float]:
     """The reference: the simplest loop a user would write, timed per call in this process."""
     if kind == "tflite":
         from ai_edge_litert.interpreter import Interpreter
@@ -161,7 +161,7 @@ def _bare_p50(kind: str, path: Path, x: np.ndarray, n: int) -> float:
         t0 = time.perf_counter_ns()
         call()
         times.append(time.perf_counter_ns() - t0)
-    return statistics.median(times) / 1e6
+    return statistics.median(times) / 1e6, min(times) / 1e6
 
 
 @pytest.mark.parametrize("kind", ["tflite", "onnx"])
@@ -171,14 +171,18 @@ def test_bench_p50_matches_a_bare_loop(slow_model, image_folder, kind):
     from edgetl.preprocess import Preprocessing, prepare_batch
 
     x = prepare_batch(sorted(image_folder.rglob("*.png"))[:1], Preprocessing(input_size=(96, 96)))
-    def bench_once() -> float:
+    def bench_once() -> tuple[float, float]:
         (row,) = run_bench([path], settings, data=image_folder / "val").rows
         assert row.status == "ok" and row.runs >= 60
-        return row.p50_ms
+        return row.p50_ms, row.min_ms
 
-    # Paired measurements in ABBA order, so drifting load from other processes on this shared
-    # 2-core machine hits both sides alike; the median of the paired ratios resists outliers.
-    ratios, bare_p50 = [], []
+    # Interleaved rounds (ABBA order). On this shared 2-core VM other tenants' load moves p50 by
+    # +-50 % between rounds (clean CI runs saw median paired p50 ratios of 1.05 and 1.40, the full
+    # benchmark 0.76 and 1.01), but it can only add time: the fastest call of each side is the
+    # stable figure, and any per-invoke overhead (copies, preprocessing or Python work inside the
+    # timed region) raises it. The p50 target itself (<= 1.05) is measured by
+    # benchmarks/bench_overhead.py on Lite0 with longer runs.
+    bench_min, bare_min, bare_p50 = [], [], []
     for i in range(7):
         if i % 2 == 0:
             a = bench_once()
@@ -186,14 +190,11 @@ def test_bench_p50_matches_a_bare_loop(slow_model, image_folder, kind):
         else:
             b = _bare_p50(kind, path, x, 60)
             a = bench_once()
-        ratios.append(a / b)
-        bare_p50.append(b)
+        bench_min.append(a[1])
+        bare_min.append(b[1])
+        bare_p50.append(b[0])
     assert statistics.median(bare_p50) >= 0.5, "model too fast for a meaningful check"
-    # The 1.05 target itself is measured by benchmarks/bench_overhead.py (longer runs, Lite0; 0.99 on
-    # the last full run). Here, with 60-run samples on a shared 2-core VM, single pairs spread from
-    # 0.86 to 1.39 and the median of 7 once landed at 1.051 (CI log): the gate is 1.10, which still
-    # catches any real per-invoke overhead (copies, preprocessing or Python work inside the timed loop).
-    assert statistics.median(ratios) <= 1.10, (kind, sorted(ratios))
+    assert min(bench_min) / min(bare_min) <= 1.10, (kind, min(bench_min), min(bare_min))
 
 
 # --------------------------------------------------------------------------- the whole bench on a run
