@@ -174,8 +174,10 @@ class TrainConfig:
             raise UsageError(f"--workers must be between 1 and 256, got {self.workers!r}")
         if self.class_weights not in ("auto", "on", "off"):
             raise UsageError(f"--class-weights must be auto, on or off, got {self.class_weights!r}")
-        if self.embed_engine not in ("auto", "tensorflow", "onnxruntime"):
-            raise UsageError(f"--embed-engine must be auto, tensorflow or onnxruntime, got {self.embed_engine!r}")
+        from edgetl.embed import ENGINES
+
+        if self.embed_engine not in ENGINES:
+            raise UsageError(f"--embed-engine must be one of {', '.join(ENGINES)}, got {self.embed_engine!r}")
         self.augment.validate()
         return self
 
