@@ -7,7 +7,10 @@ so raw pixels go straight in) unless exported with ``--io-type int8|float32``.
 
 TFLite (``.tflite``)
     * ``TFLITE_METADATA`` entry of the model's ``metadata`` list: a TFLite Model Metadata
-      flatbuffer (schema 1.0.0, readable by MediaPipe Tasks' ``ImageClassifier``):
+      flatbuffer (schema 1.0.0, readable by MediaPipe Tasks' ``ImageClassifier``), always
+      written: it is built with the ``flatbuffers`` package alone (a dependency of
+      ai-edge-litert), from the slot numbers of the public ``metadata_schema.fbs``, so
+      neither mediapipe nor tflite-support is needed to write or read it. It holds
       name, description, version (edgetl version); one input tensor with
       ``ImageProperties`` (RGB), ``NormalizationOptions`` mean 0 / std 1 (the real
       normalization is in the graph) and ``Stats`` min 0 / max 255; one output tensor
@@ -30,15 +33,18 @@ ONNX (``.onnx``), ``ModelProto.metadata_props`` (all values are strings):
     * ``edgetl.precision``: ``fp32`` or ``int8``;
     * ``edgetl.format``: export format name (``onnx_fp32``, ``onnx_int8``).
 
-Read them back with :func:`read_tflite_metadata` and :func:`read_onnx_metadata`.
+Read them back with :func:`read_tflite_metadata` (the flatbuffer alone: :func:`parse_metadata_buffer`)
+and :func:`read_onnx_metadata`.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import struct
 import zipfile
 from dataclasses import dataclass, field
+from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
@@ -101,85 +107,319 @@ def _tflite_schema():
     return schema
 
 
-def _metadata_schema():
-    """MediaPipe's pure-Python metadata flatbuffer schema (None when mediapipe is missing)."""
-    try:
-        from mediapipe.tasks.metadata import metadata_schema_py_generated as mfb
-    except Exception:  # noqa: BLE001 - any import failure means "cannot write TFLite metadata"
-        return None
-    return mfb
+# The subset of the TFLite Model Metadata schema (``metadata_schema.fbs`` of TFLite Support and
+# MediaPipe, file identifier ``M001``) that edgetl writes and reads, written with the plain
+# ``flatbuffers`` package (a dependency of ai-edge-litert and tensorflow). A table's fields are
+# numbered slots in declaration order; a union field ``x`` is two slots, ``x_type`` then ``x``.
+# The field lists are complete (not only the fields edgetl uses) so each table has the schema's
+# field count, and the bytes are the same as those of the schema's generated code.
+_TABLES: dict[str, tuple[str, ...]] = {
+    "ModelMetadata": ("name", "description", "version", "subgraph_metadata", "author", "license",
+                      "associated_files", "min_parser_version"),
+    "SubGraphMetadata": ("name", "description", "input_tensor_metadata", "output_tensor_metadata",
+                         "associated_files", "input_process_units", "output_process_units",
+                         "input_tensor_groups", "output_tensor_groups", "custom_metadata"),
+    "TensorMetadata": ("name", "description", "dimension_names", "content", "process_units", "stats",
+                       "associated_files"),
+    "Content": ("content_properties_type", "content_properties", "range"),
+    "ImageProperties": ("color_space", "default_size"),
+    "FeatureProperties": (),
+    "ProcessUnit": ("options_type", "options"),
+    "NormalizationOptions": ("mean", "std"),
+    "Stats": ("max", "min"),
+    "AssociatedFile": ("name", "description", "type", "locale", "version"),
+}
+# Scalar fields and their flatbuffers type (every other field is an offset: string, vector or table).
+_SCALAR_FIELDS = {
+    "content_properties_type": "Uint8",  # union type tag (ubyte)
+    "options_type": "Uint8",  # union type tag (ubyte)
+    "color_space": "Int8",  # enum ColorSpaceType : byte
+    "type": "Int8",  # enum AssociatedFileType : byte
+}
 
 
-def metadata_available() -> bool:
-    return _metadata_schema() is not None
+class AssociatedFileType(IntEnum):
+    UNKNOWN = 0
+    DESCRIPTIONS = 1
+    TENSOR_AXIS_LABELS = 2
+    TENSOR_VALUE_LABELS = 3
+    TENSOR_AXIS_SCORE_CALIBRATION = 4
+    VOCABULARY = 5
+    SCANN_INDEX_FILE = 6
+
+
+class ColorSpaceType(IntEnum):
+    UNKNOWN = 0
+    RGB = 1
+    GRAYSCALE = 2
+
+
+class ContentProperties(IntEnum):
+    """Members of the ``ContentProperties`` union (the value of ``content_properties_type``)."""
+
+    NONE = 0
+    FeatureProperties = 1
+    ImageProperties = 2
+    BoundingBoxProperties = 3
+    AudioProperties = 4
+
+
+class ProcessUnitOptions(IntEnum):
+    """Members of the ``ProcessUnitOptions`` union (the value of ``options_type``)."""
+
+    NONE = 0
+    NormalizationOptions = 1
+    ScoreCalibrationOptions = 2
+    ScoreThresholdingOptions = 3
+    BertTokenizerOptions = 4
+    SentencePieceTokenizerOptions = 5
+    RegexTokenizerOptions = 6
+
+
+class _Writer:
+    """``flatbuffers.Builder`` with the schema's slot numbers.
+
+    Flatbuffers are built bottom-up: strings, vectors and child tables first, then the table
+    that points at them. :meth:`table` takes the children as keyword arguments, which Python
+    evaluates left to right, so writing the fields in schema order builds the children in the
+    same order as the generated ``Pack`` methods do.
+    """
+
+    def __init__(self) -> None:
+        import flatbuffers
+
+        self.b = flatbuffers.Builder(1024)
+
+    def string(self, text: str) -> int:
+        return self.b.CreateString(text)
+
+    def floats(self, values: list[float]) -> int:
+        self.b.StartVector(4, len(values), 4)
+        for v in reversed(values):
+            self.b.PrependFloat32(float(v))
+        return self.b.EndVector()
+
+    def tables(self, offsets: list[int]) -> int:
+        self.b.StartVector(4, len(offsets), 4)
+        for off in reversed(offsets):
+            self.b.PrependUOffsetTRelative(off)
+        return self.b.EndVector()
+
+    def table(self, kind: str, **fields: int) -> int:
+        slots = _TABLES[kind]
+        unknown = set(fields) - set(slots)
+        if unknown:
+            raise ValueError(f"{kind} has no field {sorted(unknown)}")
+        self.b.StartObject(len(slots))
+        for slot, name in enumerate(slots):
+            value = fields.get(name)
+            if value is None:
+                continue
+            if name in _SCALAR_FIELDS:  # like generated code: a value equal to the default (0) is not stored
+                getattr(self.b, f"Prepend{_SCALAR_FIELDS[name]}Slot")(slot, int(value), 0)
+            else:
+                self.b.PrependUOffsetTRelativeSlot(slot, value, 0)
+        return self.b.EndObject()
+
+    def finish(self, root: int, file_identifier: bytes) -> bytes:
+        self.b.Finish(root, file_identifier)
+        return bytes(self.b.Output())
+
+
+def _image_tensor(w: _Writer, facts: ModelFacts) -> int:
+    h, wd = facts.preprocessing["input_size"]
+    return w.table(
+        "TensorMetadata",
+        name=w.string("image"),
+        description=w.string(f"Input image: {input_description(facts.io_type, (h, wd))}. "
+                             "Resize the whole image (no crop), RGB."),
+        content=w.table("Content",
+                        content_properties_type=ContentProperties.ImageProperties,
+                        content_properties=w.table("ImageProperties", color_space=ColorSpaceType.RGB)),
+        # Normalization is inside the graph: tell MediaPipe to feed pixels unchanged (mean 0, std 1).
+        process_units=w.tables([w.table(
+            "ProcessUnit",
+            options_type=ProcessUnitOptions.NormalizationOptions,
+            options=w.table("NormalizationOptions", mean=w.floats([0.0, 0.0, 0.0]), std=w.floats([1.0, 1.0, 1.0])),
+        )]),
+        stats=w.table("Stats", max=w.floats([255.0]), min=w.floats([0.0])),
+    )
+
+
+def _probability_tensor(w: _Writer, facts: ModelFacts) -> int:
+    return w.table(
+        "TensorMetadata",
+        name=w.string("probability"),
+        description=w.string(f"Probabilities of the {len(facts.labels)} classes (softmax)."),
+        content=w.table("Content",
+                        content_properties_type=ContentProperties.FeatureProperties,
+                        content_properties=w.table("FeatureProperties")),
+        stats=w.table("Stats", max=w.floats([1.0]), min=w.floats([0.0])),
+        associated_files=w.tables([w.table(
+            "AssociatedFile",
+            name=w.string(LABELS_NAME),
+            description=w.string("Class names, one per line, in output order."),
+            type=AssociatedFileType.TENSOR_AXIS_LABELS,
+        )]),
+    )
 
 
 def build_metadata_buffer(facts: ModelFacts) -> bytes:
     """The TFLite Model Metadata flatbuffer (``M001``) for an image classifier."""
-    import flatbuffers
-
-    mfb = _metadata_schema()
-    if mfb is None:
-        raise RuntimeError("mediapipe's metadata schema is not importable")
-    h, w = facts.preprocessing["input_size"]
-
-    inp = mfb.TensorMetadataT()
-    inp.name = "image"
-    inp.description = f"Input image: {input_description(facts.io_type, (h, w))}. Resize the whole image (no crop), RGB."
-    inp.content = mfb.ContentT()
-    inp.content.contentPropertiesType = mfb.ContentProperties.ImageProperties
-    props = mfb.ImagePropertiesT()
-    props.colorSpace = mfb.ColorSpaceType.RGB
-    inp.content.contentProperties = props
-    # Normalization is inside the graph: tell MediaPipe to feed pixels unchanged (mean 0, std 1).
-    norm = mfb.ProcessUnitT()
-    norm.optionsType = mfb.ProcessUnitOptions.NormalizationOptions
-    norm.options = mfb.NormalizationOptionsT()
-    norm.options.mean = [0.0, 0.0, 0.0]
-    norm.options.std = [1.0, 1.0, 1.0]
-    inp.processUnits = [norm]
-    inp.stats = mfb.StatsT()
-    inp.stats.max = [255.0]
-    inp.stats.min = [0.0]
-
-    out = mfb.TensorMetadataT()
-    out.name = "probability"
-    out.description = f"Probabilities of the {len(facts.labels)} classes (softmax)."
-    out.content = mfb.ContentT()
-    out.content.contentPropertiesType = mfb.ContentProperties.FeatureProperties
-    out.content.contentProperties = mfb.FeaturePropertiesT()
-    out.stats = mfb.StatsT()
-    out.stats.max = [1.0]
-    out.stats.min = [0.0]
-    labels_file = mfb.AssociatedFileT()
-    labels_file.name = LABELS_NAME
-    labels_file.description = "Class names, one per line, in output order."
-    labels_file.type = mfb.AssociatedFileType.TENSOR_AXIS_LABELS
-    out.associatedFiles = [labels_file]
-
-    sub = mfb.SubGraphMetadataT()
-    sub.inputTensorMetadata = [inp]
-    sub.outputTensorMetadata = [out]
-
-    meta = mfb.ModelMetadataT()
-    meta.name = f"edgetl {facts.backbone} {facts.precision}"
-    meta.description = (
-        f"Image classifier ({len(facts.labels)} classes) exported by edgetl {facts.version} "
-        f"from backbone {facts.backbone}; precision {facts.precision}; input {facts.input}."
+    w = _Writer()
+    root = w.table(
+        "ModelMetadata",
+        name=w.string(f"edgetl {facts.backbone} {facts.precision}"),
+        description=w.string(
+            f"Image classifier ({len(facts.labels)} classes) exported by edgetl {facts.version} "
+            f"from backbone {facts.backbone}; precision {facts.precision}; input {facts.input}."),
+        version=w.string(facts.version),
+        subgraph_metadata=w.tables([w.table(
+            "SubGraphMetadata",
+            input_tensor_metadata=w.tables([_image_tensor(w, facts)]),
+            output_tensor_metadata=w.tables([_probability_tensor(w, facts)]),
+        )]),
+        author=w.string("edgetl"),
+        associated_files=w.tables([w.table(
+            "AssociatedFile",
+            name=w.string(EDGETL_JSON),
+            description=w.string("edgetl facts: labels, preprocessing, version, backbone, input, precision (JSON)."),
+            type=AssociatedFileType.DESCRIPTIONS,
+        )]),
+        min_parser_version=w.string(MIN_PARSER_VERSION),
     )
-    meta.version = facts.version
-    meta.author = "edgetl"
-    meta.minParserVersion = MIN_PARSER_VERSION
-    edgetl_file = mfb.AssociatedFileT()
-    edgetl_file.name = EDGETL_JSON
-    edgetl_file.description = "edgetl facts: labels, preprocessing, version, backbone, input, precision (JSON)."
-    edgetl_file.type = mfb.AssociatedFileType.DESCRIPTIONS
-    meta.associatedFiles = [edgetl_file]
-    meta.subgraphMetadata = [sub]
+    return w.finish(root, METADATA_FILE_IDENTIFIER)
 
-    b = flatbuffers.Builder(0)
-    b.Finish(meta.Pack(b), METADATA_FILE_IDENTIFIER)
-    return bytes(b.Output())
+
+@dataclass
+class AssociatedFileInfo:
+    """One ``AssociatedFile`` entry of the metadata."""
+
+    name: str | None
+    description: str | None
+    type: int  # AssociatedFileType
+    locale: str | None = None
+
+
+@dataclass
+class TensorMetadataInfo:
+    """One ``TensorMetadata`` entry (what edgetl writes; other fields are not read)."""
+
+    name: str | None
+    description: str | None
+    content_type: int  # ContentProperties
+    color_space: int | None  # ColorSpaceType, for ImageProperties content
+    process_units: list[int]  # ProcessUnitOptions of each process unit
+    normalization_mean: list[float] | None  # of the first NormalizationOptions unit
+    normalization_std: list[float] | None
+    stats_max: list[float] | None
+    stats_min: list[float] | None
+    associated_files: list[AssociatedFileInfo]
+
+
+@dataclass
+class ModelMetadataInfo:
+    """The ``ModelMetadata`` root table; inputs/outputs are those of the first (only) subgraph."""
+
+    name: str | None
+    description: str | None
+    version: str | None
+    author: str | None
+    license: str | None
+    min_parser_version: str | None
+    inputs: list[TensorMetadataInfo]
+    outputs: list[TensorMetadataInfo]
+    associated_files: list[AssociatedFileInfo]
+
+
+class _Reader:
+    """Read access to one table of a metadata flatbuffer, by field name."""
+
+    def __init__(self, kind: str, buf: bytes, pos: int) -> None:
+        from flatbuffers.table import Table
+
+        self.kind, self.buf, self.t = kind, buf, Table(buf, pos)
+
+    def _offset(self, name: str) -> int:
+        return self.t.Offset(4 + 2 * _TABLES[self.kind].index(name))  # vtable: 2 uint16 sizes, then one per slot
+
+    def string(self, name: str) -> str | None:
+        off = self._offset(name)
+        return self.t.String(self.t.Pos + off).decode("utf-8") if off else None
+
+    def scalar(self, name: str) -> int:
+        from flatbuffers import number_types
+
+        off = self._offset(name)
+        flags = getattr(number_types, f"{_SCALAR_FIELDS[name]}Flags")
+        return self.t.Get(flags, self.t.Pos + off) if off else 0
+
+    def table(self, name: str, kind: str) -> _Reader | None:
+        off = self._offset(name)
+        return _Reader(kind, self.buf, self.t.Indirect(self.t.Pos + off)) if off else None
+
+    def tables(self, name: str, kind: str) -> list[_Reader]:
+        off = self._offset(name)
+        if not off:
+            return []
+        start = self.t.Vector(off)
+        return [_Reader(kind, self.buf, self.t.Indirect(start + 4 * i)) for i in range(self.t.VectorLen(off))]
+
+    def floats(self, name: str) -> list[float] | None:
+        from flatbuffers import number_types
+
+        off = self._offset(name)
+        if not off:
+            return None
+        start = self.t.Vector(off)
+        return [self.t.Get(number_types.Float32Flags, start + 4 * i) for i in range(self.t.VectorLen(off))]
+
+
+def _read_files(r: _Reader) -> list[AssociatedFileInfo]:
+    return [AssociatedFileInfo(f.string("name"), f.string("description"), f.scalar("type"), f.string("locale"))
+            for f in r.tables("associated_files", "AssociatedFile")]
+
+
+def _read_tensor(r: _Reader) -> TensorMetadataInfo:
+    content = r.table("content", "Content")
+    content_type = content.scalar("content_properties_type") if content else ContentProperties.NONE
+    color_space = None
+    if content is not None and content_type == ContentProperties.ImageProperties:
+        props = content.table("content_properties", "ImageProperties")
+        color_space = props.scalar("color_space") if props else ColorSpaceType.UNKNOWN
+    units, mean, std = [], None, None
+    for unit in r.tables("process_units", "ProcessUnit"):
+        units.append(unit.scalar("options_type"))
+        if units[-1] == ProcessUnitOptions.NormalizationOptions and mean is None:
+            norm = unit.table("options", "NormalizationOptions")
+            if norm is not None:
+                mean, std = norm.floats("mean"), norm.floats("std")
+    stats = r.table("stats", "Stats")
+    return TensorMetadataInfo(
+        name=r.string("name"), description=r.string("description"), content_type=content_type,
+        color_space=color_space, process_units=units, normalization_mean=mean, normalization_std=std,
+        stats_max=stats.floats("max") if stats else None, stats_min=stats.floats("min") if stats else None,
+        associated_files=_read_files(r),
+    )
+
+
+def parse_metadata_buffer(buf: bytes) -> ModelMetadataInfo:
+    """Read a TFLite Model Metadata flatbuffer (the ``TFLITE_METADATA`` entry of a model)."""
+    buf = bytes(buf)
+    if len(buf) < 8 or buf[4:8] != METADATA_FILE_IDENTIFIER:
+        raise ValueError(f"not a TFLite Model Metadata flatbuffer (file identifier {buf[4:8]!r}, "
+                         f"expected {METADATA_FILE_IDENTIFIER!r})")
+    root = _Reader("ModelMetadata", buf, struct.unpack_from("<I", buf, 0)[0])
+    subgraphs = root.tables("subgraph_metadata", "SubGraphMetadata")
+    sub = subgraphs[0] if subgraphs else None
+    return ModelMetadataInfo(
+        name=root.string("name"), description=root.string("description"), version=root.string("version"),
+        author=root.string("author"), license=root.string("license"),
+        min_parser_version=root.string("min_parser_version"),
+        inputs=[_read_tensor(t) for t in sub.tables("input_tensor_metadata", "TensorMetadata")] if sub else [],
+        outputs=[_read_tensor(t) for t in sub.tables("output_tensor_metadata", "TensorMetadata")] if sub else [],
+        associated_files=_read_files(root),
+    )
 
 
 def _set_model_metadata(model_buf: bytes, name: str, data: bytes) -> bytes:
@@ -213,16 +453,10 @@ def populate_tflite(model_buf: bytes, facts: ModelFacts) -> tuple[bytes, list[st
     """Model bytes with TFLite metadata and the associated files appended as a zip.
 
     Returns:
-        (new model bytes, warnings). Without mediapipe the metadata flatbuffer is
-        skipped (one warning) but ``labels.txt`` and ``edgetl.json`` are still packed.
+        (new model bytes, warnings). The list is empty: the metadata flatbuffer needs only the
+        ``flatbuffers`` package, so it is always written; the tuple is what callers unpack.
     """
-    warnings: list[str] = []
-    out = model_buf
-    if metadata_available():
-        out = _set_model_metadata(model_buf, METADATA_FIELD_NAME, build_metadata_buffer(facts))
-    else:
-        warnings.append("mediapipe is not installed: TFLite Model Metadata (for MediaPipe Tasks) not written; "
-                        "labels.txt and edgetl.json are still packed in the file")
+    out = _set_model_metadata(model_buf, METADATA_FIELD_NAME, build_metadata_buffer(facts))
     files = {
         LABELS_NAME: ("\n".join(facts.labels) + "\n").encode("utf-8"),
         EDGETL_JSON: json.dumps(facts.to_dict(), indent=2).encode("utf-8"),
@@ -234,14 +468,14 @@ def populate_tflite(model_buf: bytes, facts: ModelFacts) -> tuple[bytes, list[st
     with zipfile.ZipFile(bio, "a", compression=zipfile.ZIP_STORED) as zf:
         for name, data in files.items():
             zf.writestr(name, data)
-    return bio.getvalue(), warnings
+    return bio.getvalue(), []
 
 
 @dataclass
 class TFLiteMetadata:
     """What :func:`read_tflite_metadata` finds in a ``.tflite`` file."""
 
-    metadata: Any | None  # mediapipe ModelMetadataT, or None
+    metadata: ModelMetadataInfo | None  # None: the file has no TFLITE_METADATA entry
     files: dict[str, bytes]
 
     @property
@@ -267,13 +501,10 @@ def get_metadata_buffer(model_buf: bytes) -> bytes | None:
 
 
 def read_tflite_metadata(path_or_bytes: str | Path | bytes) -> TFLiteMetadata:
-    """Parse the metadata flatbuffer (with mediapipe's schema, if installed) and the packed files."""
+    """Parse the metadata flatbuffer and the packed files (needs only ``flatbuffers``)."""
     data = path_or_bytes if isinstance(path_or_bytes, (bytes, bytearray)) else Path(path_or_bytes).read_bytes()
-    meta = None
     raw = get_metadata_buffer(bytes(data))
-    mfb = _metadata_schema()
-    if raw is not None and mfb is not None:
-        meta = mfb.ModelMetadataT.InitFromObj(mfb.ModelMetadata.GetRootAsModelMetadata(raw, 0))
+    meta = parse_metadata_buffer(raw) if raw is not None else None
     files: dict[str, bytes] = {}
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
