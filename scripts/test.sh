@@ -14,8 +14,10 @@ PY="${PYTHON:-python3}"
 # - torch==2.13.0 (CPU build) + timm, an independent EfficientNet-Lite implementation for the
 #   weight-parity test (timm needs torchvision importable; see tests/test_lite_parity.py).
 #   torch is never a runtime dependency of edgetl.
-.venv/bin/python -m pip install -q "mediapipe==1.2.2" "absl-py>=2.3" 2>&1 | grep -v "dependency resolver\|requires absl-py\|^$" || true
-.venv/bin/python -m pip install -q "torch==2.13.0" 2>&1 | tail -n 3 || true
-.venv/bin/python -m pip install -q "pyyaml" "safetensors" "huggingface_hub" 2>&1 | tail -n 3 || true
-.venv/bin/python -m pip install -q --no-deps "timm==1.0.31" "torchvision==0.28.0" 2>&1 | tail -n 3 || true
+# A failed install fails this script (set -o pipefail: a pipeline fails when pip fails, whatever the
+# filter after it does); grep exiting 1 (every line filtered out) is not a failure.
+.venv/bin/python -m pip install -q "mediapipe==1.2.2" "absl-py>=2.3" 2>&1 | { grep -v "dependency resolver\|requires absl-py\|^$" || [ $? -eq 1 ]; }
+.venv/bin/python -m pip install -q "torch==2.13.0" 2>&1 | tail -n 20
+.venv/bin/python -m pip install -q "pyyaml" "safetensors" "huggingface_hub" 2>&1 | tail -n 20
+.venv/bin/python -m pip install -q --no-deps "timm==1.0.31" "torchvision==0.28.0" 2>&1 | tail -n 20
 exec .venv/bin/python -m pytest "$@"

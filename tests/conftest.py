@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,51 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 DATASETS = SHARED / "datasets"
+
+
+# --------------------------------------------------------------------------- CI: a missing tool fails
+
+# Skip reasons that mean "a test tool is not installed" (pytest.importorskip's "could not import ...",
+# and the explicit messages of the mediapipe / torch / timm / weights tests).
+MISSING_TOOL = re.compile(r"could not import|not installed|not importable", re.IGNORECASE)
+
+
+def ci_strict() -> bool:
+    """CI=true (set by .ci/run and by most CI services): missing test tools fail instead of skipping."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def _fail_missing_tool(report, reason: str) -> None:
+    report.outcome = "failed"
+    report.longrepr = (f"CI=true: this test would be skipped because a test tool is missing ({reason}); "
+                       "on CI that is a failure: install the test tools (scripts/test.sh)")
+
+
+def _skip_reason(excinfo) -> str | None:
+    if excinfo is None or not excinfo.errisinstance(pytest.skip.Exception):
+        return None
+    return str(excinfo.value.msg if hasattr(excinfo.value, "msg") else excinfo.value)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and ci_strict():
+        reason = _skip_reason(call.excinfo)
+        if reason is not None and MISSING_TOOL.search(reason):
+            _fail_missing_tool(report, reason)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """The same for a module-level importorskip (skipped at collection)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and ci_strict():
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) and len(report.longrepr) == 3 else str(report.longrepr)
+        if MISSING_TOOL.search(reason):
+            _fail_missing_tool(report, reason)
 
 
 def shared_dataset(name: str) -> Path:
