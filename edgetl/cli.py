@@ -8,7 +8,6 @@ that needs them, so ``edgetl --help`` stays instant.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -20,7 +19,7 @@ try:  # Typer >= 0.17 vendors Click; older versions use the click package.
 except ImportError:  # pragma: no cover
     from click import exceptions as _cx  # type: ignore[no-redef]
 
-from edgetl import __version__
+from edgetl import __version__, quiet
 from edgetl.config import AugmentConfig as _AC
 from edgetl.config import TrainConfig as _TC  # defaults live in one place (light import: no TensorFlow)
 from edgetl.errors import EdgetlError, UsageError
@@ -34,7 +33,9 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-_STATE = {"debug": False}
+_STATE = {"debug": False, "verbose": False}
+
+VERBOSE_HELP = "Show TensorFlow's and the converters' own output (hidden by default; shown anyway when a step crashes)."
 
 
 def _version(value: bool) -> None:
@@ -46,21 +47,42 @@ def _version(value: bool) -> None:
 @app.callback()
 def _main(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors (implies --verbose)."),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
     """edgetl: train, export and benchmark edge image classifiers."""
     _STATE["debug"] = debug
+    _STATE["verbose"] = verbose
     if not debug:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        quiet.quiet_env()  # log levels of TensorFlow & co., only where the user has not set them
 
 
 def _quiet_tf() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    quiet.quiet_env()
     if not _STATE["debug"]:
         from edgetl._tf import import_tensorflow_quietly
 
         import_tensorflow_quietly()
+
+
+def _capture(what: str, verbose: bool = False) -> quiet.Capture:
+    """Capture TensorFlow's and the converters' output during a heavy step (edgetl/quiet.py).
+
+    Progress lines go to the terminal through ``quiet.say``; nothing is captured with --verbose,
+    --debug or EDGETL_VERBOSE=1.
+    """
+    show = verbose or _STATE["verbose"] or _STATE["debug"] or quiet.verbose_requested()
+    return quiet.Capture(what, enabled=not show)
+
+
+# Words in an export note that mean a step did not do what it should (the note is then a console warning).
+_DEGRADED_WORDS = ("fail", "error", "exception", "fell back", "falling back", "unavailable", "not available",
+                   "could not", "not installed", "not written")
+
+
+def degraded_notes(result) -> list[str]:
+    """Export notes that say something failed or was skipped (``format: note``)."""
+    return [f"{a.format}: {n}" for a in result.artifacts for n in a.notes if any(w in n.lower() for w in _DEGRADED_WORDS)]
 
 
 def _existing_dir(path: Optional[Path], option: str) -> None:
@@ -156,6 +178,7 @@ def bench(
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for bench.json/csv/md/png (default: RUN_DIR/bench or ./bench)."),
     json_out: bool = typer.Option(False, "--json", help="Print bench.json to stdout instead of the table."),
     seed: int = typer.Option(0, "--seed", help="Seed for --samples."),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
     """Accuracy and latency of every artifact on every runtime, in one table (and bench.json/csv/md/png)."""
     from edgetl.bench import BenchSettings, run_bench
@@ -189,14 +212,15 @@ def bench(
         providers=tuple(p.strip() for p in providers.split(",") if p.strip()) if providers else None,
         gpu=gpu, min_accuracy=min_accuracy,
     )
-    if not no_keras:
-        _quiet_tf()
 
     def progress(i: int, n: int, label: str) -> None:
-        typer.echo(f"[{i}/{n}] {label}", err=True)
+        quiet.say(f"[{i}/{n}] {label}")
 
-    result = run_bench([str(t) for t in targets], settings, data=data, progress=progress)
-    written = write_reports(result, out)
+    with _capture("bench", verbose):
+        if not no_keras:
+            _quiet_tf()
+        result = run_bench([str(t) for t in targets], settings, data=data, progress=progress)
+        written = write_reports(result, out)
     if json_out:
         typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
         return
@@ -237,8 +261,9 @@ def train(
     workers: Optional[int] = typer.Option(None, "--workers", help="Image decoding threads [default: CPU count]."),
     embed_engine: str = typer.Option(_TC.embed_engine, "--embed-engine",
                                      help="Runs the frozen base: auto (ONNX Runtime on CPU, checked against TensorFlow), tensorflow or onnxruntime."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    quiet_: bool = typer.Option(False, "--quiet", "-q", help="No progress output (bars on a terminal, one line per epoch elsewhere)."),
     json_out: bool = typer.Option(False, "--json", help="Print metrics.json at the end."),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
     """Train a classifier (feature extraction or fine-tuning) and write a run directory."""
     from edgetl.config import AugmentConfig, TrainConfig
@@ -249,13 +274,14 @@ def train(
         weight_decay=weight_decay, head_l2=head_l2, dropout=dropout, label_smoothing=label_smoothing, val_split=val_split, seed=seed,
         augment=AugmentConfig(enabled=augment, views=augment_views), class_weights=class_weights, unfreeze=unfreeze,
         patience=patience, out=str(out) if out else None, name=name, overwrite=overwrite, resume=resume,
-        max_pixels=max_pixels, workers=workers, embed_engine=embed_engine, verbose=0 if quiet else 1,
+        max_pixels=max_pixels, workers=workers, embed_engine=embed_engine, verbose=0 if quiet_ else 1,
     ).validate()
-    _quiet_tf()
-    from edgetl.train import train as train_fn
-
     try:
-        result = train_fn(cfg)
+        with _capture("training", verbose):
+            _quiet_tf()
+            from edgetl.train import train as train_fn
+
+            result = train_fn(cfg)
     except KeyboardInterrupt:  # Ctrl-C: every finished epoch is already checkpointed
         import shlex
 
@@ -293,21 +319,25 @@ def export(
     opset: int = typer.Option(17, "--opset", min=13, help="ONNX opset."),
     qat_epochs: int = typer.Option(1, "--qat-epochs", min=1, help="Epochs of quantization-aware fine-tuning."),
     json_out: bool = typer.Option(False, "--json", help="Print export.json instead of a table."),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
     """Export a run to TFLite/ONNX (float, and int8 with --int8) and verify every file against the Keras model."""
     _existing_dir(data, "--data")
-    _quiet_tf()
-    from edgetl.export.api import ROW_COLUMNS, ExportConfig, export_run
-    from edgetl.report import format_table
+    with _capture("export", verbose) as cap:
+        _quiet_tf()
+        from edgetl.export.api import ROW_COLUMNS, ExportConfig, export_run
+        from edgetl.report import format_table
 
-    config = ExportConfig(
-        formats=tuple(formats.split(",")) if formats is not None else None,
-        int8=int8, fp16=fp16, dynamic=dynamic, qat=qat, io_type=io_type, calib_samples=calib_samples,
-        verify_samples=verify_samples, max_drop=max_drop, strict=strict, doctor=doctor,
-        data_dir=str(data) if data else None, out_dir=str(out) if out else None, opset=opset, qat_epochs=qat_epochs,
-    )
-    config.resolve_formats()  # bad names and values fail here, before TensorFlow loads
-    result = export_run(run_dir, config, progress=lambda line: typer.echo(line, err=True))
+        config = ExportConfig(
+            formats=tuple(formats.split(",")) if formats is not None else None,
+            int8=int8, fp16=fp16, dynamic=dynamic, qat=qat, io_type=io_type, calib_samples=calib_samples,
+            verify_samples=verify_samples, max_drop=max_drop, strict=strict, doctor=doctor,
+            data_dir=str(data) if data else None, out_dir=str(out) if out else None, opset=opset, qat_epochs=qat_epochs,
+        )
+        config.resolve_formats()  # bad names and values fail here, before any conversion
+        result = export_run(run_dir, config, progress=quiet.say)
+        degraded = degraded_notes(result)
+        log_path = cap.keep() if (result.failed or degraded) else None
     if json_out:
         typer.echo(json.dumps(result.to_dict(), indent=2))
     else:
@@ -318,6 +348,10 @@ def export(
         typer.echo(f"wrote {result.json_path} ({result.total_s:.1f} s)")
     for w in result.warnings:
         typer.echo(f"WARNING: {w}", err=True)
+    for n in degraded:  # a degraded step is a console warning, not only a note in export.json
+        typer.echo(f"WARNING: {n}", err=True)
+    if log_path is not None:
+        typer.echo(f"converter output of this export: {log_path}", err=True)
     # An EdgetlError (not typer.Exit) so main() prints one line and returns 1.
     if result.failed:
         raise EdgetlError(f"{len(result.failed)} format(s) failed: {', '.join(a.format for a in result.failed)} (see {result.json_path})")
@@ -337,9 +371,9 @@ def demo(
     n_val: int = typer.Option(20, "--val-per-class", min=1, max=10000, help="Generated validation images per class."),
     threads: str = typer.Option("1", "--threads", help="Thread counts to bench, comma-separated."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous demo in --out."),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
     """The whole path offline: generate a small dataset, train, export --int8, bench."""
-    _quiet_tf()
     from edgetl.bench_report import terminal_report
     from edgetl.demo import DemoConfig, run_demo
     from edgetl.models import get_spec
@@ -354,10 +388,14 @@ def demo(
         raise UsageError(f"--threads must be comma-separated integers, got {threads!r}") from None
     if not thread_list or min(thread_list) < 1:
         raise UsageError(f"--threads must be positive integers, got {threads!r}")
-    res = run_demo(
-        DemoConfig(out=str(out), backbone=backbone, n_train=n_train, n_val=n_val, threads=thread_list, overwrite=overwrite),
-        log=lambda line: typer.echo(line, err=True),
-    )
+    with _capture("demo", verbose):
+        _quiet_tf()
+        res = run_demo(
+            DemoConfig(out=str(out), backbone=backbone, n_train=n_train, n_val=n_val, threads=thread_list, overwrite=overwrite),
+            log=quiet.say,
+        )
+    for w in [*res.export.warnings, *degraded_notes(res.export)]:
+        typer.echo(f"WARNING: export {w}", err=True)
     typer.echo(terminal_report(res.bench))
     typer.echo("")
     typer.echo("files:")
@@ -408,7 +446,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         if debug:
             raise
-        typer.echo(f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+        # TensorFlow's messages can span pages (tensor dumps): the first line, shortened.
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        first = first if len(first) <= 300 else first[:297] + "..."
+        typer.echo(f"error: unexpected {type(exc).__name__}: {first} (run with --debug for the traceback)", err=True)
         return 1
 
 

@@ -17,11 +17,11 @@ the head and the fine-tuned blocks are layers of that graph, trained in place.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgetl import __version__
+from edgetl import __version__, quiet
 from edgetl.config import TrainConfig
 from edgetl.embed import frozen_forward
 from edgetl.errors import EdgetlError, UsageError
@@ -45,6 +45,10 @@ HISTORY_COLUMNS = ["phase", "epoch", "phase_epoch", "loss", "accuracy", "val_los
 # --------------------------------------------------------------------------- devices
 
 
+DISTRIBUTE_ENV = "EDGETL_DISTRIBUTE"
+DISTRIBUTE_CHOICES = ("auto", "none", "mirrored", "multi-worker")
+
+
 @dataclass(frozen=True)
 class DevicePlan:
     """How to use the accelerators that are present (decided from the device list only)."""
@@ -52,35 +56,172 @@ class DevicePlan:
     gpus: int
     mixed_precision: bool
     jit_compile: bool
-    distribute: str  # "none" or "mirrored"
+    distribute: str  # "none", "mirrored" or "multi-worker"
 
     def to_dict(self) -> dict[str, Any]:
         return {"gpus": self.gpus, "mixed_precision": self.mixed_precision, "jit_compile": self.jit_compile, "distribute": self.distribute}
 
 
-def plan_devices(gpus: Sequence[Any]) -> DevicePlan:
+@dataclass(frozen=True)
+class WorkerRole:
+    """This process's place in a multi-worker cluster described by ``TF_CONFIG``."""
+
+    index: int  # position in the cluster (the chief is 0)
+    workers: int  # processes that train (chief + workers)
+    chief: bool  # the one process that writes the run directory
+
+    def describe(self) -> str:
+        return f"{'chief' if self.chief else 'worker'} {self.index} of {self.workers}"
+
+
+def cluster_role(env: dict[str, str] | None = None) -> WorkerRole | None:
+    """The multi-worker role from the standard ``TF_CONFIG`` variable, or None for one process.
+
+    ``TF_CONFIG`` is ``{"cluster": {"worker": ["host:port", ...], "chief": [...]}, "task": {"type": "worker", "index": 0}}``.
+    The chief is the ``chief`` task, or worker 0 when the cluster has no ``chief`` (the TensorFlow convention).
+
+    Raises:
+        UsageError: TF_CONFIG is not valid JSON or does not name this task.
+    """
+    raw = (os.environ if env is None else env).get("TF_CONFIG", "").strip()
+    if not raw:
+        return None
+    try:
+        doc = json.loads(raw)
+        cluster = doc.get("cluster") or {}
+        chiefs = list(cluster.get("chief") or [])
+        workers = list(cluster.get("worker") or [])
+        task = doc.get("task") or {}
+        ttype, tindex = str(task.get("type", "worker")), int(task.get("index", 0))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise UsageError(f"TF_CONFIG is not a valid cluster description ({type(exc).__name__}: {exc})") from None
+    n = len(chiefs) + len(workers)
+    if n <= 1:
+        return None
+    if ttype not in ("chief", "worker") or tindex < 0 or tindex >= len(chiefs if ttype == "chief" else workers):
+        raise UsageError(f"TF_CONFIG task {ttype}:{tindex} is not in its cluster (chief: {len(chiefs)}, worker: {len(workers)}); "
+                         "edgetl trains on chief and worker tasks only")
+    index = tindex if ttype == "chief" else len(chiefs) + tindex
+    return WorkerRole(index, n, ttype == "chief" or (not chiefs and tindex == 0))
+
+
+def requested_distribution(env: dict[str, str] | None = None) -> str:
+    """``EDGETL_DISTRIBUTE`` (auto, none, mirrored, multi-worker); ``auto`` when unset.
+
+    Raises:
+        UsageError: an unknown value.
+    """
+    value = (os.environ if env is None else env).get(DISTRIBUTE_ENV, "").strip().lower() or "auto"
+    if value not in DISTRIBUTE_CHOICES:
+        raise UsageError(f"{DISTRIBUTE_ENV} must be one of {', '.join(DISTRIBUTE_CHOICES)}, got {value!r}")
+    return value
+
+
+def plan_devices(gpus: Sequence[Any], distribute: str = "auto", role: WorkerRole | None = None) -> DevicePlan:
     """Mixed precision and XLA on a GPU, MirroredStrategy on several; plain float32 on CPU.
 
     On CPU, XLA recompiles for every input shape and oneDNN kernels are already fast, so it stays off.
+    ``distribute`` overrides the strategy (``auto``: multi-worker when ``role`` is a cluster, mirrored
+    with several GPUs, else none); a mirrored run on a CPU uses every logical CPU device.
     """
     n = len(gpus)
-    if n == 0:
-        return DevicePlan(0, False, False, "none")
-    return DevicePlan(n, True, True, "mirrored" if n > 1 else "none")
+    if distribute == "auto":
+        distribute = "multi-worker" if role is not None else ("mirrored" if n > 1 else "none")
+    if distribute == "multi-worker" and role is None:
+        raise UsageError(f"{DISTRIBUTE_ENV}=multi-worker needs TF_CONFIG describing a cluster of two or more workers")
+    return DevicePlan(n, n > 0, n > 0, distribute)
 
 
-def _apply_plan(plan: DevicePlan) -> Any:
-    """Set the global precision policy; return a distribution strategy scope."""
-    import contextlib
+def _make_strategy(plan: DevicePlan) -> Any:
+    """The tf.distribute strategy of ``plan`` (None: the default, one device).
 
+    A strategy's ``scope()`` is a one-shot context manager: every ``with`` needs a fresh one (:func:`_scope`).
+    """
+    import tensorflow as tf
+
+    if plan.distribute == "multi-worker":
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        _fix_keras_multi_worker_reduce()
+        return strategy
+    if plan.distribute == "mirrored":
+        if plan.gpus:
+            return tf.distribute.MirroredStrategy()
+        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices=cpus)
+    return None
+
+
+def _scope(strategy: Any) -> Any:
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+
+def _multi_worker_build_fix(model: Any, strategy: Any) -> None:
+    """Let Keras 3 ``fit``/``evaluate`` start under MultiWorkerMirroredStrategy.
+
+    Keras 3 (3.15 here) learns the input shapes by all-reducing the first distributed batch
+    (``_maybe_symbolic_build``), which fails across workers with "Attempt to convert a value
+    (PerReplica ...) to a Tensor" (keras-team/keras#20585). Shapes are all it needs, so this model
+    builds from this worker's local batch instead: no cross-worker op, same variables.
+    """
+    import types
+
+    import tensorflow as tf
+
+    if not (hasattr(model, "_maybe_symbolic_build") and hasattr(model, "_symbolic_build")):
+        return
+
+    def local(v: Any) -> Any:
+        return strategy.experimental_local_results(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v
+
+    def _maybe_symbolic_build(self: Any, iterator: Any = None, data_batch: Any = None) -> None:
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(local, next(it))
+                break
+        with strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    model._maybe_symbolic_build = types.MethodType(_maybe_symbolic_build, model)
+
+
+def _fix_keras_multi_worker_reduce() -> None:
+    """Let Keras 3 report scalar logs under MultiWorkerMirroredStrategy (process-wide, idempotent).
+
+    Keras 3 (3.15 here) averages each step's logs across workers with ``strategy.reduce("MEAN", v, axis=0)``,
+    which fails on scalars ("Invalid reduction dimension 0 for input with 0 dimensions";
+    keras-team/keras#20585). Scalars are averaged with ``axis=None`` instead; everything else goes
+    to Keras unchanged. Installed only when a multi-worker strategy is created.
+    """
+    import tensorflow as tf
+
+    try:
+        from keras.src.backend.tensorflow import trainer as kt
+    except ImportError:  # pragma: no cover - another Keras layout: nothing to fix here
+        return
+    original = getattr(kt, "reduce_per_replica", None)
+    multi = getattr(kt, "_collective_all_reduce_multi_worker", None)
+    if original is None or multi is None or getattr(original, "_edgetl_fixed", False):
+        return
+
+    def rank(v: Any) -> int | None:
+        v = v.values[0] if isinstance(v, tf.distribute.DistributedValues) else v
+        shape = getattr(v, "shape", None)
+        return None if shape is None else len(shape)
+
+    def reduce_per_replica(values: Any, strategy: Any, reduction: Any) -> Any:
+        if reduction in ("auto", "mean") and multi(strategy):
+            return tf.nest.map_structure(
+                lambda v: strategy.reduce("MEAN", v, axis=None) if rank(v) == 0 else original(v, strategy, reduction), values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica._edgetl_fixed = True  # type: ignore[attr-defined]
+    kt.reduce_per_replica = reduce_per_replica
+
+
+def _set_precision(plan: DevicePlan) -> None:
     import keras
 
     keras.mixed_precision.set_global_policy("mixed_float16" if plan.mixed_precision else "float32")
-    if plan.distribute == "mirrored":
-        import tensorflow as tf
-
-        return tf.distribute.MirroredStrategy().scope()
-    return contextlib.nullcontext()
 
 
 # --------------------------------------------------------------------------- results
@@ -118,6 +259,12 @@ class TrainResult:
         )
         if m.get("num_skipped"):
             lines.append(f"skipped files: {m['num_skipped']}")
+        dev = m.get("device_plan") or {}
+        if dev.get("distribute", "none") != "none":
+            task = dev.get("task")
+            lines.append(f"distributed: {dev['distribute']}, {dev.get('replicas')} replicas in sync"
+                         + (f", this process: {task}" if task else "")
+                         + (" (only the chief writes the run directory)" if task and not task.startswith("chief") else ""))
         return "\n".join(lines)
 
 
@@ -125,18 +272,46 @@ class TrainResult:
 
 
 def _log(cfg: TrainConfig, msg: str) -> None:
+    # quiet.console(): the real terminal even while the CLI captures TensorFlow's output (edgetl/quiet.py)
     if cfg.verbose:
-        print(msg, file=sys.stderr, flush=True)
+        quiet.say(msg)
 
 
 def _warn(cfg: TrainConfig, msg: str, sink: list[str]) -> None:
     sink.append(msg)
-    print(f"warning: {msg}", file=sys.stderr, flush=True)
+    quiet.say(f"warning: {msg}")
 
 
 def _quiet_tf() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    quiet.quiet_env()
+
+
+def progress_mode(verbose: int) -> str:
+    """How training shows progress: ``bars`` (Keras progress bars), ``lines`` or ``off``.
+
+    Progress bars (carriage returns, ANSI codes) only with ``verbose=1`` on an interactive terminal;
+    elsewhere (CI logs, ``nohup``, ``| tee``) and with ``verbose=2``: one plain line per epoch and per
+    frozen-base pass.
+    """
+    if verbose == 0:
+        return "off"
+    return "bars" if verbose == 1 and quiet.on_terminal() else "lines"
+
+
+def _epoch_lines(cfg: TrainConfig, phase: str, total: int) -> Any:
+    """A Keras callback printing one plain line per epoch (no carriage return, no escape codes)."""
+    import keras
+
+    class EpochLine(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self._t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            logs = logs or {}
+            parts = [f"{k} {float(logs[k]):.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy") if logs.get(k) is not None]
+            _log(cfg, f"{phase} epoch {epoch + 1}/{total}: {', '.join(parts)} ({time.perf_counter() - self._t0:.1f} s)")
+
+    return EpochLine()
 
 
 def unfrozen_layer_names(layer_names: Sequence[str], k: int) -> set[str]:
@@ -233,8 +408,9 @@ class _Checkpoints:
     leaves the previous checkpoint intact.
     """
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, strategy: Any = None):
         self.root = root
+        self.strategy = strategy  # optimizer slots are created under the training strategy
 
     def save(self, model: Any, state: dict[str, Any], best_weights: list[np.ndarray] | None) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -279,7 +455,8 @@ class _Checkpoints:
         """Load weights and optimizer state into ``model`` (compiled); return the best weights."""
         model.set_weights(self.arrays(path / "weights.npz"))
         opt = model.optimizer
-        opt.build(model.trainable_variables)
+        with _scope(self.strategy):
+            opt.build(model.trainable_variables)
         saved = self.arrays(path / "optimizer.npz")
         if len(saved) != len(opt.variables):
             raise EdgetlError(f"checkpoint {path} does not match this model's optimizer ({len(saved)} vs {len(opt.variables)} variables)")
@@ -408,6 +585,10 @@ def train(config: TrainConfig, *, extra_callbacks: Sequence[Any] = ()) -> TrainR
 
     config.validate()
     spec = get_spec(config.backbone)
+    distribute = requested_distribution()
+    role = cluster_role() if distribute in ("auto", "multi-worker") else None
+    if distribute == "multi-worker" and role is None:
+        raise UsageError(f"{DISTRIBUTE_ENV}=multi-worker needs TF_CONFIG describing a cluster of two or more workers")
     data_dir = Path(config.data_dir)
     if not data_dir.exists():
         raise UsageError(f"data folder not found: {data_dir}")
@@ -415,6 +596,8 @@ def train(config: TrainConfig, *, extra_callbacks: Sequence[Any] = ()) -> TrainR
         raise UsageError(f"not a folder: {data_dir} (expected DATA_DIR/<class>/ or DATA_DIR/train/<class>/)")
     if config.weights not in ("imagenet", "none", "None", "") and not Path(config.weights).is_file():
         raise UsageError(f"--weights must be imagenet, none or a weights file; file not found: {config.weights}")
+    if role is not None and not role.chief:
+        return _train_as_worker(config, spec, role, distribute, extra_callbacks)
     # Before any long work: an impossible or full output folder fails now, and a second
     # process writing the same run directory is refused (edgetl/locking.py).
     check_output_dir(config.run_dir)
@@ -425,7 +608,7 @@ def train(config: TrainConfig, *, extra_callbacks: Sequence[Any] = ()) -> TrainR
         if config.resume:
             config = _resumed_config(run_dir, config)
             spec = get_spec(config.backbone)
-        return _train(config, spec, run_dir, (*extra_callbacks, *_test_hooks()))
+        return _train(config, spec, run_dir, (*extra_callbacks, *_test_hooks()), distribute=distribute, role=role)
     except BaseException:
         # A run that failed before its first checkpoint leaves nothing behind to block a retry.
         if created and not (config.run_dir / CHECKPOINT_DIR / "latest.json").is_file():
@@ -433,6 +616,39 @@ def train(config: TrainConfig, *, extra_callbacks: Sequence[Any] = ()) -> TrainR
         raise
     finally:
         lock.release()
+
+
+def _train_as_worker(config: TrainConfig, spec: Any, role: WorkerRole, distribute: str,
+                     extra_callbacks: Sequence[Any]) -> TrainResult:
+    """A non-chief worker of a multi-worker run: trains in step with the chief, writes only to a scratch folder.
+
+    Every worker runs the same program (the collective ops need all of them), but only the chief
+    writes the run directory; the others write their checkpoints and model to a temporary folder
+    that is deleted at the end (the layout of TensorFlow's multi-worker Keras tutorial). To resume,
+    a worker starts from the chief's checkpoint, so the run directory must be visible to every worker.
+    """
+    import tempfile
+
+    shared = config.run_dir
+    scratch = Path(tempfile.mkdtemp(prefix=f"edgetl-worker{role.index}-"))
+    try:
+        local = config.replace(out=str(scratch / "run"), overwrite=False, resume=False)
+        if config.resume:
+            if not (shared / CHECKPOINT_DIR / "latest.json").is_file() or not (shared / CONFIG_FILE).is_file():
+                raise EdgetlError(f"{role.describe()}: cannot resume: no checkpoint of the chief in {shared} "
+                                  "(multi-worker --resume needs the run directory on a filesystem every worker sees)")
+            (scratch / "run").mkdir()
+            shutil.copytree(shared / CHECKPOINT_DIR, scratch / "run" / CHECKPOINT_DIR)
+            shutil.copy2(shared / CONFIG_FILE, scratch / "run" / CONFIG_FILE)
+            local = local.replace(resume=True)
+        run_dir, _ = _prepare_run_dir(local)
+        if local.resume:
+            local = _resumed_config(run_dir, local)
+        result = _train(local, spec, run_dir, (*extra_callbacks, *_test_hooks()), distribute=distribute, role=role)
+        result.run_dir = shared
+        return result
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _test_hooks() -> list[Any]:
@@ -463,7 +679,8 @@ def _resumed_config(run_dir: Path, given: TrainConfig) -> TrainConfig:
     return cfg.replace(resume=True, overwrite=False, verbose=given.verbose, out=str(run_dir), workers=given.workers)
 
 
-def _train(cfg: TrainConfig, spec: Any, run_dir: Path, extra_callbacks: Sequence[Any]) -> TrainResult:
+def _train(cfg: TrainConfig, spec: Any, run_dir: Path, extra_callbacks: Sequence[Any], *,
+           distribute: str = "auto", role: WorkerRole | None = None) -> TrainResult:
     _quiet_tf()
     import keras
     import tensorflow as tf
@@ -475,9 +692,17 @@ def _train(cfg: TrainConfig, spec: Any, run_dir: Path, extra_callbacks: Sequence
     tf.get_logger().setLevel("ERROR")  # retracing notices from predicting several views
     warnings_out: list[str] = []
     t_start = time.perf_counter()
-    plan = plan_devices(tf.config.list_physical_devices("GPU"))
+    plan = plan_devices(tf.config.list_physical_devices("GPU"), distribute, role)
+    # Before any other TensorFlow op: MultiWorkerMirroredStrategy configures the collective ops at start-up.
+    strategy = _make_strategy(plan)
+    _set_precision(plan)
+    if strategy is not None:
+        where = f", {role.describe()}" if role is not None else ""
+        _log(cfg, f"distributed training: {type(strategy).__name__}, {strategy.num_replicas_in_sync} replicas in sync{where}")
+    device_doc = {**plan.to_dict(), "replicas": strategy.num_replicas_in_sync if strategy is not None else 1,
+                  "task": role.describe() if role is not None else None}
     keras.utils.set_random_seed(cfg.seed)
-    ckpt = _Checkpoints(run_dir / CHECKPOINT_DIR)
+    ckpt = _Checkpoints(run_dir / CHECKPOINT_DIR, strategy)
     resume_state = ckpt.latest() if cfg.resume else None
 
     # ---- data: decode + resize once
@@ -519,7 +744,7 @@ def _train(cfg: TrainConfig, spec: Any, run_dir: Path, extra_callbacks: Sequence
         "weights": cfg.weights,
         "train_config": cfg.to_dict(),
         "versions": _versions(),
-        "device_plan": plan.to_dict(),
+        "device_plan": device_doc,
         "class_weights": {classes[i]: w for i, w in cw.items()} if cw else None,
         "num_skipped": len(ds.skipped),
         "status": "running",
@@ -528,8 +753,7 @@ def _train(cfg: TrainConfig, spec: Any, run_dir: Path, extra_callbacks: Sequence
         write_json(run_dir / CONFIG_FILE, config_doc)
 
     # ---- models
-    scope = _apply_plan(plan)
-    with scope:
+    with _scope(strategy):
         base = build(spec.name, weights=cfg.weights, include_top=False)
         layer_names = [layer.name for layer in base.layers]
         k = spec.unfreeze_blocks if cfg.unfreeze is None else cfg.unfreeze
@@ -573,6 +797,10 @@ def _train(cfg: TrainConfig, spec: Any, run_dir: Path, extra_callbacks: Sequence
                 tail = None
         outputs = [pooled] + ([boundary] if tail is not None else [])
         extractor = keras.Model(base.input, outputs, name="extractor")
+    if plan.distribute == "multi-worker":
+        for m in (head, full, tail):
+            if m is not None:
+                _multi_worker_build_fix(m, strategy)
 
     # ---- one forward pass of the frozen base per view
     augmenter = build_augmenter(cfg.augment, cfg.seed)
@@ -584,33 +812,41 @@ def _train(cfg: TrainConfig, spec: Any, run_dir: Path, extra_callbacks: Sequence
     _log(cfg, f"embedding {len(ytr)} train images x {n_views} view(s) + {len(yva)} val images with the frozen {spec.name} "
               f"({forward.engine}{f', converted in {forward.convert_seconds:.1f} s' if forward.convert_seconds else ''}) ...")
 
-    def run_extractor(x: np.ndarray, aug: Any | None, view: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    mode = progress_mode(cfg.verbose)
+    n_passes = 2 + (cfg.augment.views if augmenter is not None else 0)
+
+    def run_extractor(x: np.ndarray, aug: Any | None, view: int, label: str) -> tuple[np.ndarray, np.ndarray | None]:
         bs = max(cfg.batch_size, 32)
-        bar = keras.utils.Progbar(int(np.ceil(len(x) / bs))) if cfg.verbose == 1 else None
+        tp = time.perf_counter()
         embs: list[np.ndarray] = []
         acts: list[np.ndarray] = []
-        if forward.engine == "onnxruntime":  # uses every core: no TF work alongside it
-            batches = pixel_batches(x, bs, aug, view)
-        else:
-            batches = (b.numpy() for b in pixels_dataset(x, bs, aug, view=view))
-        for i, b in enumerate(batches):
-            out = forward(b)
-            embs.append(out[0])
-            if len(out) > 1:
-                acts.append(out[1].astype(np.float16))
-            if bar is not None:
-                bar.update(i + 1)
+        with quiet.to_console() if mode == "bars" else contextlib.nullcontext():
+            bar = keras.utils.Progbar(int(np.ceil(len(x) / bs))) if mode == "bars" else None
+            if forward.engine == "onnxruntime":  # uses every core: no TF work alongside it
+                batches = pixel_batches(x, bs, aug, view)
+            else:
+                batches = (b.numpy() for b in pixels_dataset(x, bs, aug, view=view))
+            for i, b in enumerate(batches):
+                out = forward(b)
+                embs.append(out[0])
+                if len(out) > 1:
+                    acts.append(out[1].astype(np.float16))
+                if bar is not None:
+                    bar.update(i + 1)
+        if mode == "lines":
+            _log(cfg, f"frozen-base pass {label}: {len(x)} images in {time.perf_counter() - tp:.1f} s")
         emb = np.concatenate(embs) if embs else np.zeros((0, feat_dim), np.float32)
         return emb, (np.concatenate(acts) if acts else None)
 
     view_seconds: list[float] = []
     tr_parts = []
-    for view in range(0, 1 + (cfg.augment.views if augmenter is not None else 0)):
+    for view in range(0, n_passes - 1):
         tv = time.perf_counter()
-        tr_parts.append(run_extractor(xtr, augmenter if view else None, view))
+        label = f"{view + 1}/{n_passes} (train, " + (f"augmented view {view})" if view else "clean)")
+        tr_parts.append(run_extractor(xtr, augmenter if view else None, view, label))
         view_seconds.append(time.perf_counter() - tv)
     tv = time.perf_counter()
-    emb_va, act_va = run_extractor(xva, None)
+    emb_va, act_va = run_extractor(xva, None, 0, f"{n_passes}/{n_passes} (val)")
     view_seconds.append(time.perf_counter() - tv)
     emb_tr = np.concatenate([p[0] for p in tr_parts])
     act_tr = np.concatenate([p[1] for p in tr_parts]) if tail is not None else None
@@ -634,7 +870,10 @@ def _train(cfg: TrainConfig, spec: Any, run_dir: Path, extra_callbacks: Sequence
     head_state = resume_state if resumed_phase == "head" else None
     # The head's steps are tiny (one Dense layer): 32 steps per graph call removes the per-step
     # Python overhead (2-3x faster head epochs on 2 CPU cores, same updates, same results).
-    _compile(head, cfg.lr, cfg, jit=False, steps_per_execution=32)
+    # Under a tf.distribute strategy Keras 3.15's multi-step loop fails ("You must feed a value for
+    # placeholder tensor ..."): one step per call there.
+    with _scope(strategy):  # the optimizer belongs to the strategy it is created under
+        _compile(head, cfg.lr, cfg, jit=False, steps_per_execution=32 if strategy is None else 1)
     if resumed_phase == "fine-tune":
         head_epochs_run = sum(1 for r in history if r["phase"] == "head")
     elif head_state and head_state[0].get("done"):
@@ -653,8 +892,10 @@ def _train(cfg: TrainConfig, spec: Any, run_dir: Path, extra_callbacks: Sequence
                                   head_state[0] if head_state else None, best_w)
         train_ds = training_dataset(emb_tr, y_views, n_cls, cfg.batch_size, cfg.seed, sample_weight=sw)
         _log(cfg, f"training the head for up to {cfg.epochs} epochs on {len(emb_tr)} embeddings")
-        head.fit(train_ds, validation_data=(emb_va, yva_1h), epochs=cfg.epochs, initial_epoch=start,
-                 callbacks=[cb, *extra_callbacks], verbose=cfg.verbose, shuffle=False)
+        lines = [_epoch_lines(cfg, "head", cfg.epochs)] if mode == "lines" else []
+        with quiet.to_console() if mode == "bars" else contextlib.nullcontext():
+            head.fit(train_ds, validation_data=(emb_va, yva_1h), epochs=cfg.epochs, initial_epoch=start,
+                     callbacks=[cb, *lines, *extra_callbacks], verbose=1 if mode == "bars" else 0, shuffle=False)
         head_epochs_run = sum(1 for r in history if r["phase"] == "head")
     full.get_layer("probs").set_weights(head.get_layer("probs").get_weights())
 
@@ -685,7 +926,7 @@ def _train(cfg: TrainConfig, spec: Any, run_dir: Path, extra_callbacks: Sequence
         peak = cfg.resolved_fine_tune_lr
         schedule = keras.optimizers.schedules.CosineDecay(0.0 if warm else peak, max(steps - warm, 1), alpha=0.0,
                                                           warmup_target=peak if warm else None, warmup_steps=warm)
-        with scope:
+        with _scope(strategy):  # a fresh scope object: one cannot be entered twice
             _compile(model, schedule, cfg, jit=plan.jit_compile)
         start = 0
         best_w = None
@@ -707,8 +948,10 @@ def _train(cfg: TrainConfig, spec: Any, run_dir: Path, extra_callbacks: Sequence
                 ev = model.evaluate(*ft_val, verbose=0) if isinstance(ft_val, tuple) else model.evaluate(ft_val, verbose=0)
                 start_loss = float(ev[0] if isinstance(ev, (list, tuple)) else ev)
                 ft_cb.best, ft_cb.best_weights = start_loss, model.get_weights()
-            model.fit(ft_ds, validation_data=ft_val, epochs=cfg.fine_tune_epochs,
-                      initial_epoch=start, callbacks=[ft_cb, *extra_callbacks], verbose=cfg.verbose, shuffle=False)
+            lines = [_epoch_lines(cfg, "fine-tune", cfg.fine_tune_epochs)] if mode == "lines" else []
+            with quiet.to_console() if mode == "bars" else contextlib.nullcontext():
+                model.fit(ft_ds, validation_data=ft_val, epochs=cfg.fine_tune_epochs, initial_epoch=start,
+                          callbacks=[ft_cb, *lines, *extra_callbacks], verbose=1 if mode == "bars" else 0, shuffle=False)
             if start_loss is not None and ft_cb.best >= start_loss:
                 _log(cfg, f"no fine-tune epoch lowered the val loss below the head's ({start_loss:.4f}): kept the head")
             ft_train_seconds = float(sum(ft_cb.train_seconds))
@@ -769,7 +1012,7 @@ def _train(cfg: TrainConfig, spec: Any, run_dir: Path, extra_callbacks: Sequence
         "skipped": [p for p, _ in ds.skipped],
         "graph_check_max_abs_diff": agree,
         "resumed": bool(resume_state),
-        "device_plan": plan.to_dict(),
+        "device_plan": device_doc,
     })
     write_json(run_dir / "metrics.json", metrics)
     config_doc["status"] = "complete"

@@ -1,0 +1,162 @@
+"""Distributed training on CPU: MirroredStrategy over 2 logical CPUs, MultiWorkerMirroredStrategy over 2 processes.
+
+Both go through ``edgetl train`` (the CLI) in fresh processes: logical devices and collective ops
+must be configured before TensorFlow initialises. ``EDGETL_DISTRIBUTE=mirrored`` forces the
+mirrored strategy that a multi-GPU machine would pick; ``TF_CONFIG`` with two workers selects
+MultiWorkerMirroredStrategy. Each run covers both phases (head, then fine-tune), which is where a
+strategy scope used to be entered twice ("'_GeneratorContextManager' object has no attribute 'args'").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgetl.errors import UsageError
+from edgetl.train import WorkerRole, cluster_role, plan_devices, requested_distribution
+
+RUN_FILES = {"model.keras", "labels.txt", "config.json", "history.csv", "metrics.json", "curves.png", "confusion_matrix.png"}
+TINY = ["--backbone", "tiny_cnn", "--weights", "none", "--strategy", "fine-tune", "--epochs", "2", "--fine-tune-epochs", "1",
+        "--batch-size", "16", "--augment-views", "0", "--patience", "0"]
+
+TWO_CPUS = """
+import sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+from edgetl.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+CLI = "import sys\nfrom edgetl.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "EDGETL_DISTRIBUTE")}
+    env.update(extra)
+    return env
+
+
+def _phases(run: Path) -> list[str]:
+    return [line.split(",")[0] for line in (run / "history.csv").read_text().splitlines()[1:]]
+
+
+def test_mirrored_on_two_logical_cpus_runs_both_phases(image_folder, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", TWO_CPUS, "train", str(image_folder), *TINY, "--out", str(run)],
+                          capture_output=True, text=True, timeout=180, env=_env(EDGETL_DISTRIBUTE="mirrored"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert RUN_FILES <= {p.name for p in run.iterdir()}
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["device_plan"]["distribute"] == "mirrored" and m["device_plan"]["replicas"] == 2
+    assert m["epochs_run"] == {"head": 2, "fine_tune": 1}
+    assert _phases(run) == ["head", "head", "fine-tune"]
+    assert "MirroredStrategy, 2 replicas in sync" in proc.stderr
+    assert "distributed: mirrored, 2 replicas in sync" in proc.stdout
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_multi_worker_two_processes_chief_writes_the_run(image_folder, tmp_path):
+    run = tmp_path / "run"
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs, scratch = [], []
+    try:
+        for i in range(2):
+            tmp = tmp_path / f"tmp{i}"  # each worker's TMPDIR: where a non-chief writes its scratch run
+            tmp.mkdir()
+            scratch.append(tmp)
+            env = _env(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}), TMPDIR=str(tmp))
+            out = open(tmp_path / f"w{i}.out", "w")
+            err = open(tmp_path / f"w{i}.err", "w")
+            procs.append((subprocess.Popen([sys.executable, "-c", CLI, "train", str(image_folder), *TINY, "--out", str(run)],
+                                           stdout=out, stderr=err, env=env), out, err))
+        deadline = time.monotonic() + 240
+        for p, out, err in procs:
+            p.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        for p, out, err in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            out.close()
+            err.close()
+    outs = [(tmp_path / f"w{i}.out").read_text() for i in range(2)]
+    errs = [(tmp_path / f"w{i}.err").read_text() for i in range(2)]
+    for i, (p, _, _) in enumerate(procs):
+        assert p.returncode == 0, f"worker {i}:\n{errs[i][-3000:]}"
+    # the chief (worker 0) wrote the run; worker 1 trained in step and left nothing behind
+    assert RUN_FILES <= {p.name for p in run.iterdir()}
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["device_plan"]["distribute"] == "multi-worker" and m["device_plan"]["replicas"] == 2
+    assert m["device_plan"]["task"] == "chief 0 of 2"
+    assert m["epochs_run"] == {"head": 2, "fine_tune": 1} and _phases(run) == ["head", "head", "fine-tune"]
+    assert not [p for p in scratch[1].iterdir() if p.name.startswith("edgetl-")]  # the worker's scratch run was deleted
+    assert "worker 1 of 2 (only the chief writes the run directory)" in outs[1]
+    assert "this process: chief 0 of 2" in outs[0]
+    # synchronous data-parallel training: both processes end with the same model (same val loss)
+    val = [next(line for line in o.splitlines() if line.startswith("val accuracy")) for o in outs]
+    assert val[0] == val[1], val
+
+
+def test_cluster_role_from_tf_config():
+    def role(doc):
+        return cluster_role({"TF_CONFIG": json.dumps(doc)})
+
+    workers = {"worker": ["h:1", "h:2", "h:3"]}
+    assert cluster_role({}) is None
+    assert role({"cluster": {"worker": ["h:1"]}, "task": {"type": "worker", "index": 0}}) is None  # one worker: plain run
+    assert role({"cluster": workers, "task": {"type": "worker", "index": 0}}) == WorkerRole(0, 3, True)
+    assert role({"cluster": workers, "task": {"type": "worker", "index": 2}}) == WorkerRole(2, 3, False)
+    with_chief = {"chief": ["c:1"], "worker": ["h:1"]}
+    assert role({"cluster": with_chief, "task": {"type": "chief", "index": 0}}) == WorkerRole(0, 2, True)
+    assert role({"cluster": with_chief, "task": {"type": "worker", "index": 0}}) == WorkerRole(1, 2, False)
+    with pytest.raises(UsageError, match="TF_CONFIG"):
+        cluster_role({"TF_CONFIG": "{not json"})
+    with pytest.raises(UsageError, match="not in its cluster"):
+        role({"cluster": workers, "task": {"type": "worker", "index": 5}})
+    with pytest.raises(UsageError, match="not in its cluster"):
+        role({"cluster": workers, "task": {"type": "ps", "index": 0}})
+
+
+def test_distribution_choice():
+    assert requested_distribution({}) == "auto"
+    assert requested_distribution({"EDGETL_DISTRIBUTE": "Mirrored"}) == "mirrored"
+    with pytest.raises(UsageError, match="EDGETL_DISTRIBUTE"):
+        requested_distribution({"EDGETL_DISTRIBUTE": "tpu"})
+    assert plan_devices([], "mirrored").distribute == "mirrored"
+    assert plan_devices(["/gpu:0", "/gpu:1"], "none").distribute == "none"
+    assert plan_devices([], "auto", WorkerRole(0, 2, True)).distribute == "multi-worker"
+    with pytest.raises(UsageError, match="TF_CONFIG"):
+        plan_devices([], "multi-worker", None)
+
+
+def test_bad_distribution_settings_are_one_line_errors(image_folder, tmp_path, capsys, monkeypatch):
+    from edgetl.cli import main
+
+    for key, value, needle in (("EDGETL_DISTRIBUTE", "tpu", "EDGETL_DISTRIBUTE must be one of"),
+                               ("TF_CONFIG", "{oops", "TF_CONFIG is not a valid cluster description")):
+        monkeypatch.setenv(key, value)
+        code = main(["train", str(image_folder), *TINY, "--out", str(tmp_path / "r")])
+        err = capsys.readouterr().err
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "r").exists()
+        monkeypatch.delenv(key)
