@@ -312,7 +312,8 @@ def export(
     calib_samples: int = typer.Option(300, "--calib-samples", min=1, help="Training images for calibration (stratified; all if fewer)."),
     verify_samples: Optional[int] = typer.Option(None, "--verify-samples", min=1, help="Validation images for verification (default: all)."),
     max_drop: float = typer.Option(1.0, "--max-drop", min=0.0, help="Allowed accuracy loss vs the Keras model, in points."),
-    strict: bool = typer.Option(False, "--strict", help="Exit 1 when an artifact misses --max-drop and no remedy fixed it."),
+    min_agreement: float = typer.Option(99.0, "--min-agreement", min=0.0, max=100.0, help="Smallest allowed top-1 agreement with the Keras model, in percent (an accuracy gain never excuses less)."),
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 when an artifact misses --max-drop or --min-agreement and no remedy fixed it."),
     doctor: Optional[bool] = typer.Option(None, "--doctor/--no-doctor", help="Try quantization remedies (default: only when int8 misses the budget)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Image folder to use instead of the one recorded in the run."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RUN_DIR/export)."),
@@ -331,7 +332,7 @@ def export(
         config = ExportConfig(
             formats=tuple(formats.split(",")) if formats is not None else None,
             int8=int8, fp16=fp16, dynamic=dynamic, qat=qat, io_type=io_type, calib_samples=calib_samples,
-            verify_samples=verify_samples, max_drop=max_drop, strict=strict, doctor=doctor,
+            verify_samples=verify_samples, max_drop=max_drop, min_agreement=min_agreement, strict=strict, doctor=doctor,
             data_dir=str(data) if data else None, out_dir=str(out) if out else None, opset=opset, qat_epochs=qat_epochs,
         )
         config.resolve_formats()  # bad names and values fail here, before any conversion
@@ -356,8 +357,8 @@ def export(
     if result.failed:
         raise EdgetlError(f"{len(result.failed)} format(s) failed: {', '.join(a.format for a in result.failed)} (see {result.json_path})")
     if strict and result.budget_failures:
-        names = ", ".join(f"{a.format} ({a.drop:+.2f} pt)" for a in result.budget_failures)
-        raise EdgetlError(f"over the --max-drop budget of {max_drop} pt with --strict: {names}")
+        names = ", ".join(f"{a.format} ({a.drop:+.2f} pt, agreement {a.verification.agreement:.1f}%)" for a in result.budget_failures)
+        raise EdgetlError(f"over budget (--max-drop {max_drop} pt, --min-agreement {min_agreement}%) with --strict: {names}")
 
 
 # --------------------------------------------------------------------------- demo

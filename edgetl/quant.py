@@ -32,6 +32,9 @@ class QuantizationConfig:
         per_channel: per-channel weight scales (ONNX; TFLite always uses per-channel conv weights).
         calib_method: ONNX calibration: ``minmax``, ``entropy`` or ``percentile``.
         seed: seed of the stratified calibration sample.
+        float_nodes: layers kept in float in an otherwise 8-bit file (selective mixed precision,
+            chosen by the quantization doctor from the per-layer report): TFLite tensor names
+            of the debugger's ``denylisted_nodes``, or ONNX node names for ``nodes_to_exclude``.
     """
 
     mode: str = "float32"
@@ -40,6 +43,7 @@ class QuantizationConfig:
     per_channel: bool = True
     calib_method: str = "minmax"
     seed: int = 0
+    float_nodes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -85,4 +89,5 @@ class QuantizationConfig:
 
     def to_dict(self) -> dict:
         return {"mode": self.mode, "io_type": self.io_type, "calib_samples": self.calib_samples,
-                "per_channel": self.per_channel, "calib_method": self.calib_method, "seed": self.seed}
+                "per_channel": self.per_channel, "calib_method": self.calib_method, "seed": self.seed,
+                "float_nodes": list(self.float_nodes)}

@@ -39,7 +39,9 @@ class ExportConfig:
         calib_samples: training images for calibration (stratified; all if fewer).
         verify_samples: validation images for verification (stratified); None = all.
         max_drop: largest allowed accuracy loss of an artifact vs the Keras model, in points.
-        strict: an artifact over ``max_drop`` makes the export fail (exit 1).
+        min_agreement: smallest allowed top-1 agreement with the Keras model, in percent. An
+            accuracy gain never excuses a file that changes more predictions than this allows.
+        strict: an artifact over either budget makes the export fail (exit 1).
         doctor: True: always try remedies on int8 artifacts; None: only when one misses the budget; False: never.
         opset: ONNX opset.
         data_dir: image folder to use instead of the one recorded in the run.
@@ -59,6 +61,7 @@ class ExportConfig:
     calib_samples: int = 300
     verify_samples: int | None = None
     max_drop: float = 1.0
+    min_agreement: float = 99.0
     strict: bool = False
     doctor: bool | None = None
     opset: int = 17
@@ -83,6 +86,8 @@ class ExportConfig:
             raise UsageError(f"--verify-samples must be at least 1, got {self.verify_samples}")
         if self.max_drop < 0:
             raise UsageError(f"--max-drop must be >= 0, got {self.max_drop}")
+        if not 0 <= self.min_agreement <= 100:
+            raise UsageError(f"--min-agreement must be in 0-100 (percent), got {self.min_agreement}")
         names: list[str] = list(self.formats) if self.formats else list(DEFAULT_FORMATS)
         if self.int8:
             names += INT8_FORMATS
@@ -115,6 +120,8 @@ class Artifact:
     quantization: dict[str, Any] = field(default_factory=dict)
     io: dict[str, Any] = field(default_factory=dict)
     remedy: str | None = None  # set when the quantization doctor made this file
+    latency: dict[str, Any] | None = None  # the doctor's short timing (bench's timer), when it timed this file
+    portability: dict[str, Any] | None = None  # ONNX int8: agreement under ONNX Runtime's default session options
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
@@ -139,12 +146,13 @@ class Artifact:
             "drop_pt": self.drop,
             "agree_%": v.agreement if v else None,
             "max_dp": round(v.max_abs_diff, 4) if v else None,
+            "p50_ms": round(self.latency["p50_ms"], 2) if self.latency else None,
             "export_s": round(self.export_s, 1),
             "status": "FAILED" if self.error else ("OVER BUDGET" if self.within_budget is False else "ok"),
         }
 
 
-ROW_COLUMNS = ["format", "file", "size_MB", "acc_%", "drop_pt", "agree_%", "max_dp", "export_s", "status"]
+ROW_COLUMNS = ["format", "file", "size_MB", "acc_%", "drop_pt", "agree_%", "max_dp", "p50_ms", "export_s", "status"]
 
 
 @dataclass
@@ -159,6 +167,7 @@ class ExportResult:
     max_drop: float
     artifacts: list[Artifact]
     warnings: list[str] = field(default_factory=list)
+    min_agreement: float = 99.0
     doctor: list[dict[str, Any]] = field(default_factory=list)
     total_s: float = 0.0
     json_path: str | None = None
@@ -173,7 +182,7 @@ class ExportResult:
 
     @property
     def budget_failures(self) -> list[Artifact]:
-        """Artifacts over ``max_drop`` for which the quantization doctor found no remedy."""
+        """Artifacts over ``max_drop`` or under ``min_agreement`` for which the quantization doctor found no remedy."""
         remedied = {d["target"] for d in self.doctor if d.get("winner")}
         return [a for a in self.over_budget if a.format not in remedied]
 
@@ -199,6 +208,7 @@ class ExportResult:
             "n_verify": self.n_verify,
             "n_calib": self.n_calib,
             "max_drop": self.max_drop,
+            "min_agreement": self.min_agreement,
             "artifacts": [a.to_dict() for a in self.artifacts],
             "warnings": self.warnings,
             "doctor": self.doctor,
@@ -308,6 +318,13 @@ def build_artifact_bytes(ctx: _Context, fmt: ExportFormat, quant: QuantizationCo
         qd = quant.to_dict()
         qd["io_type"] = "float32"
         qd["calib_samples_used"] = int(len(calib))
+    if fmt.precision != "fp32":
+        import json
+
+        from edgetl.runtime.onnx_runner import EXACT_INT8_CONFIG, ORT_CONFIG_KEY
+
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = ORT_CONFIG_KEY, json.dumps(EXACT_INT8_CONFIG)
     set_onnx_props(proto, ctx.facts(fmt, "float32", **extra))
     onnx_export.check(proto)
     return proto.SerializeToString(), {"quantization": qd, "io": {"input_dtype": "float32", "output_dtype": "float32"}}, notes, warns
@@ -355,8 +372,42 @@ def verify_artifact(ctx: _Context, art: Artifact) -> Artifact:
         art.verify_s = time.perf_counter() - t0
     if ctx.keras_acc is not None and art.verification.accuracy is not None:
         art.drop = round(ctx.keras_acc - art.verification.accuracy, 4)
-        art.within_budget = art.drop <= ctx.config.max_drop + 1e-9
+    art.within_budget = within_budget(art, ctx.config)
+    if art.format.startswith("onnx") and art.precision != "fp32":
+        _check_portability(ctx, art)
     return art
+
+
+def within_budget(art: Artifact, config: ExportConfig) -> bool | None:
+    """Both budgets: accuracy drop <= ``max_drop`` and agreement >= ``min_agreement`` (None: not verified)."""
+    v = art.verification
+    if v is None or v.n == 0:
+        return None
+    ok_agree = v.agreement >= config.min_agreement - 1e-9
+    ok_drop = art.drop is None or art.drop <= config.max_drop + 1e-9
+    return ok_agree and ok_drop
+
+
+def _check_portability(ctx: _Context, art: Artifact) -> None:
+    """Run a quantized ONNX file with ONNX Runtime's default session options too, as a user's own code would.
+
+    edgetl's runners open int8 files with ``session.x64quantprecision=1`` (see
+    :data:`edgetl.runtime.onnx_runner.EXACT_INT8_CONFIG`); on x86 CPUs without VNNI the default
+    kernels saturate, and this says by how much on this CPU.
+    """
+    try:
+        probs = run_file(art.path, ctx.val_px, ctx.config.threads, exact_int8=False)
+        v = compare(probs, ctx.ref, ctx.val_y)
+    except EdgetlError as exc:
+        art.notes.append(f"default-session check failed: {exc}")
+        return
+    art.portability = {"default_session_agreement": v.agreement, "default_session_accuracy": v.accuracy}
+    if v.agreement < art.verification.agreement - 0.5:
+        art.warnings.append(
+            f"with ONNX Runtime's default session options this CPU gives {v.agreement:.1f}% agreement "
+            f"(vs {art.verification.agreement:.1f}% with session.x64quantprecision=1): its int8 kernels saturate "
+            "without VNNI; edgetl's runners set that option, and so must other code that runs this file "
+            "(it is in the file's metadata, key edgetl.ort_session_config)")
 
 
 def prepare_images(samples: list[Any], pre: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -490,7 +541,8 @@ def _export_run(run_dir: str | Path, config: ExportConfig | None = None,
                                  + (f", agreement {art.verification.agreement:.1f}%" if art.verification else "")))
 
     result = ExportResult(str(run.path), str(out_dir), run.backbone, list(run.labels), keras_acc, len(val_px),
-                          0 if calib_px is None else len(calib_px), config.max_drop, artifacts, warnings)
+                          0 if calib_px is None else len(calib_px), config.max_drop, artifacts, warnings,
+                          min_agreement=config.min_agreement)
 
     # The quantization doctor: explicit, or automatic when an int8 artifact misses the budget.
     targets = [a for a in artifacts if a.format in ("tflite_int8", "onnx_int8") and a.error is None]
@@ -499,7 +551,8 @@ def _export_run(run_dir: str | Path, config: ExportConfig | None = None,
 
         chosen = targets if config.doctor else [a for a in targets if a.within_budget is False]
         for art in chosen:
-            say(f"quantization doctor: {art.format} (drop {art.drop} pt, budget {config.max_drop})")
+            say(f"quantization doctor: {art.format} (drop {art.drop} pt, agreement {art.verification.agreement:.1f}%; "
+                f"budget: drop <= {config.max_drop} pt, agreement >= {config.min_agreement}%)")
             result.doctor.append(run_doctor(ctx, result, art))
 
     for a in artifacts:
@@ -509,8 +562,9 @@ def _export_run(run_dir: str | Path, config: ExportConfig | None = None,
             warnings.append(f"{a.format}: FAILED: {a.error}")
         elif a.within_budget is False:
             warnings.append(
-                f"{a.format} loses {a.drop:.2f} accuracy points vs the Keras model "
-                f"({a.verification.accuracy:.2f}% vs {keras_acc:.2f}%), over the --max-drop budget of {config.max_drop}"
+                f"{a.format} is over budget: accuracy {a.verification.accuracy:.2f}% vs {keras_acc:.2f}% "
+                f"(drop {a.drop:+.2f} pt, budget {config.max_drop}), top-1 agreement {a.verification.agreement:.2f}% "
+                f"(budget >= {config.min_agreement}%)"
             )
     result.total_s = time.perf_counter() - t_start
     result.json_path = str(out_dir / EXPORT_JSON)

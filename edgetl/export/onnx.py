@@ -117,6 +117,7 @@ def quantize(proto: Any, calib_pixels: np.ndarray, quant: QuantizationConfig) ->
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=getattr(CalibrationMethod, _METHODS[quant.calib_method]),
+                nodes_to_exclude=list(quant.float_nodes) or None,
                 extra_options=extra,
             )
         except Exception as exc:  # noqa: BLE001

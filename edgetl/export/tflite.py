@@ -55,12 +55,30 @@ def convert(model: Any, quant: QuantizationConfig, calib_pixels: np.ndarray | No
 
     Args:
         model: Keras model, float32 pixels [0, 255] -> probabilities.
-        quant: what to do (``QuantizationConfig.for_int8()`` etc.).
+        quant: what to do (``QuantizationConfig.for_int8()`` etc.); ``quant.float_nodes`` keeps
+            those layers in float (through TFLite's quantization debugger).
         calib_pixels: uint8 (N, H, W, 3) training images, required for ``int8``/``int16x8``.
 
     Raises:
         EdgetlError: calibration images missing, or the converter failed.
     """
+    if quant.float_nodes:
+        from edgetl.export.quant_report import tflite_denylisted_model
+
+        if quant.mode != "int8":
+            raise EdgetlError("layers can be kept in float only in an int8 TFLite model")
+        return tflite_denylisted_model(lambda: converter_for(model, quant, calib_pixels),
+                                       np.asarray(calib_pixels)[:4], list(quant.float_nodes))
+    conv = converter_for(model, quant, calib_pixels)
+    try:
+        return bytes(conv.convert())
+    except Exception as exc:  # noqa: BLE001 - converter errors are long MLIR dumps: keep one line
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise EdgetlError(f"TFLite conversion ({quant.mode}) failed: {type(exc).__name__}: {first}") from None
+
+
+def converter_for(model: Any, quant: QuantizationConfig, calib_pixels: np.ndarray | None = None) -> Any:
+    """A configured ``TFLiteConverter`` for ``quant`` (what :func:`convert` runs; the debugger reuses it)."""
     import tensorflow as tf
 
     conv = _converter(model)
@@ -87,11 +105,7 @@ def convert(model: Any, quant: QuantizationConfig, calib_pixels: np.ndarray | No
             ]
     elif mode != "float32":
         raise EdgetlError(f"TFLite export does not support mode {mode!r}")
-    try:
-        return bytes(conv.convert())
-    except Exception as exc:  # noqa: BLE001 - converter errors are long MLIR dumps: keep one line
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise EdgetlError(f"TFLite conversion ({mode}) failed: {type(exc).__name__}: {first}") from None
+    return conv
 
 
 def io_details(model_bytes: bytes) -> dict[str, Any]:

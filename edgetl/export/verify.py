@@ -84,37 +84,23 @@ def run_tflite(model: str | Path | bytes, pixels: np.ndarray, threads: int | Non
     return np.concatenate(results)
 
 
-def onnx_session(path: str | Path, threads: int | None = None) -> Any:
-    import onnxruntime as ort
+def run_onnx(path: str | Path, pixels: np.ndarray, threads: int | None = None, exact_int8: bool = True) -> np.ndarray:
+    """Probabilities (N, C) float32 from an ONNX model on uint8 pixels (N, H, W, 3), via the bench's runner.
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = _threads(threads)
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    try:
-        return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001
-        raise ModelFileError(f"{path}: ONNX Runtime cannot load it: {type(exc).__name__}: {str(exc)[:200]}") from None
+    ``exact_int8=False`` opens the session with ONNX Runtime's defaults, as a user's own code would.
+    """
+    from edgetl.runtime.onnx_runner import OnnxRunner
+
+    return OnnxRunner(path, threads=threads, providers=["cpu"], exact_int8=exact_int8).predict(pixels)
 
 
-def run_onnx(path: str | Path, pixels: np.ndarray, threads: int | None = None, batch: int = 32) -> np.ndarray:
-    """Probabilities (N, C) float32 from an ONNX model on uint8 pixels (N, H, W, 3)."""
-    sess = onnx_session(path, threads)
-    name = sess.get_inputs()[0].name
-    outs = [sess.run(None, {name: pixels[i : i + batch].astype(np.float32)})[0] for i in range(0, len(pixels), batch)]
-    if not outs:
-        return np.zeros((0, int(sess.get_outputs()[0].shape[-1] or 0)), np.float32)
-    return np.concatenate(outs).astype(np.float32)
-
-
-def run_file(path: str | Path, pixels: np.ndarray, threads: int | None = None) -> np.ndarray:
+def run_file(path: str | Path, pixels: np.ndarray, threads: int | None = None, exact_int8: bool = True) -> np.ndarray:
     """Run a ``.tflite`` or ``.onnx`` file on uint8 pixels."""
     p = Path(path)
     if p.suffix == ".tflite":
         return run_tflite(p, pixels, threads)
     if p.suffix == ".onnx":
-        return run_onnx(p, pixels, threads)
+        return run_onnx(p, pixels, threads, exact_int8=exact_int8)
     raise ModelFileError(f"{p}: not a .tflite or .onnx file")
 
 
