@@ -197,6 +197,23 @@ def timed_runs(fn: Callable[[], Any], warmup_runs: int, warmup_time: float, min_
     return n_warm, times
 
 
+def quick_latency(path: str | Path, pixels: np.ndarray, threads: int = 1, min_runs: int = 15,
+                  min_time: float = 0.5, max_time: float = 5.0) -> dict[str, float]:
+    """A short latency measurement of one model file with the same runner and timer as ``edgetl bench``.
+
+    For choosing between candidates (the quantization doctor); a full ``edgetl bench`` run is the
+    number to report. ``pixels`` are real images; one batch of ``len(pixels)`` is timed.
+    """
+    from edgetl.runtime.loader import runner_for
+
+    runner = runner_for(path, threads=threads)
+    _, times = timed_runs(_timer(runner, pixels), warmup_runs=3, warmup_time=0.1, min_runs=min_runs,
+                          min_time=min_time, max_time=max_time)
+    out = latency_stats(times, batch=len(pixels))
+    out["threads"] = threads
+    return out
+
+
 def accuracy_metrics(probs: np.ndarray, y: np.ndarray, labels: Sequence[str],
                      ref_probs: np.ndarray | None = None) -> dict[str, Any]:
     """Top-1 (and top-5 when > 5 classes) in percent, per-class recall, confusion matrix, agreement with a reference."""

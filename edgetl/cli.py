@@ -319,6 +319,7 @@ def export(
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RUN_DIR/export)."),
     opset: int = typer.Option(17, "--opset", min=13, help="ONNX opset."),
     qat_epochs: int = typer.Option(1, "--qat-epochs", min=1, help="Epochs of quantization-aware fine-tuning."),
+    quant_report: bool = typer.Option(True, "--quant-report/--no-quant-report", help="Write the per-layer quantization report of every int8 file."),
     json_out: bool = typer.Option(False, "--json", help="Print export.json instead of a table."),
     verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
@@ -333,7 +334,7 @@ def export(
             formats=tuple(formats.split(",")) if formats is not None else None,
             int8=int8, fp16=fp16, dynamic=dynamic, qat=qat, io_type=io_type, calib_samples=calib_samples,
             verify_samples=verify_samples, max_drop=max_drop, min_agreement=min_agreement, strict=strict, doctor=doctor,
-            data_dir=str(data) if data else None, out_dir=str(out) if out else None, opset=opset, qat_epochs=qat_epochs,
+            data_dir=str(data) if data else None, out_dir=str(out) if out else None, opset=opset, qat_epochs=qat_epochs, quant_report=quant_report,
         )
         config.resolve_formats()  # bad names and values fail here, before any conversion
         result = export_run(run_dir, config, progress=quiet.say)

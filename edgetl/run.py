@@ -55,7 +55,10 @@ class RunInfo:
         from edgetl.data import load_dataset
 
         data = self.config.get("data") or {}
-        root = data.get("root") or self.config.get("data_dir")
+        # config.json records the folder as given (data.root, maybe relative to where train ran) and
+        # resolved (data_dir): a relative path must not break export/bench run from another folder.
+        given = [r for r in (self.config.get("data_dir"), data.get("root")) if r]
+        root = next((r for r in given if Path(r).is_absolute() and Path(r).is_dir()), given[0] if given else None)
         if not root:
             raise EdgetlError(f"{self.path / CONFIG_FILE} does not record the data folder; pass --data")
         if not Path(root).is_dir():

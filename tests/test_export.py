@@ -196,18 +196,79 @@ def test_broken_int8_is_flagged_and_strict_fails(tiny_run, tmp_path, monkeypatch
 
 
 def test_doctor_reports_every_attempt(tiny_run, tmp_path):
-    res = _export(tiny_run, tmp_path, formats=("tflite_int8", "onnx_int8", "tflite_qat"), doctor=True, calib_samples=8)
+    """Explicit doctor: 8-bit remedies first (calibration, selective float, ONNX calibrations), every one
+    verified, timed when within budget, and two remedies that make the same model are marked identical."""
+    res = _export(tiny_run, tmp_path, formats=("tflite_int8", "onnx_int8"), doctor=True, calib_samples=8,
+                  max_drop=100.0, min_agreement=0.0)
     by_target = {d["target"]: d for d in res.doctor}
     assert set(by_target) == {"tflite_int8", "onnx_int8"}
     tfl = [a["remedy"] for a in by_target["tflite_int8"]["attempts"]]
-    assert tfl[0].startswith("more calibration") and "int16x8" in tfl[1] and "quantization-aware" in tfl[2]
+    assert tfl[0].startswith("more calibration") and any("worst layer" in r for r in tfl)
+    # int16x8 and QAT only when no 8-bit candidate meets the budget (here every candidate does)
+    assert not any("int16x8" in r or "quantization-aware" in r for r in tfl)
     onx = [a["remedy"] for a in by_target["onnx_int8"]["attempts"]]
     assert any("per-tensor" in r for r in onx) and any("Entropy" in r for r in onx) and any("Percentile" in r for r in onx)
     for d in res.doctor:
-        assert d["winner"] is not None
+        assert d["winner"] is not None and d["winner"]["format"] == d["target"]
+        assert d["original"]["p50_ms"] > 0
         for a in d["attempts"]:
-            assert a["error"] is None and a["accuracy"] is not None
+            assert a["error"] is None
+            if "identical_to" not in a:
+                assert a["accuracy"] is not None and a["p50_ms"] > 0
+        # selective float keeps the named layers and only those
+        sel = [a for a in d["attempts"] if "worst layer" in a["remedy"] and "identical_to" not in a]
+        assert sel and all(a["float_nodes"] for a in sel)
+    # the quantization report of every int8 file, next to it
+    for fmt in ("tflite_int8", "onnx_int8"):
+        rows = json.loads((tmp_path / f"quant_report_{fmt}.json").read_text())
+        assert rows and any("report" in n for n in res.artifact(fmt).notes)
     assert not list(Path(tmp_path).glob(".doctor-*"))
+
+
+def test_remedies_make_different_models(tiny_run, tmp_path):
+    """MinMax, Entropy and Percentile calibration, and per-tensor weights, are four different ONNX files."""
+    res = _export(tiny_run, tmp_path, formats=("onnx_int8",), doctor=True, calib_samples=8, max_drop=100.0,
+                  min_agreement=0.0, quant_report=False)
+    attempts = res.doctor[0]["attempts"]
+    calib = [a for a in attempts if any(w in a["remedy"] for w in ("Entropy", "Percentile", "per-tensor"))]
+    assert len(calib) == 3 and not [a for a in calib if "identical_to" in a], calib
+
+
+def test_agreement_budget_triggers_the_doctor(tiny_run, tmp_path, monkeypatch):
+    """An int8 file that changes predictions is over budget even when --max-drop would allow its accuracy."""
+    import edgetl.export.onnx as onnx_export
+
+    real = onnx_export.quantize
+
+    def bad_quantize(proto, calib, quant):
+        model, notes = real(proto, calib, quant)
+        src, dst = tmp_path / "q.onnx", tmp_path / "qb.onnx"
+        import onnx
+
+        onnx.save(model, str(src))
+        _negate_last_dense(src, dst)
+        return onnx.load(str(dst)), notes
+
+    monkeypatch.setattr(onnx_export, "quantize", bad_quantize)
+    res = _export(tiny_run, tmp_path / "out", formats=("onnx_int8",), max_drop=100.0, quant_report=False)
+    art = res.artifact("onnx_int8")
+    assert art.drop <= 100.0 and art.verification.agreement < 99.0
+    assert art.within_budget is False and res.doctor and res.doctor[0]["target"] == "onnx_int8"
+    assert res.doctor[0]["winner"] is None and art in res.budget_failures
+
+
+def test_doctor_ships_the_fastest_candidate_within_budget():
+    """int16x8 (or any slower file) is never chosen over a faster 8-bit candidate within budget."""
+    from types import SimpleNamespace as NS
+
+    from edgetl.export.doctor import _speed_key
+
+    def art(name, p50, agree=99.5, size=1):
+        return NS(name=name, latency={"p50_ms": p50} if p50 else None, verification=NS(agreement=agree), size_bytes=size)
+
+    pool = [art("int16x8", 380.0, 100.0), art("int8 + 3 float layers", 13.0, 99.2), art("int8 + 8 float", 15.0, 99.9),
+            art("untimed", None, 100.0)]
+    assert min(pool, key=_speed_key).name == "int8 + 3 float layers"
 
 
 # --------------------------------------------------------------------------- atomic writes

@@ -7,6 +7,7 @@ runtime and compared with the float Keras model on validation images.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,6 +51,8 @@ class ExportConfig:
         qat_epochs: epochs of quantization-aware fine-tuning.
         qat_samples: training images used by QAT (stratified).
         threads: threads of the runtimes during verification (default: all cores).
+        quant_report: write the per-layer quantization report of every int8 file
+            (``quant_report_<format>.json`` and ``.png``).
     """
 
     formats: tuple[str, ...] | None = None
@@ -71,6 +74,7 @@ class ExportConfig:
     qat_epochs: int = 1
     qat_samples: int = 300
     threads: int | None = None
+    quant_report: bool = True
 
     def resolve_formats(self) -> list[ExportFormat]:
         """The formats to write, in table order.
@@ -232,6 +236,7 @@ class _Context:
     keras_acc: float | None
     say: Callable[[str], None]
     onnx_fp32: Any = None  # converted once, reused by onnx_int8 and the doctor
+    reports: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # format -> per-layer rows
 
     def facts(self, fmt: ExportFormat, io_type: str, **extra: Any) -> ModelFacts:
         return ModelFacts(
@@ -289,6 +294,7 @@ def build_artifact_bytes(ctx: _Context, fmt: ExportFormat, quant: QuantizationCo
             model, qat_notes = qat_finetune(ctx)
             notes += qat_notes
         raw = tflite.convert(model, quant, calib)
+        sha = hashlib.sha256(raw).hexdigest()
         io_type = quant.io_type if quant.mode == "int8" else "float32"
         data, meta_warns = metadata.populate_tflite(raw, ctx.facts(fmt, io_type, **extra))
         warns += meta_warns
@@ -298,6 +304,7 @@ def build_artifact_bytes(ctx: _Context, fmt: ExportFormat, quant: QuantizationCo
                          "MediaPipe feeds raw pixels, so results there will differ")
         qd = quant.to_dict()
         qd["calib_samples_used"] = 0 if calib is None else int(len(calib))
+        qd["model_sha256"] = sha
         return data, {"quantization": qd, "io": io}, notes, warns
     # ONNX
     from edgetl.export import onnx as onnx_export
@@ -318,6 +325,7 @@ def build_artifact_bytes(ctx: _Context, fmt: ExportFormat, quant: QuantizationCo
         qd = quant.to_dict()
         qd["io_type"] = "float32"
         qd["calib_samples_used"] = int(len(calib))
+        qd["model_sha256"] = hashlib.sha256(proto.SerializeToString()).hexdigest()
     if fmt.precision != "fp32":
         import json
 
@@ -540,6 +548,12 @@ def _export_run(run_dir: str | Path, config: ExportConfig | None = None,
                                  f"{art.size_bytes / 1e6:.2f} MB in {art.export_s:.1f} s"
                                  + (f", agreement {art.verification.agreement:.1f}%" if art.verification else "")))
 
+    if config.quant_report and len(val_px):
+        for art in artifacts:
+            if art.format in ("tflite_int8", "onnx_int8") and art.error is None:
+                say(f"per-layer quantization report: {art.format} ...")
+                layer_report(ctx, art)
+
     result = ExportResult(str(run.path), str(out_dir), run.backbone, list(run.labels), keras_acc, len(val_px),
                           0 if calib_px is None else len(calib_px), config.max_drop, artifacts, warnings,
                           min_agreement=config.min_agreement)
@@ -576,6 +590,49 @@ def _export_run(run_dir: str | Path, config: ExportConfig | None = None,
     except OSError as exc:
         raise EdgetlError(f"cannot write {out_dir}: {exc.strerror or exc}") from None
     return result
+
+
+def layer_report(ctx: _Context, art: Artifact) -> list[dict[str, Any]]:
+    """Which layers of ``art`` add the quantization error: rows (also written next to the file), summary in a note.
+
+    TFLite: TensorFlow Lite's QuantizationDebugger layer statistics; ONNX: each quantized node's
+    output against its float twin on the same int8 inputs (:mod:`edgetl.export.quant_report`).
+    Measured on 16 calibration images. A failure is a warning, never a failed export.
+    """
+    from edgetl.export import quant_report as qr
+
+    debug = ctx.calibration()[:16]
+    quant = ctx.config.int8_quant()
+    try:
+        if art.format.startswith("tflite"):
+            from edgetl.export.tflite import converter_for
+
+            rows = qr.tflite_layer_report(lambda: converter_for(ctx.model, quant, ctx.calibration()), None, debug)
+        else:
+            import tempfile
+
+            import onnx
+
+            with tempfile.TemporaryDirectory(prefix="edgetl-qr-") as tmp:
+                f32 = Path(tmp) / "fp32.onnx"
+                onnx.save(ctx.onnx_fp32, str(f32))
+                rows = qr.onnx_layer_report(f32, art.path, debug, threads=ctx.config.threads)
+        stem = ctx.out_dir / f"quant_report_{art.format}"
+        title = f"{art.format}: error each layer adds, in quantization steps"
+        qr.write_report(stem.with_suffix(".json"), rows, title)
+        try:
+            qr.plot_report(stem.with_suffix(".png"), rows, title)
+        except Exception as exc:  # noqa: BLE001 - a plot is a convenience
+            art.notes.append(f"quantization report plot not written: {type(exc).__name__}")
+    except Exception as exc:  # noqa: BLE001
+        art.warnings.append(f"per-layer quantization report failed: {_one_line(exc)}")
+        ctx.reports[art.format] = []
+        return []
+    line = qr.summary_line(rows)
+    art.notes.append(f"per-layer report ({stem.name}.json): {line}")
+    ctx.say(f"  {art.format}: {line}")
+    ctx.reports[art.format] = rows
+    return rows
 
 
 def _check_model(model: Any, run: Any) -> None:

@@ -1,12 +1,21 @@
-"""The quantization doctor: when an int8 artifact loses too much accuracy, try remedies in order.
+"""The quantization doctor: when an int8 file misses the budget, measure where the error comes from and fix it.
 
-TFLite int8: (1) more calibration images, (2) int16x8 (16-bit activations, 8-bit weights),
-(3) quantization-aware training. ONNX int8: (1) more calibration images, (2) per-tensor
-instead of per-channel weights, (3) Entropy and (4) Percentile calibration.
+The budget is two numbers (``--max-drop`` accuracy points and ``--min-agreement`` top-1
+agreement with the Keras model); an accuracy gain never excuses low agreement.
 
-Every attempt is written to a scratch folder, verified like any artifact, and reported.
-The best attempt that meets the budget replaces the int8 file (same precision) or is
-saved under its own format name (int16x8, qat_int8); the report says which remedy won.
+Remedies, tried in this order, each written to a scratch folder and verified like any artifact:
+
+1. more calibration images;
+2. selective mixed precision: the per-layer report (:mod:`edgetl.export.quant_report`) ranks the
+   layers by the error they add, and the top 1, 3, 8 ... are kept in float while the rest of the
+   graph stays 8-bit (TFLite: the debugger's ``denylisted_nodes``, uint8 input and metadata kept;
+   ONNX: ``nodes_to_exclude``); the fewest layers that meet the budget win;
+3. ONNX only: Entropy and Percentile calibration, per-tensor weights;
+4. only when no 8-bit candidate meets the budget: int16x8 (TFLite), then quantization-aware training.
+
+Every candidate within budget is timed with ``bench``'s timer (1 thread, short run), and the
+*fastest* one is shipped; its latency and the plain file's are printed and recorded. Two remedies
+that produce the same model bytes are reported as identical, not as two results.
 """
 
 from __future__ import annotations
@@ -20,90 +29,148 @@ from typing import Any
 from edgetl.export.formats import FORMATS
 from edgetl.quant import QuantizationConfig
 
+#: How many of the worst layers selective mixed precision keeps in float, tried in this order.
+FLOAT_LAYER_STEPS = (1, 3, 8)
 
-def _remedies(ctx: Any, art: Any) -> list[tuple[str, str, QuantizationConfig | None]]:
-    """(remedy name, format name, quantization) in the order they are tried."""
+
+def _budget_ok(a: Any) -> bool:
+    return a.error is None and a.within_budget is True
+
+
+def _timing(ctx: Any, art: Any) -> None:
+    """Short latency measurement of one file (1 thread), with the timer ``edgetl bench`` uses."""
+    if art.path is None or art.latency is not None or len(ctx.val_px) == 0:
+        return
+    from edgetl.bench import quick_latency
+
+    try:
+        art.latency = quick_latency(art.path, ctx.val_px[:1])
+    except Exception as exc:  # noqa: BLE001 - a file that cannot be timed is not shipped by speed
+        art.notes.append(f"doctor timing failed: {type(exc).__name__}: {str(exc)[:200]}")
+
+
+def _layer_report(ctx: Any, art: Any) -> list[dict[str, Any]]:
+    """The per-layer rows for ``art`` (computed by the export, or now)."""
+    from edgetl.export.api import layer_report
+
+    rows = ctx.reports.get(art.format)
+    if rows is None:
+        rows = layer_report(ctx, art)
+    return rows or []
+
+
+def _remedies(ctx: Any, art: Any, stage: int) -> list[tuple[str, str, QuantizationConfig | None]]:
+    """(remedy, format name, quantization) of one stage: 0 = 8-bit remedies, 1 = the expensive fallbacks."""
     cfg = ctx.config
     n_train = len(ctx.train_samples)
     used = int(art.quantization.get("calib_samples_used") or cfg.calib_samples)
     more = min(n_train, max(2 * used, 1000))
-    out: list[tuple[str, str, QuantizationConfig | None]] = []
     base = cfg.int8_quant()
-    if art.format == "tflite_int8":
+    out: list[tuple[str, str, QuantizationConfig | None]] = []
+    tflite = art.format == "tflite_int8"
+    if stage == 0:
         if more > used:
-            out.append((f"more calibration images ({more})", "tflite_int8", base.with_(calib_samples=more)))
+            out.append((f"more calibration images ({more})", art.format, base.with_(calib_samples=more)))
+        from edgetl.export.quant_report import rank
+
+        rows = _layer_report(ctx, art)
+        for k in FLOAT_LAYER_STEPS:
+            if k <= len(rows) - 1:
+                names = tuple(rank(rows, k))
+                out.append((f"keep {k} worst layer{'s' if k > 1 else ''} in float", art.format, base.with_(float_nodes=names)))
+        if not tflite:
+            out.append(("Entropy calibration", "onnx_int8", base.with_(calib_method="entropy")))
+            out.append(("Percentile calibration (99.999)", "onnx_int8", base.with_(calib_method="percentile")))
+            out.append(("per-tensor weights", "onnx_int8", base.with_(per_channel=False)))
+    elif tflite:
         out.append(("int16x8 (16-bit activations, 8-bit weights)", "tflite_int16x8",
                     QuantizationConfig.for_int16x8(cfg.calib_samples, seed=cfg.seed)))
         out.append(("quantization-aware training", "tflite_qat", None))
-    else:
-        if more > used:
-            out.append((f"more calibration images ({more})", "onnx_int8", base.with_(calib_samples=more)))
-        out.append(("per-tensor weights", "onnx_int8", base.with_(per_channel=False)))
-        out.append(("Entropy calibration", "onnx_int8", base.with_(calib_method="entropy")))
-        out.append(("Percentile calibration (99.999)", "onnx_int8", base.with_(calib_method="percentile")))
     return out
 
 
-def _score(a: Any) -> tuple[float, float, int]:
-    v = a.verification
-    return (v.accuracy or 0.0, v.agreement, -a.size_bytes)
-
-
 def run_doctor(ctx: Any, result: Any, art: Any) -> dict[str, Any]:
-    """Try the remedies for one int8 artifact; update ``result.artifacts`` with the winner.
+    """Try the remedies for one int8 artifact; ship the fastest candidate within budget.
 
     Returns:
-        A report: target, budget, the original's accuracy, every attempt, and the winner.
+        A report: target, budget, the original's accuracy/agreement/latency, every attempt, and the winner.
     """
     from edgetl.export.api import make_artifact
 
-    explicit = bool(ctx.config.doctor)
     report: dict[str, Any] = {
         "target": art.format,
         "budget_pt": ctx.config.max_drop,
+        "budget_agreement": ctx.config.min_agreement,
         "original": {"accuracy": art.verification.accuracy if art.verification else None, "drop": art.drop,
                      "agreement": art.verification.agreement if art.verification else None},
         "attempts": [],
         "winner": None,
     }
     scratch = Path(tempfile.mkdtemp(prefix=".doctor-", dir=ctx.out_dir))
+    seen: dict[str, str] = {art.quantization.get("model_sha256", ""): "original"}
     try:
-        candidates = []
-        for remedy, fmt_name, quant in _remedies(ctx, art):
-            fmt = FORMATS[fmt_name]
-            if fmt_name == "tflite_qat" and any(a.format == "tflite_qat" and a.error is None for a in result.artifacts):
-                # QAT was already requested with --qat: use that artifact instead of training twice.
-                cand = next(a for a in result.artifacts if a.format == "tflite_qat")
-            else:
-                ctx.say(f"  doctor: trying {remedy} ...")
-                cand = make_artifact(ctx, fmt, scratch / f"{len(candidates)}_{fmt.file_name(ctx.run.backbone)}", quant, remedy)
-            entry = {"remedy": remedy, "format": fmt_name, "error": cand.error, "drop": cand.drop,
-                     "within_budget": cand.within_budget, "export_s": round(cand.export_s, 2), "size_bytes": cand.size_bytes,
-                     "accuracy": cand.verification.accuracy if cand.verification else None,
-                     "agreement": cand.verification.agreement if cand.verification else None}
-            report["attempts"].append(entry)
-            ctx.say(f"  doctor: {remedy}: " + (f"failed: {cand.error}" if cand.error else
-                                               f"accuracy {entry['accuracy']:.2f}% (drop {cand.drop:+.2f} pt), agreement {entry['agreement']:.1f}%"))
-            if cand.error is None and cand.within_budget:
-                candidates.append(cand)
-                if not explicit:
-                    break  # automatic mode: the first remedy that meets the budget is enough
-        pool = ([art] if art.within_budget else []) + candidates
-        if pool:
-            best = max(pool, key=_score)
+        _timing(ctx, art)
+        report["original"]["p50_ms"] = art.latency["p50_ms"] if art.latency else None
+        candidates = [art] if _budget_ok(art) else []
+        for stage in (0, 1):
+            if stage == 1 and candidates:
+                break  # int16x8 and QAT only when nothing 8-bit met the budget
+            for remedy, fmt_name, quant in _remedies(ctx, art, stage):
+                fmt = FORMATS[fmt_name]
+                if fmt_name == "tflite_qat" and any(a.format == "tflite_qat" and a.error is None for a in result.artifacts):
+                    cand = next(a for a in result.artifacts if a.format == "tflite_qat")
+                else:
+                    ctx.say(f"  doctor: trying {remedy} ...")
+                    cand = make_artifact(ctx, fmt, scratch / f"{len(report['attempts'])}_{fmt.file_name(ctx.run.backbone)}",
+                                         quant, remedy)
+                entry = {"remedy": remedy, "format": fmt_name, "error": cand.error, "drop": cand.drop,
+                         "within_budget": cand.within_budget, "export_s": round(cand.export_s, 2),
+                         "size_bytes": cand.size_bytes, "float_nodes": list(quant.float_nodes) if quant else [],
+                         "accuracy": cand.verification.accuracy if cand.verification else None,
+                         "agreement": cand.verification.agreement if cand.verification else None}
+                sha = cand.quantization.get("model_sha256")
+                if sha and sha in seen:
+                    entry["identical_to"] = seen[sha]
+                    ctx.say(f"  doctor: {remedy}: the same model as {seen[sha]} (no change)")
+                    report["attempts"].append(entry)
+                    continue
+                if sha:
+                    seen[sha] = remedy
+                if _budget_ok(cand):
+                    _timing(ctx, cand)
+                    candidates.append(cand)
+                entry["p50_ms"] = cand.latency["p50_ms"] if cand.latency else None
+                report["attempts"].append(entry)
+                ctx.say(f"  doctor: {remedy}: " + (f"failed: {cand.error}" if cand.error else
+                                                   f"accuracy {entry['accuracy']:.2f}% (drop {cand.drop:+.2f} pt), "
+                                                   f"agreement {entry['agreement']:.1f}%"
+                                                   + (f", p50 {entry['p50_ms']:.1f} ms" if entry.get("p50_ms") else "")
+                                                   + (" - within budget" if _budget_ok(cand) else "")))
+        if candidates:
+            best = min(candidates, key=_speed_key)
             if best is art:
                 report["winner"] = {"remedy": None, "format": art.format, "path": art.path,
-                                    "note": "the original artifact already meets the budget and is the best"}
+                                    "p50_ms": art.latency["p50_ms"] if art.latency else None,
+                                    "note": "the original artifact meets the budget and is the fastest"}
             else:
                 _install(ctx, result, art, best)
-                report["winner"] = {"remedy": best.remedy, "format": best.format, "path": best.path}
-                ctx.say(f"  doctor: kept {Path(best.path).name} ({best.remedy})")
+                report["winner"] = {"remedy": best.remedy, "format": best.format, "path": best.path,
+                                    "p50_ms": best.latency["p50_ms"] if best.latency else None,
+                                    "plain_p50_ms": report["original"]["p50_ms"]}
+                ctx.say(f"  doctor: kept {Path(best.path).name} ({best.remedy}"
+                        + (f", p50 {best.latency['p50_ms']:.1f} ms vs plain {report['original']['p50_ms']:.1f} ms"
+                           if best.latency and report["original"]["p50_ms"] else "") + ")")
         else:
-            report["winner"] = None
             report["note"] = "no remedy met the budget"
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return report
+
+
+def _speed_key(a: Any) -> tuple[float, float, int]:
+    """Fastest first; an untimed file sorts last; ties go to higher agreement, then the smaller file."""
+    p50 = a.latency["p50_ms"] if a.latency else float("inf")
+    return (p50, -(a.verification.agreement if a.verification else 0.0), a.size_bytes)
 
 
 def _install(ctx: Any, result: Any, original: Any, best: Any) -> None:
@@ -113,9 +180,11 @@ def _install(ctx: Any, result: Any, original: Any, best: Any) -> None:
     if Path(best.path).parent != ctx.out_dir:
         os.replace(best.path, final)  # same folder tree: an atomic rename
         best.path = str(final)
+    best.notes += [n for n in original.notes if n.startswith("per-layer report")]
     if best.format == original.format:
         idx = result.artifacts.index(original)
-        best.notes.append(f"replaced the plain PTQ artifact (drop {original.drop} pt) via the quantization doctor")
+        best.notes.append(f"replaced the plain PTQ artifact (drop {original.drop} pt, agreement "
+                          f"{original.verification.agreement:.2f}%) via the quantization doctor")
         result.artifacts[idx] = best
     else:
         existing = [i for i, a in enumerate(result.artifacts) if a.format == best.format]
