@@ -14,8 +14,10 @@ Remedies, tried in this order, each written to a scratch folder and verified lik
 4. only when no 8-bit candidate meets the budget: int16x8 (TFLite), then quantization-aware training.
 
 Every candidate within budget is timed with ``bench``'s timer (1 thread, short run), and the
-*fastest* one is shipped; its latency and the plain file's are printed and recorded. Two remedies
-that produce the same model bytes are reported as identical, not as two results.
+*fastest* one is shipped; its latency and the plain file's are printed and recorded. Automatic mode stops at the
+first 8-bit remedy within budget (they are ordered so that the earlier ones run at least as fast);
+``--doctor`` tries them all. Two remedies that produce the same model bytes are reported as
+identical, not as two results.
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ def run_doctor(ctx: Any, result: Any, art: Any) -> dict[str, Any]:
     """
     from edgetl.export.api import make_artifact
 
+    explicit = bool(ctx.config.doctor)
     report: dict[str, Any] = {
         "target": art.format,
         "budget_pt": ctx.config.max_drop,
@@ -116,6 +119,10 @@ def run_doctor(ctx: Any, result: Any, art: Any) -> dict[str, Any]:
             if stage == 1 and candidates:
                 break  # int16x8 and QAT only when nothing 8-bit met the budget
             for remedy, fmt_name, quant in _remedies(ctx, art, stage):
+                if not explicit and any(c is not art for c in candidates):
+                    # Automatic mode: remedies are ordered cheapest-to-run first (same speed as the plain
+                    # file, then 1, 3, 8 float layers), so the first within budget is kept; --doctor tries all.
+                    break
                 fmt = FORMATS[fmt_name]
                 if fmt_name == "tflite_qat" and any(a.format == "tflite_qat" and a.error is None for a in result.artifacts):
                     cand = next(a for a in result.artifacts if a.format == "tflite_qat")
