@@ -257,6 +257,8 @@ class TrainResult:
             f"strategy {m['strategy']}, {m['epochs_run']['head']} head + {m['epochs_run']['fine_tune']} fine-tune epochs, "
             f"wall time {m['train_wall_seconds']:.1f} s" + (f", fine-tune {ips:.1f} images/s" if ips else "")
         )
+        if m.get("fine_tune"):
+            lines.append(fine_tune_summary(m["fine_tune"]))
         if m.get("num_skipped"):
             lines.append(f"skipped files: {m['num_skipped']}")
         dev = m.get("device_plan") or {}
@@ -330,6 +332,85 @@ def class_weights_for(counts: Sequence[int], mode: str, ratio: float) -> dict[in
         return None
     total, k = sum(counts), len(counts)
     return {i: total / (k * c) for i, c in enumerate(counts)}
+
+
+def _two_losses(a: float, b: float) -> tuple[str, str]:
+    """``a`` and ``b`` with 4 decimals, or more (up to 8) until they read differently."""
+    for digits in range(4, 9):
+        sa, sb = f"{a:.{digits}f}", f"{b:.{digits}f}"
+        if sa != sb:
+            break
+    return sa, sb
+
+
+def fine_tune_choice(history: Sequence[dict[str, Any]], head_only: dict[str, Any] | None,
+                     cfg: TrainConfig | None = None) -> dict[str, Any]:
+    """The keep/restore decision of the fine-tune phase, as recorded in ``metrics.json["fine_tune"]``.
+
+    The rule (the one training applies: early stopping counts the head-only model as epoch 0 of the
+    fine-tune phase and restores the best epoch): the fine-tune epoch with the lowest val loss is kept
+    only if its val loss is strictly lower than the head-only model's; otherwise the head-only model is
+    restored. Val loss is the training loss evaluated on val (cross-entropy, plus label smoothing and the
+    classifier's L2 penalty when set). Test images never take part.
+
+    Args:
+        history: the run's history rows (``phase``, ``phase_epoch``, ``val_loss``, ``val_accuracy``).
+        head_only: ``{"val_loss", "val_accuracy"}`` of the head-only model, or None when unknown
+            (a run resumed from a checkpoint written before edgetl recorded it).
+        cfg: the run's settings (only to describe the loss).
+    """
+    rows = [r for r in history if r.get("phase") == "fine-tune" and r.get("val_loss") is not None
+            and np.isfinite(float(r["val_loss"]))]
+    best = min(rows, key=lambda r: float(r["val_loss"])) if rows else None  # the first minimum, as the callback
+    loss_terms = ["cross-entropy"]
+    if cfg is not None and cfg.label_smoothing > 0:
+        loss_terms[0] = f"cross-entropy with label smoothing {cfg.label_smoothing:g}"
+    if cfg is None or cfg.head_l2 > 0:
+        loss_terms.append("the classifier's L2 penalty")
+    doc: dict[str, Any] = {
+        "kept": None,
+        "reason": "",
+        "rule": ("keep the fine-tuned weights (the fine-tune epoch with the lowest val loss) only if their val loss "
+                 "is lower than the head-only model's, else restore the head-only model; val loss: the training "
+                 "loss (" + " + ".join(loss_terms) + ") on val; test is never used for the choice"),
+        "head_only": {"val_loss": None if head_only is None else head_only.get("val_loss"),
+                      "val_accuracy": None if head_only is None else head_only.get("val_accuracy")},
+        "fine_tuned": {"epoch": None if best is None else best.get("phase_epoch"),
+                       "val_loss": None if best is None else float(best["val_loss"]),
+                       "val_accuracy": None if best is None else best.get("val_accuracy")},
+    }
+    ho_loss = doc["head_only"]["val_loss"]
+    if ho_loss is None:
+        doc["reason"] = ("unknown: the head-only model's val loss was not recorded "
+                         "(run resumed from a checkpoint of an older edgetl)")
+    elif best is None:
+        doc["kept"] = False
+        doc["reason"] = "no fine-tune epoch gave a finite val loss"
+    else:
+        ft, ho = _two_losses(float(best["val_loss"]), float(ho_loss))
+        doc["kept"] = float(best["val_loss"]) < float(ho_loss)
+        if doc["kept"]:
+            doc["reason"] = f"val loss {ft} < {ho} of the head-only model"
+        else:
+            doc["reason"] = f"best fine-tune epoch {best.get('phase_epoch')}: val loss {ft} >= {ho} of the head-only model"
+    return doc
+
+
+def _add_candidate_metrics(cand: dict[str, Any], val: dict[str, Any], test: dict[str, Any] | None) -> None:
+    """Fill a candidate of the fine-tune choice with metrics computed from its own predictions."""
+    cand.update({"val_accuracy": val["accuracy"], "val_correct": val["correct"], "val_total": val["total"],
+                 "val_cross_entropy": val["loss"]})
+    if test is not None:
+        cand.update({"test_accuracy": test["accuracy"], "test_correct": test["correct"], "test_total": test["total"]})
+
+
+def fine_tune_summary(doc: dict[str, Any]) -> str:
+    """One line: whether the fine-tuned weights were kept, with the two val losses."""
+    if doc.get("kept") is None:
+        return f"fine-tune choice {doc.get('reason')}"
+    if doc["kept"]:
+        return f"fine-tuned weights kept: {doc['reason']}"
+    return f"fine-tuning did not help on val: head-only model restored ({doc['reason']})"
 
 
 def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
@@ -479,6 +560,12 @@ def _make_phase_callback(phase: str, total_epochs: int, epoch_offset: int, patie
             self.best = float(state["best"]) if state and state.get("best") is not None else float("inf")
             self.wait = int(state["wait"]) if state else 0
             self.best_weights = best_weights
+            # The best epoch of this phase alone (the starting point excluded): the fine-tuned candidate
+            # of the keep/restore choice, reported beside the head-only model even when it loses.
+            self.phase_best = float("inf")
+            self.phase_best_weights: list[np.ndarray] | None = None
+            # Saved with every checkpoint, so a resumed run still knows it (the head-only val metrics).
+            self.extra_state: dict[str, Any] = dict(state.get("extra") or {}) if state else {}
             self.train_seconds: list[float] = []
             self.stopped_early = False
 
@@ -508,17 +595,21 @@ def _make_phase_callback(phase: str, total_epochs: int, epoch_offset: int, patie
             }
             history.append({k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in row.items()})
             val_loss = logs.get("val_loss")
+            weights = None
             if val_loss is not None and float(val_loss) < self.best:
                 self.best, self.wait = float(val_loss), 0
-                self.best_weights = self.model.get_weights()
+                self.best_weights = weights = self.model.get_weights()
             else:
                 self.wait += 1
+            if val_loss is not None and float(val_loss) < self.phase_best:
+                self.phase_best = float(val_loss)
+                self.phase_best_weights = weights if weights is not None else self.model.get_weights()
             if patience and self.wait >= patience:
                 self.model.stop_training = True
                 self.stopped_early = True
             done = self.model.stop_training or epoch + 1 >= total_epochs
             ckpt.save(self.model, {"phase": phase, "epoch": epoch + 1, "done": bool(done), "best": self.best,
-                                   "wait": self.wait, "history": history}, self.best_weights)
+                                   "wait": self.wait, "history": history, "extra": self.extra_state}, self.best_weights)
 
         def on_train_end(self, logs: Any = None) -> None:
             if self.best_weights is not None:
@@ -905,6 +996,8 @@ def _train(cfg: TrainConfig, spec: Any, run_dir: Path, extra_callbacks: Sequence
     ft_train_seconds = 0.0
     ft_images = 0
     ft_cb = None
+    head_only_w: list[np.ndarray] | None = None  # the head-only candidate's weights (known unless resumed mid-phase)
+    head_only_doc: dict[str, Any] | None = None  # its val loss/accuracy, as the keep/restore rule saw them
     if fine_tune:
         base.trainable = True  # resets every layer; the choice below is applied after it
         for layer in base.layers:
@@ -947,7 +1040,10 @@ def _train(cfg: TrainConfig, spec: Any, run_dir: Path, extra_callbacks: Sequence
                 # fine-tune epoch lowers the val loss, the restore keeps the head unchanged.
                 ev = model.evaluate(*ft_val, verbose=0) if isinstance(ft_val, tuple) else model.evaluate(ft_val, verbose=0)
                 start_loss = float(ev[0] if isinstance(ev, (list, tuple)) else ev)
+                start_acc = float(ev[1]) if isinstance(ev, (list, tuple)) and len(ev) > 1 else None
                 ft_cb.best, ft_cb.best_weights = start_loss, model.get_weights()
+                head_only_w = ft_cb.best_weights
+                ft_cb.extra_state["head_only"] = {"val_loss": start_loss, "val_accuracy": start_acc}
             lines = [_epoch_lines(cfg, "fine-tune", cfg.fine_tune_epochs)] if mode == "lines" else []
             with quiet.to_console() if mode == "bars" else contextlib.nullcontext():
                 model.fit(ft_ds, validation_data=ft_val, epochs=cfg.fine_tune_epochs, initial_epoch=start,
@@ -959,15 +1055,20 @@ def _train(cfg: TrainConfig, spec: Any, run_dir: Path, extra_callbacks: Sequence
         elif best_w is not None:
             model.set_weights(best_w)
         ft_epochs_run = sum(1 for r in history if r["phase"] == "fine-tune")
+        head_only_doc = ft_cb.extra_state.get("head_only") if ft_cb is not None else (
+            (ft_state[0].get("extra") or {}).get("head_only") if ft_state else None)
 
     # ---- evaluate (the fast path, then a check that the one-graph model agrees)
-    if fine_tune and tail is not None:
-        val_probs = tail.predict(act_va.astype(np.float32), batch_size=256, verbose=0)
-    elif fine_tune:
-        val_probs = _predict(full, xva, cfg.batch_size)
-    else:
-        val_probs = head.predict(emb_va, batch_size=256, verbose=0)
-    val_probs = np.asarray(val_probs, np.float32)
+    def predict_val() -> np.ndarray:
+        if fine_tune and tail is not None:
+            probs = tail.predict(act_va.astype(np.float32), batch_size=256, verbose=0)
+        elif fine_tune:
+            probs = _predict(full, xva, cfg.batch_size)
+        else:
+            probs = head.predict(emb_va, batch_size=256, verbose=0)
+        return np.asarray(probs, np.float32)
+
+    val_probs = predict_val()
     n_check = min(32, len(xva))
     full_probs = np.asarray(_predict(full, xva[:n_check], cfg.batch_size), np.float32)
     agree = float(np.max(np.abs(full_probs - val_probs[:n_check]))) if n_check else 0.0
@@ -977,6 +1078,27 @@ def _train(cfg: TrainConfig, spec: Any, run_dir: Path, extra_callbacks: Sequence
     if ds.test is not None:
         xte, yte = ds.arrays("test")
         metrics["test"] = classification_metrics(np.asarray(_predict(full, xte, cfg.batch_size), np.float32), yte, classes)
+    fine_tune_doc = None
+    if fine_tune:
+        fine_tune_doc = fine_tune_choice(history, head_only_doc, cfg)
+        kept = fine_tune_doc["kept"]
+        if kept is not None:
+            # The saved model is one candidate; the other is evaluated with its own weights (val, and
+            # test for reporting only), then the saved model's weights are put back unchanged.
+            phase_w = ft_cb.phase_best_weights if ft_cb is not None and ft_cb.phase_best == fine_tune_doc[
+                "fine_tuned"]["val_loss"] else None
+            other, other_w = ("head_only", head_only_w) if kept else ("fine_tuned", phase_w)
+            _add_candidate_metrics(fine_tune_doc["fine_tuned" if kept else "head_only"], metrics["val"], metrics.get("test"))
+            if other_w is not None:
+                final_w = model.get_weights()
+                model.set_weights(other_w)
+                try:
+                    o_val = classification_metrics(predict_val(), yva, classes)
+                    o_test = classification_metrics(np.asarray(_predict(full, xte, cfg.batch_size), np.float32), yte,
+                                                    classes) if ds.test is not None else None
+                finally:
+                    model.set_weights(final_w)
+                _add_candidate_metrics(fine_tune_doc[other], o_val, o_test)
     wall = time.perf_counter() - t_start
 
     # ---- write the run
@@ -1007,6 +1129,7 @@ def _train(cfg: TrainConfig, spec: Any, run_dir: Path, extra_callbacks: Sequence
         "fine_tune_unfrozen_blocks": k if fine_tune else 0,
         "activation_cache_mb": round(cache_bytes / 2**20, 1) if ft_mode == "cached-activations" else None,
         "epochs_run": {"head": head_epochs_run, "fine_tune": ft_epochs_run},
+        "fine_tune": fine_tune_doc,
         "class_weights": {classes[i]: w for i, w in cw.items()} if cw else None,
         "num_skipped": len(ds.skipped),
         "skipped": [p for p, _ in ds.skipped],

@@ -167,8 +167,8 @@ def test_verification_fails_for_perturbed_weights(all_formats, tmp_path):
     assert v2.agreement == 0.0
 
 
-def test_broken_int8_is_flagged_and_strict_fails(tiny_run, tmp_path, monkeypatch):
-    """A quantizer that produces a wrong model: the artifact is over budget, --strict exits 1."""
+def _break_onnx_quantizer(monkeypatch, tmp_path) -> None:
+    """Make edgetl's ONNX quantizer return a model whose last Dense layer is negated."""
     import edgetl.export.onnx as onnx_export
 
     real = onnx_export.quantize
@@ -183,6 +183,11 @@ def test_broken_int8_is_flagged_and_strict_fails(tiny_run, tmp_path, monkeypatch
         return onnx.load(str(dst)), notes
 
     monkeypatch.setattr(onnx_export, "quantize", bad_quantize)
+
+
+def test_broken_int8_is_flagged_and_strict_fails(tiny_run, tmp_path, monkeypatch):
+    """A quantizer that produces a wrong model: the artifact is over budget, --strict exits 1."""
+    _break_onnx_quantizer(monkeypatch, tmp_path)
     out = tmp_path / "out"
     res = _export(tiny_run, out, formats=("onnx_int8",), doctor=False)
     art = res.artifact("onnx_int8")
@@ -236,20 +241,7 @@ def test_remedies_make_different_models(tiny_run, tmp_path):
 
 def test_agreement_budget_triggers_the_doctor(tiny_run, tmp_path, monkeypatch):
     """An int8 file that changes predictions is over budget even when --max-drop would allow its accuracy."""
-    import edgetl.export.onnx as onnx_export
-
-    real = onnx_export.quantize
-
-    def bad_quantize(proto, calib, quant):
-        model, notes = real(proto, calib, quant)
-        src, dst = tmp_path / "q.onnx", tmp_path / "qb.onnx"
-        import onnx
-
-        onnx.save(model, str(src))
-        _negate_last_dense(src, dst)
-        return onnx.load(str(dst)), notes
-
-    monkeypatch.setattr(onnx_export, "quantize", bad_quantize)
+    _break_onnx_quantizer(monkeypatch, tmp_path)
     res = _export(tiny_run, tmp_path / "out", formats=("onnx_int8",), max_drop=100.0, quant_report=False)
     art = res.artifact("onnx_int8")
     assert art.drop <= 100.0 and art.verification.agreement < 99.0
