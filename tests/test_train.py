@@ -63,7 +63,7 @@ def _check_run(run_dir, image_folder, strategy):
 def test_feature_extraction_learns(fe_result, image_folder):
     assert fe_result.val_accuracy >= 0.9
     m = _check_run(fe_result.run_dir, image_folder, "feature-extraction")
-    assert m["epochs_run"]["fine_tune"] == 0 and m["views_per_train_image"] == 2
+    assert m["epochs_run"]["fine_tune"] == 0 and m["views_per_train_image"] == 2 and m["fine_tune"] is None
     # no GPU here: the frozen base ran on ONNX Runtime, checked against TensorFlow on the first batch
     assert m["embed_engine"]["engine"] == "onnxruntime" and m["embed_engine"]["max_abs_diff_vs_tensorflow"] < 1e-3
     assert {r["phase"] for r in fe_result.history} == {"head"}
@@ -78,6 +78,7 @@ def test_fine_tune_learns(ft_result, image_folder):
     epochs = [r["epoch"] for r in ft_result.history]
     assert epochs == list(range(1, len(epochs) + 1))
     assert m["graph_check_max_abs_diff"] < 1e-3
+    assert isinstance(m["fine_tune"]["kept"], bool) and "test_accuracy" not in m["fine_tune"]["head_only"]  # no test/
 
 
 def test_fine_tune_through_images_changes_only_top_block(image_folder, tmp_path):
@@ -169,6 +170,10 @@ def test_resume_after_interruption(image_folder, tmp_path, stop_at):
     assert [r["epoch"] for r in res.history] == list(range(1, 8))
     assert RUN_FILES <= {p.name for p in out.iterdir()}
     assert res.metrics["epochs_run"] == {"head": 4, "fine_tune": 3}
+    # the keep/restore choice survives the interruption (the head-only val loss is saved with the checkpoint)
+    ft = res.metrics["fine_tune"]
+    assert isinstance(ft["kept"], bool) and ft["head_only"]["val_loss"] is not None
+    assert ft["kept"] == (ft["fine_tuned"]["val_loss"] < ft["head_only"]["val_loss"])
 
 
 def test_resume_without_checkpoint(image_folder, tmp_path):
