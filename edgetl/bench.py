@@ -15,7 +15,10 @@ Method (after TFLite ``benchmark_model`` and ``onnxruntime_perf_test``):
   through ``/proc/self/clear_refs`` where the kernel allows it).
 
 A runtime that is not installed becomes a ``skipped: <reason>`` row; any other failure an
-``error: ...`` row; neither aborts the table. TensorFlow is imported only for Keras rows.
+``error: ...`` row; neither aborts the table. Two cases are not a table: ``--data`` whose class
+folders match none of the models' labels is one error before any row (``check_labels_up_front``),
+and ``BenchResult.failure()`` says when no row measured anything (``edgetl bench`` exits 1).
+TensorFlow is imported only for Keras rows.
 """
 
 from __future__ import annotations
@@ -143,6 +146,19 @@ class BenchResult:
     reference: str | None
     best: dict[str, Any] | None
     notes: list[str]
+
+    def failure(self) -> str | None:
+        """One line when the run measured nothing because its rows failed (every row an error or skipped,
+        at least one error); None otherwise. ``edgetl bench`` then exits non-zero."""
+        errors = [r for r in self.rows if r.status.startswith("error")]
+        if not errors or any(r.ok for r in self.rows):
+            return None
+        first = f"{errors[0].model} [{errors[0].device}]: {errors[0].status[len('error:'):].strip()}"
+        n = len(self.rows)
+        if len(errors) == n:
+            return f"all {n} bench row(s) failed, nothing was measured; first error: {first}"
+        return (f"no bench row measured anything ({len(errors)} of {n} failed, the others were skipped); "
+                f"first error: {first}")
 
     def to_dict(self) -> dict[str, Any]:
         s = asdict(self.settings)
@@ -364,24 +380,15 @@ def eval_set_for(labels: Sequence[str], data: str | Path | None, run: Any, sampl
         split = run.dataset().val
         source = f"{run.config.get('data_dir') or (run.config.get('data') or {}).get('root')} (the run's validation split)"
     else:
-        root = Path(data)
-        if not root.is_dir():
-            raise UsageError(f"--data folder not found: {root}")
-        for sub in ("val", "validation"):
-            if (root / sub).is_dir() and any((root / sub / c).is_dir() for c in labels + _folders(root / sub)):
-                root = root / sub
-                break
-        folders = _folders(root)
-        if not folders:
-            raise UsageError(f"--data {data}: no class folders found")
+        root, folders = _data_classes(data, labels)
         classes = labels
         if not set(folders) & set(labels):
-            if labels == [f"class_{i}" for i in range(len(labels))] and len(folders) == len(labels):
+            if _matched_by_order(labels, folders):
                 note = f"the model carries no labels; class folders matched by sorted name: {', '.join(folders)}"
                 split = scan_folder(root, folders)
                 split.classes = labels
             else:
-                raise EdgetlError(f"--data {data}: class folders ({', '.join(folders[:8])}) match none of the model's labels ({', '.join(labels[:8])})")
+                raise LabelMismatchError(_mismatch_message(data, folders, [labels]))
         else:
             extra = sorted(set(folders) - set(labels))
             if extra:
@@ -392,6 +399,172 @@ def eval_set_for(labels: Sequence[str], data: str | Path | None, run: Any, sampl
     if not samples_:
         raise EdgetlError(f"no labelled images for bench in {source}")
     return EvalSet([s.path for s in samples_], np.array([s.label for s in samples_], dtype=np.int64), labels, source, note)
+
+
+class LabelMismatchError(EdgetlError):
+    """The ``--data`` class folders match none of a model's labels: its rows cannot measure accuracy."""
+
+
+def _data_classes(data: str | Path, labels: Sequence[str]) -> tuple[Path, list[str]]:
+    """The folder ``eval_set_for`` reads (``data/val/`` or ``data/validation/`` when present) and its class folders."""
+    root = Path(data)
+    if not root.is_dir():
+        raise UsageError(f"--data folder not found: {root}")
+    for sub in ("val", "validation"):
+        if (root / sub).is_dir() and any((root / sub / c).is_dir() for c in list(labels) + _folders(root / sub)):
+            root = root / sub
+            break
+    folders = _folders(root)
+    if not folders:
+        raise UsageError(f"--data {data}: no class folders found")
+    return root, folders
+
+
+def _matched_by_order(labels: Sequence[str], folders: Sequence[str]) -> bool:
+    """A model without labels (``class_0..``) takes the sorted folder names when the counts agree."""
+    return list(labels) == [f"class_{i}" for i in range(len(labels))] and len(folders) == len(labels)
+
+
+def _label_mismatch(labels: Sequence[str], folders: Sequence[str]) -> bool:
+    return not set(folders) & set(labels) and not _matched_by_order(labels, folders)
+
+
+def _names(names: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _mismatch_message(data: str | Path, folders: Sequence[str], label_sets: Sequence[Sequence[str]]) -> str:
+    first = list(label_sets[0])
+    more = f" (and {len(label_sets) - 1} other label set(s), none matching either)" if len(label_sets) > 1 else ""
+    return (f"--data {data}: class folders ({_names(list(folders))}) match none of the model's labels "
+            f"({_names(first)}){more}: no accuracy can be measured; pass a folder whose class folders are named like "
+            f"the labels")
+
+
+def _varint(fh: Any) -> int:
+    shift = result = 0
+    while True:
+        b = fh.read(1)
+        if not b:
+            raise ValueError("truncated varint")
+        result |= (b[0] & 0x7F) << shift
+        if not b[0] & 0x80:
+            return result
+        shift += 7
+        if shift > 63:
+            raise ValueError("bad varint")
+
+
+def onnx_metadata(path: str | Path) -> dict[str, str]:
+    """An ONNX file's ``metadata_props`` (what ONNX Runtime's ``custom_metadata_map`` returns), read without
+    loading the model: the top-level protobuf fields are walked and the graph is skipped with a seek.
+
+    Raises:
+        ValueError, OSError: not a readable ONNX protobuf.
+    """
+    import io
+    import os
+
+    out: dict[str, str] = {}
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        while fh.tell() < size:
+            key = _varint(fh)
+            field_no, wire = key >> 3, key & 7
+            if wire == 0:
+                _varint(fh)
+            elif wire == 1:
+                fh.seek(8, 1)
+            elif wire == 5:
+                fh.seek(4, 1)
+            elif wire == 2:
+                n = _varint(fh)
+                if fh.tell() + n > size:
+                    raise ValueError("truncated field")
+                if field_no != 14:  # ModelProto.metadata_props
+                    fh.seek(n, 1)
+                    continue
+                entry = io.BytesIO(fh.read(n))
+                kv = {1: "", 2: ""}
+                while entry.tell() < n:
+                    k = _varint(entry)
+                    if k & 7 != 2:
+                        raise ValueError("unexpected metadata entry")
+                    kv[k >> 3] = entry.read(_varint(entry)).decode("utf-8")
+                out[kv[1]] = kv[2]
+            else:
+                raise ValueError(f"unexpected protobuf wire type {wire}")
+    return out
+
+
+def _target_labels(target: Target) -> list[str] | None:
+    """The labels a target's runner will report, read without loading the model (run directory, labels
+    embedded in a TFLite or ONNX file); None when only the model can tell (labels.txt vs class count)."""
+    from edgetl.runtime.loader import labels_from_meta
+
+    try:
+        if target.format == "keras" and target.run_dir is not None:
+            from edgetl.run import load_run
+
+            return list(load_run(target.run_dir).labels)  # what runner_for(run_dir) uses
+        if target.format == "tflite":
+            from edgetl.runtime.tflite_runner import read_tflite_metadata
+
+            return labels_from_meta(read_tflite_metadata(target.path).get("labels"), 0)
+        if target.format == "onnx":
+            return labels_from_meta(onnx_metadata(target.path).get("edgetl.labels"), 0)
+    except Exception:  # noqa: BLE001 - unknown here; the row itself will say what is wrong
+        return None
+    return None
+
+
+def _opened_labels(target: Target) -> list[str] | None:
+    """The labels of a target by opening it (only used while every target so far is doomed)."""
+    from edgetl.runtime.loader import runner_for
+
+    try:
+        if target.format == "onnx":
+            runner = runner_for(target.path, threads=1, providers=("cpu",))
+        else:
+            runner = runner_for(target.run_dir or target.path, threads=1)
+        return list(runner.labels)
+    except Exception:  # noqa: BLE001 - not a label problem: the row will report it
+        return None
+
+
+def check_labels_up_front(targets: Sequence[Target], data: str | Path) -> None:
+    """Raise :class:`LabelMismatchError` once, before any row, when ``data`` matches no target's labels.
+
+    Labels are read without loading the models where the files carry them (run directory, edgetl's
+    TFLite/ONNX metadata); when one of those matches, the check ends there, so a normal bench pays
+    nothing. A target whose labels need the model is opened only while every other target is doomed;
+    one that cannot be opened ends the check (its row will report its own error).
+    """
+    known = [(t, _target_labels(t)) for t in targets]
+    folders: list[str] | None = None
+    seen: list[list[str]] = []
+
+    def doomed(labels: list[str]) -> bool:
+        nonlocal folders
+        if folders is None:
+            _, folders = _data_classes(data, labels)  # no class folders at all dooms every row too
+        if not _label_mismatch(labels, folders):
+            return False
+        if labels not in seen:
+            seen.append(labels)
+        return True
+
+    for _, labels in known:
+        if labels is not None and not doomed(labels):
+            return
+    for t, labels in known:
+        if labels is None:
+            labels = _opened_labels(t)
+            if labels is None or not doomed(labels):
+                return
+    if seen and folders is not None:
+        raise LabelMismatchError(_mismatch_message(data, folders, seen))
 
 
 def _folders(root: Path) -> list[str]:
@@ -513,10 +686,12 @@ def run_bench(items: Sequence[str | Path], settings: BenchSettings = BenchSettin
     from edgetl.runtime.env import environment
 
     targets, run = discover_targets(items, keras=settings.keras)
+    if data is not None:
+        check_labels_up_front(targets, data)
     jobs = plan_jobs(targets, settings)
     env = environment()
     notes: list[str] = []
-    eval_cache: dict[tuple, EvalSet | None] = {}
+    eval_cache: dict[tuple, EvalSet | EdgetlError | None] = {}
     pixel_cache: dict[tuple, np.ndarray] = {}
     acc_cache: dict[tuple, dict[str, Any]] = {}
     ref: dict[tuple, tuple[str, np.ndarray, float | None]] = {}  # labels -> (name, probs, top1)
@@ -557,13 +732,20 @@ def run_bench(items: Sequence[str | Path], settings: BenchSettings = BenchSettin
             labels = list(runner.labels)
             ekey = tuple(labels)
             if ekey not in eval_cache:
-                eval_cache[ekey] = eval_set_for(labels, data, run, settings.samples, settings.seed)
+                try:
+                    eval_cache[ekey] = eval_set_for(labels, data, run, settings.samples, settings.seed)
+                except EdgetlError as exc:  # the same data problem for every model with these labels: found once
+                    eval_cache[ekey] = exc
                 es = eval_cache[ekey]
+                if isinstance(es, EdgetlError):
+                    raise es
                 if es is not None:
                     data_info.setdefault("sources", []).append({"source": es.source, "images": len(es.paths), "classes": es.classes, "note": es.note})
                     if es.note:
                         notes.append(es.note)
             es = eval_cache[ekey]
+            if isinstance(es, EdgetlError):
+                raise es
             pre = runner.preprocessing
             pkey = (ekey, tuple(pre.input_size), pre.resize)
             new_pixels = pkey not in pixel_cache

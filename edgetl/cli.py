@@ -223,9 +223,12 @@ def bench(
         written = write_reports(result, out)
     if json_out:
         typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
-        return
-    typer.echo(terminal_report(result))
-    typer.echo(f"wrote {', '.join(str(p) for p in written.values())}" + ("" if "png" in written else " (bench.png skipped: matplotlib not installed)"))
+    else:
+        typer.echo(terminal_report(result))
+        typer.echo(f"wrote {', '.join(str(p) for p in written.values())}" + ("" if "png" in written else " (bench.png skipped: matplotlib not installed)"))
+    failure = result.failure()  # a run whose rows all failed measured nothing: not a success
+    if failure:
+        raise EdgetlError(failure)
 
 
 # --------------------------------------------------------------------------- train
