@@ -129,11 +129,6 @@ def qat_finetune(ctx: Any) -> tuple[Any, list[str]]:
         raise EdgetlError(f"QAT: the tf_keras rebuild differs from the Keras 3 model by {diff:.3g} (max |dp|)")
     import tf_keras
 
-    # BatchNorm keeps its statistics: a few hundred images in batches of 16 would move them away
-    # from what the float model (the reference every file is verified against) uses.
-    for layer in tk.layers:
-        if isinstance(layer, tf_keras.layers.BatchNormalization):
-            layer.trainable = False
     qat, qnotes = quantize_aware(tk)
     notes += qnotes
     picked = stratified_sample(ctx.train_samples, cfg.qat_samples, seed=cfg.seed)
