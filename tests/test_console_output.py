@@ -64,7 +64,7 @@ def test_export_is_quiet_and_verbose_is_not(tiny_run, tmp_path):
         assert f"exporting {fmt} ..." in err and fmt in out
     assert "calibration: " in err and "wrote " in out
     # nothing but edgetl's own lines (progress, indented per-format results, its warnings)
-    assert not [line for line in err.splitlines() if not line.startswith(("calibration:", "loading ", "exporting ", "  ", "WARNING: "))], err
+    assert not [line for line in err.splitlines() if not line.startswith(("calibration:", "loading ", "exporting ", "per-layer quantization report:", "quantization doctor:", "  ", "WARNING: "))], err
 
     # --verbose captures nothing: the same export prints the converter's own output
     rc, out, err = _edgetl(tmp_path, "export", str(tiny_run), "--formats", "tflite_int8", "--out", str(tmp_path / "export-v"),
