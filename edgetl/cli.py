@@ -323,6 +323,8 @@ def export(
     opset: int = typer.Option(17, "--opset", min=13, help="ONNX opset."),
     qat_epochs: int = typer.Option(1, "--qat-epochs", min=1, help="Epochs of quantization-aware fine-tuning."),
     quant_report: bool = typer.Option(True, "--quant-report/--no-quant-report", help="Write the per-layer quantization report of every int8 file."),
+    rounding: str = typer.Option("gptq", "--rounding", help="int8 weight rounding: gptq (error-compensating, measured on calibration images) or nearest (the converters' own)."),
+    rounding_samples: int = typer.Option(64, "--rounding-samples", min=1, help="Calibration images GPTQ rounding measures each layer on."),
     json_out: bool = typer.Option(False, "--json", help="Print export.json instead of a table."),
     verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
@@ -338,6 +340,7 @@ def export(
             int8=int8, fp16=fp16, dynamic=dynamic, qat=qat, io_type=io_type, calib_samples=calib_samples,
             verify_samples=verify_samples, max_drop=max_drop, min_agreement=min_agreement, strict=strict, doctor=doctor,
             data_dir=str(data) if data else None, out_dir=str(out) if out else None, opset=opset, qat_epochs=qat_epochs, quant_report=quant_report,
+            rounding=rounding, rounding_samples=rounding_samples,
         )
         config.resolve_formats()  # bad names and values fail here, before any conversion
         result = export_run(run_dir, config, progress=quiet.say)

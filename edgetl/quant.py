@@ -17,6 +17,8 @@ from edgetl.errors import UsageError
 IO_TYPES = ("uint8", "int8", "float32")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
+#: how int8 weights are rounded: ``gptq`` (error-compensating, :mod:`edgetl.export.ptq`) or ``nearest``
+ROUNDINGS = ("gptq", "nearest")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,10 @@ class QuantizationConfig:
         float_nodes: layers kept in float in an otherwise 8-bit file (selective mixed precision,
             chosen by the quantization doctor from the per-layer report): TFLite tensor names
             of the debugger's ``denylisted_nodes``, or ONNX node names for ``nodes_to_exclude``.
+        rounding: int8 weight rounding: ``gptq`` (BN folded, then each kernel rounded so that
+            its output error on calibration images is smallest; :mod:`edgetl.export.ptq`) or
+            ``nearest`` (the converters' own round-to-nearest).
+        rounding_samples: calibration images GPTQ measures each layer's inputs on.
     """
 
     mode: str = "float32"
@@ -44,6 +50,8 @@ class QuantizationConfig:
     calib_method: str = "minmax"
     seed: int = 0
     float_nodes: tuple[str, ...] = ()
+    rounding: str = "nearest"
+    rounding_samples: int = 64
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -54,6 +62,10 @@ class QuantizationConfig:
             raise UsageError(f"calibration method must be one of {', '.join(CALIB_METHODS)}, got {self.calib_method!r}")
         if self.calib_samples < 1:
             raise UsageError(f"--calib-samples must be at least 1, got {self.calib_samples}")
+        if self.rounding not in ROUNDINGS:
+            raise UsageError(f"--rounding must be one of {', '.join(ROUNDINGS)}, got {self.rounding!r}")
+        if self.rounding_samples < 1:
+            raise UsageError(f"--rounding-samples must be at least 1, got {self.rounding_samples}")
 
     @property
     def needs_calibration(self) -> bool:
@@ -65,10 +77,11 @@ class QuantizationConfig:
 
     @classmethod
     def for_int8(cls, calib_samples: int = 300, io_type: str = "uint8", per_channel: bool = True,
-                 calib_method: str = "minmax", seed: int = 0) -> "QuantizationConfig":
-        """Full-integer int8, calibrated on ``calib_samples`` training images."""
+                 calib_method: str = "minmax", seed: int = 0, rounding: str = "gptq",
+                 rounding_samples: int = 64) -> "QuantizationConfig":
+        """Full-integer int8, calibrated on ``calib_samples`` training images, GPTQ-rounded weights."""
         return cls(mode="int8", io_type=io_type, calib_samples=calib_samples, per_channel=per_channel,
-                   calib_method=calib_method, seed=seed)
+                   calib_method=calib_method, seed=seed, rounding=rounding, rounding_samples=rounding_samples)
 
     @classmethod
     def for_int16x8(cls, calib_samples: int = 300, seed: int = 0) -> "QuantizationConfig":
@@ -90,4 +103,5 @@ class QuantizationConfig:
     def to_dict(self) -> dict:
         return {"mode": self.mode, "io_type": self.io_type, "calib_samples": self.calib_samples,
                 "per_channel": self.per_channel, "calib_method": self.calib_method, "seed": self.seed,
-                "float_nodes": list(self.float_nodes)}
+                "float_nodes": list(self.float_nodes), "rounding": self.rounding,
+                "rounding_samples": self.rounding_samples}

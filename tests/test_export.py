@@ -399,7 +399,10 @@ def test_registry_backbones_export_int8_and_onnx(tmp_path, image_folder, backbon
         assert art.error is None, art.error
         assert art.verification.n == 4
     assert res.artifact("onnx_fp32").verification.max_abs_diff < 1e-3
-    assert res.artifact("tflite_int8").io["input_quantization"] == [1.0, 0]
+    # raw uint8 pixels in: scale 1 / zero point 0, or the model's exact leading rescale carried by the
+    # input quantization (EfficientNetB0 starts with Rescaling(1/255): scale 1/255, zero point 0)
+    expect = {"mobilenet_v2_035": [1.0, 0], "efficientnet_b0": [pytest.approx(1 / 255), 0]}[backbone]
+    assert res.artifact("tflite_int8").io["input_quantization"] == expect
 
 
 def test_mobilenet_v2_rebuilds_in_tf_keras_for_qat(tmp_path, image_folder):

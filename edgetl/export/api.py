@@ -75,6 +75,8 @@ class ExportConfig:
     qat_samples: int = 300
     threads: int | None = None
     quant_report: bool = True
+    rounding: str = "gptq"
+    rounding_samples: int = 64
 
     def resolve_formats(self) -> list[ExportFormat]:
         """The formats to write, in table order.
@@ -84,6 +86,7 @@ class ExportConfig:
         """
         if self.io_type not in IO_TYPES:
             raise UsageError(f"--io-type must be one of {', '.join(IO_TYPES)}, got {self.io_type!r}")
+        self.int8_quant()  # --rounding / --rounding-samples checked here
         if self.calib_samples < 1:
             raise UsageError(f"--calib-samples must be at least 1, got {self.calib_samples}")
         if self.verify_samples is not None and self.verify_samples < 1:
@@ -104,7 +107,8 @@ class ExportConfig:
         return parse_formats(names)
 
     def int8_quant(self) -> QuantizationConfig:
-        return QuantizationConfig.for_int8(calib_samples=self.calib_samples, io_type=self.io_type, seed=self.seed)
+        return QuantizationConfig.for_int8(calib_samples=self.calib_samples, io_type=self.io_type, seed=self.seed,
+                                           rounding=self.rounding, rounding_samples=self.rounding_samples)
 
 
 @dataclass
@@ -236,6 +240,7 @@ class _Context:
     keras_acc: float | None
     say: Callable[[str], None]
     onnx_fp32: Any = None  # converted once, reused by onnx_int8 and the doctor
+    quant_models: dict[tuple[Any, ...], Any] = field(default_factory=dict)  # see quant_model()
     reports: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # format -> per-layer rows
 
     def facts(self, fmt: ExportFormat, io_type: str, **extra: Any) -> ModelFacts:
@@ -258,6 +263,54 @@ class _Context:
             raise EdgetlError("calibration needs training images and the run's data folder has none")
         picked = stratified_sample(self.train_samples, n or self.config.calib_samples, seed=self.config.seed)
         return prepare_images(picked, self.run.preprocessing)[0]
+
+
+    def onnx_source(self, quant: QuantizationConfig) -> Any:
+        """The float ONNX model ORT's quantizer starts from for ``quant`` (GPTQ-rounded weights or the fp32 file)."""
+        from edgetl.export import onnx as onnx_export
+
+        model, _ = self.quant_model(quant, "onnx")
+        if model is self.model:
+            return self.onnx_fp32
+        key = ("onnx", id(model))
+        if key not in self.quant_models:
+            self.quant_models[key] = onnx_export.convert(model, opset=self.config.opset)
+        return self.quant_models[key]
+
+    def quant_model(self, quant: QuantizationConfig, family: str) -> tuple[Any, Any]:
+        """(Keras model, input map) that a converter quantizes for ``quant`` (int8 / int16x8).
+
+        ``gptq`` rounding: BN folded, every kernel GPTQ-rounded on ``quant.rounding_samples``
+        images spread over the export's calibration sample (computed once per export and
+        shared by TFLite, ONNX and the doctor's candidates). TFLite
+        int8 with uint8 input: a leading normalization that is exact on the int8 grid is taken
+        out of the graph into the input's quantization (the input map, ``ptq.InputAffine``,
+        turns pixels into what that model takes); otherwise the map is ``None`` (pixels).
+        """
+        from edgetl.export import ptq
+
+        gptq = quant.mode == "int8" and quant.rounding == "gptq"
+        key_r = ("gptq", quant.rounding_samples) if gptq else ("nearest",)
+        if key_r not in self.quant_models:
+            model = self.model
+            if gptq:
+                model, n_bn = ptq.fold_batchnorm(self.model)
+                if model is self.model:  # nothing folded: round a copy, never the reference model
+                    model = ptq.copy_model(self.model)
+                calib = self.calibration()  # the export's own calibration sample, whatever quant.calib_samples says
+                k = min(quant.rounding_samples, len(calib))
+                picked = calib[np.unique(np.linspace(0, len(calib) - 1, k).round().astype(int))]  # label-sorted: spread
+                t0 = time.perf_counter()
+                rep = ptq.gptq_round(model, picked.astype(np.float32))
+                self.say(f"  int8 weights: {rep.summary()}, {n_bn} BN folded, {time.perf_counter() - t0:.0f} s")
+            self.quant_models[key_r] = model
+        model = self.quant_models[key_r]
+        if family != "tflite" or quant.mode != "int8" or quant.io_type != "uint8":
+            return model, None
+        key_s = key_r + ("split",)
+        if key_s not in self.quant_models:
+            self.quant_models[key_s] = ptq.split_input_normalization(model) or (model, None)
+        return self.quant_models[key_s]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -287,21 +340,27 @@ def build_artifact_bytes(ctx: _Context, fmt: ExportFormat, quant: QuantizationCo
                 "tflite_int16x8": QuantizationConfig.for_int16x8(cfg.calib_samples, seed=cfg.seed),
             }[fmt.name]
         calib = ctx.calibration(quant.calib_samples if quant.calib_samples != cfg.calib_samples else None) if quant.needs_calibration else None
-        model = ctx.model
+        model, affine = ctx.model, None
         if fmt.name == "tflite_qat":
             from edgetl.export.qat import qat_finetune
 
             model, qat_notes = qat_finetune(ctx)
             notes += qat_notes
-        raw = tflite.convert(model, quant, calib)
+        elif quant.needs_calibration:
+            model, affine = ctx.quant_model(quant, "tflite")
+        raw = tflite.convert(model, quant, calib, affine)
         sha = hashlib.sha256(raw).hexdigest()
         io_type = quant.io_type if quant.mode == "int8" else "float32"
         data, meta_warns = metadata.populate_tflite(raw, ctx.facts(fmt, io_type, **extra))
         warns += meta_warns
         io = tflite.io_details(raw)
-        if quant.mode == "int8" and quant.io_type == "uint8" and io["input_quantization"] != [1.0, 0]:
-            warns.append(f"uint8 input quantization is {io['input_quantization']}, not exactly (1.0, 0): "
+        expect = [affine.scale, affine.uint8_zero_point] if affine else [1.0, 0]
+        if quant.mode == "int8" and quant.io_type == "uint8" and io["input_quantization"] != expect:
+            warns.append(f"uint8 input quantization is {io['input_quantization']}, not exactly {tuple(expect)}: "
                          "MediaPipe feeds raw pixels, so results there will differ")
+        if affine:
+            notes.append(f"input normalization carried by the uint8 input's quantization (scale {affine.scale:g}, "
+                         f"zero point {affine.uint8_zero_point}): raw pixels in, no normalization op")
         qd = quant.to_dict()
         qd["calib_samples_used"] = 0 if calib is None else int(len(calib))
         qd["model_sha256"] = sha
@@ -320,7 +379,8 @@ def build_artifact_bytes(ctx: _Context, fmt: ExportFormat, quant: QuantizationCo
     else:
         quant = quant or cfg.int8_quant()
         calib = ctx.calibration(quant.calib_samples if quant.calib_samples != cfg.calib_samples else None)
-        proto, qnotes = onnx_export.quantize(ctx.onnx_fp32, calib, quant)
+        source = ctx.onnx_source(quant)
+        proto, qnotes = onnx_export.quantize(source, calib, quant)
         notes += qnotes
         qd = quant.to_dict()
         qd["io_type"] = "float32"
@@ -607,7 +667,9 @@ def layer_report(ctx: _Context, art: Artifact) -> list[dict[str, Any]]:
         if art.format.startswith("tflite"):
             from edgetl.export.tflite import converter_for
 
-            rows = qr.tflite_layer_report(lambda: converter_for(ctx.model, quant, ctx.calibration()), None, debug)
+            model, affine = ctx.quant_model(quant, "tflite")
+            rows = qr.tflite_layer_report(lambda: converter_for(model, quant, ctx.calibration(), affine), None, debug,
+                                          affine=affine)
         else:
             import tempfile
 
@@ -615,7 +677,7 @@ def layer_report(ctx: _Context, art: Artifact) -> list[dict[str, Any]]:
 
             with tempfile.TemporaryDirectory(prefix="edgetl-qr-") as tmp:
                 f32 = Path(tmp) / "fp32.onnx"
-                onnx.save(ctx.onnx_fp32, str(f32))
+                onnx.save(ctx.onnx_source(quant), str(f32))  # the float graph ORT quantized
                 rows = qr.onnx_layer_report(f32, art.path, debug, threads=ctx.config.threads)
         stem = ctx.out_dir / f"quant_report_{art.format}"
         title = f"{art.format}: error each layer adds, in quantization steps"

@@ -2,8 +2,9 @@
 
 Every exported model takes RGB pixels at the run's input size with the backbone's
 normalization folded into the graph: float models take float32 pixels in [0, 255]
-(N, H, W, 3); full-integer TFLite models take uint8 pixels (scale 1, zero point 0,
-so raw pixels go straight in) unless exported with ``--io-type int8|float32``.
+(N, H, W, 3); full-integer TFLite models take uint8 pixels (raw pixels go straight in: the
+input quantization is scale 1 / zero point 0, or carries the normalization, e.g. 1/128 and
+127 for EfficientNet-Lite) unless exported with ``--io-type int8|float32``.
 
 TFLite (``.tflite``)
     * ``TFLITE_METADATA`` entry of the model's ``metadata`` list: a TFLite Model Metadata

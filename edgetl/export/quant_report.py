@@ -50,7 +50,7 @@ _ORT_QUANT_INPUT_SUFFIX = "_QuantizeLinear_Input"
 # --------------------------------------------------------------------------- TFLite
 
 
-def _debug_converter(converter_factory: Callable[[], Any], calib_pixels: np.ndarray | None) -> Any:
+def _debug_converter(converter_factory: Callable[[], Any], calib_pixels: np.ndarray | None, affine: Any = None) -> Any:
     """A fresh converter from ``converter_factory`` with what the debugger needs added."""
     import tensorflow as tf
 
@@ -60,7 +60,7 @@ def _debug_converter(converter_factory: Callable[[], Any], calib_pixels: np.ndar
     if calib_pixels is not None:
         if len(calib_pixels) == 0:
             raise EdgetlError("quantization report: calib_pixels is empty")
-        conv.representative_dataset = representative_dataset(calib_pixels)
+        conv.representative_dataset = representative_dataset(calib_pixels, affine)
     if not conv.optimizations or conv.representative_dataset is None:
         raise EdgetlError("quantization report: the converter is not set up for full-integer quantization "
                           "(optimizations and representative_dataset must be set)")
@@ -74,7 +74,7 @@ def _debug_converter(converter_factory: Callable[[], Any], calib_pixels: np.ndar
     return conv
 
 
-def _debugger(conv: Any, debug_pixels: np.ndarray, nodes: Sequence[str] | None = None) -> Any:
+def _debugger(conv: Any, debug_pixels: np.ndarray, nodes: Sequence[str] | None = None, affine: Any = None) -> Any:
     import tensorflow as tf
 
     from edgetl.export.tflite import representative_dataset
@@ -87,14 +87,14 @@ def _debugger(conv: Any, debug_pixels: np.ndarray, nodes: Sequence[str] | None =
         warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated.*")
         try:
             return tf.lite.experimental.QuantizationDebugger(
-                converter=conv, debug_dataset=representative_dataset(debug_pixels), debug_options=options)
+                converter=conv, debug_dataset=representative_dataset(debug_pixels, affine), debug_options=options)
         except Exception as exc:  # noqa: BLE001 - converter errors are long MLIR dumps: keep one line
             first = (str(exc).strip().splitlines() or [""])[0][:300]
             raise EdgetlError(f"TFLite quantization debugger failed: {type(exc).__name__}: {first}") from None
 
 
 def tflite_layer_report(converter_factory: Callable[[], Any], calib_pixels: np.ndarray | None,
-                        debug_pixels: np.ndarray) -> list[dict[str, Any]]:
+                        debug_pixels: np.ndarray, affine: Any = None) -> list[dict[str, Any]]:
     """Measure how much quantization error each op of a full-int8 TFLite model adds.
 
     Use it to find the few layers worth keeping in float (:func:`tflite_denylisted_model`)
@@ -120,7 +120,7 @@ def tflite_layer_report(converter_factory: Callable[[], Any], calib_pixels: np.n
     Raises:
         EdgetlError: the converter is not set up for int8, or conversion failed.
     """
-    dbg = _debugger(_debug_converter(converter_factory, calib_pixels), debug_pixels)
+    dbg = _debugger(_debug_converter(converter_factory, calib_pixels, affine), debug_pixels, affine=affine)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=RuntimeWarning)  # nanmean over a metric with no value
         dbg.run()
@@ -145,7 +145,7 @@ def tflite_layer_report(converter_factory: Callable[[], Any], calib_pixels: np.n
 
 
 def tflite_denylisted_model(converter_factory: Callable[[], Any], debug_pixels: np.ndarray,
-                            nodes: Sequence[str]) -> bytes:
+                            nodes: Sequence[str], affine: Any = None) -> bytes:
     """Build the full-int8 TFLite model with the named layers kept in float.
 
     The usual fix once :func:`tflite_layer_report` has named the layers that add the error:
@@ -157,6 +157,8 @@ def tflite_denylisted_model(converter_factory: Callable[[], Any], debug_pixels: 
         debug_pixels: uint8 (N, H, W, 3) images; the debugger requires a debug set, the model
             does not depend on it.
         nodes: ``name`` values of :func:`tflite_layer_report` rows (empty: plain int8 model).
+        affine: pixel -> model-input map of a model whose normalization is in its input
+            quantization (:func:`edgetl.export.ptq.split_input_normalization`), else None.
 
     Returns:
         The ``.tflite`` flatbuffer.
@@ -171,7 +173,7 @@ def tflite_denylisted_model(converter_factory: Callable[[], Any], debug_pixels: 
 
     conv = _debug_converter(converter_factory, None)
     nodes = list(nodes)
-    dbg = _debugger(conv, debug_pixels, nodes)
+    dbg = _debugger(conv, debug_pixels, nodes, affine)
     in_type = conv.inference_input_type or tf.float32
     out_type = conv.inference_output_type or tf.float32
     try:

@@ -2,7 +2,9 @@
 
 The model takes pixels in [0, 255] with normalization in the graph, so full-integer
 models get a uint8 input with scale 1 and zero point 0: raw image bytes go straight
-in, exactly. To make the converter choose exactly that scale, the representative
+in, exactly. When that normalization is itself exact on the int8 grid (EfficientNet-Lite's
+``(x - 127) / 128``), edgetl takes it out of the graph first (:mod:`edgetl.export.ptq`) and the
+uint8 input's quantization carries it (scale 1/128, zero point 127): still raw bytes in. To make the converter choose exactly that scale, the representative
 dataset always spans the full pixel range (see :func:`representative_dataset`).
 """
 
@@ -16,22 +18,29 @@ from edgetl.errors import EdgetlError
 from edgetl.quant import QuantizationConfig
 
 
-def representative_dataset(pixels: np.ndarray) -> Callable[[], Iterator[list[np.ndarray]]]:
+def representative_dataset(pixels: np.ndarray, affine: Any = None) -> Callable[[], Iterator[list[np.ndarray]]]:
     """Calibration generator over uint8 (N, H, W, 3) images, yielded as float32 pixels [0, 255].
 
     One extra sample, a copy of the first image with one pixel at 0 and one at 255,
     pins the observed input range to exactly [0, 255] (-> uint8 input scale 1, zero point 0)
     even when no calibration image contains both a black and a white pixel.
+
+    ``affine`` (:class:`edgetl.export.ptq.InputAffine`): the model takes normalized input
+    (its normalization was moved into the input quantization); each sample is mapped
+    through it, and the anchor then pins exactly the affine image of [0, 255].
     """
     x = np.asarray(pixels)
 
+    def prep(a: np.ndarray) -> np.ndarray:
+        return affine.apply(a) if affine is not None else a.astype(np.float32)
+
     def gen() -> Iterator[list[np.ndarray]]:
         for i in range(len(x)):
-            yield [x[i : i + 1].astype(np.float32)]
+            yield [prep(x[i : i + 1])]
         anchor = x[:1].astype(np.float32).copy()
         anchor[0, 0, 0, :] = 0.0
         anchor[0, 0, -1, :] = 255.0
-        yield [anchor]
+        yield [prep(anchor)]
 
     return gen
 
@@ -50,7 +59,7 @@ def _converter(model: Any):
 _TF_TYPES = {"uint8": "uint8", "int8": "int8", "float32": "float32"}
 
 
-def convert(model: Any, quant: QuantizationConfig, calib_pixels: np.ndarray | None = None) -> bytes:
+def convert(model: Any, quant: QuantizationConfig, calib_pixels: np.ndarray | None = None, affine: Any = None) -> bytes:
     """Convert a Keras model to a TFLite flatbuffer.
 
     Args:
@@ -58,6 +67,8 @@ def convert(model: Any, quant: QuantizationConfig, calib_pixels: np.ndarray | No
         quant: what to do (``QuantizationConfig.for_int8()`` etc.); ``quant.float_nodes`` keeps
             those layers in float (through TFLite's quantization debugger).
         calib_pixels: uint8 (N, H, W, 3) training images, required for ``int8``/``int16x8``.
+        affine: the pixel -> model-input map when the model's normalization was taken out
+            of the graph (:func:`edgetl.export.ptq.split_input_normalization`), else None.
 
     Raises:
         EdgetlError: calibration images missing, or the converter failed.
@@ -67,9 +78,9 @@ def convert(model: Any, quant: QuantizationConfig, calib_pixels: np.ndarray | No
 
         if quant.mode != "int8":
             raise EdgetlError("layers can be kept in float only in an int8 TFLite model")
-        return tflite_denylisted_model(lambda: converter_for(model, quant, calib_pixels),
-                                       np.asarray(calib_pixels)[:4], list(quant.float_nodes))
-    conv = converter_for(model, quant, calib_pixels)
+        return tflite_denylisted_model(lambda: converter_for(model, quant, calib_pixels, affine),
+                                       np.asarray(calib_pixels)[:4], list(quant.float_nodes), affine=affine)
+    conv = converter_for(model, quant, calib_pixels, affine)
     try:
         return bytes(conv.convert())
     except Exception as exc:  # noqa: BLE001 - converter errors are long MLIR dumps: keep one line
@@ -77,7 +88,8 @@ def convert(model: Any, quant: QuantizationConfig, calib_pixels: np.ndarray | No
         raise EdgetlError(f"TFLite conversion ({quant.mode}) failed: {type(exc).__name__}: {first}") from None
 
 
-def converter_for(model: Any, quant: QuantizationConfig, calib_pixels: np.ndarray | None = None) -> Any:
+def converter_for(model: Any, quant: QuantizationConfig, calib_pixels: np.ndarray | None = None,
+                  affine: Any = None) -> Any:
     """A configured ``TFLiteConverter`` for ``quant`` (what :func:`convert` runs; the debugger reuses it)."""
     import tensorflow as tf
 
@@ -92,7 +104,7 @@ def converter_for(model: Any, quant: QuantizationConfig, calib_pixels: np.ndarra
         if calib_pixels is None or len(calib_pixels) == 0:
             raise EdgetlError(f"{mode} quantization needs calibration images and none were found")
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = representative_dataset(calib_pixels)
+        conv.representative_dataset = representative_dataset(calib_pixels, affine)
         if mode == "int8":
             conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             if quant.io_type != "float32":

@@ -64,7 +64,9 @@ def run_tflite(model: str | Path | bytes, pixels: np.ndarray, threads: int | Non
         x = np.asarray(pixels[start : start + batch])
         if in_dtype == np.float32:
             xin = x.astype(np.float32)
-        elif in_scale == 1.0 and in_zp == 0 and in_dtype == np.uint8:
+        elif in_dtype == np.uint8:
+            # uint8 input = raw pixel bytes, the convention of MediaPipe and of edgetl's files (whose input
+            # quantization is either (1, 0) or carries the normalization, e.g. (1/128, 127))
             xin = x.astype(np.uint8)
         else:
             info = np.iinfo(in_dtype)

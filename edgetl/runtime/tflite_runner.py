@@ -138,7 +138,9 @@ class TFLiteRunner:
         if dt == np.float32 or dt == np.float16:
             return x.astype(dt, copy=False)
         scale, zp = self._in["quantization"]
-        if scale and not (dt == np.uint8 and abs(scale - 1.0) < 1e-6 and zp == 0):
+        # uint8 input = raw pixel bytes (MediaPipe's convention; edgetl's int8 files either have scale 1 /
+        # zero point 0 or carry the normalization in their input quantization, e.g. 1/128 and 127)
+        if scale and dt != np.uint8:
             q = np.round(x.astype(np.float32) / scale + zp)
             info = np.iinfo(dt)
             return np.clip(q, info.min, info.max).astype(dt)

@@ -1,0 +1,376 @@
+"""Better post-training quantization of a Keras model, done before the converter sees it.
+
+Two graph rewrites and one weight-rounding method, all converter-independent:
+
+* :func:`fold_batchnorm` folds every inference-mode ``BatchNormalization`` into the
+  convolution or dense layer before it (the converters do the same when they convert;
+  doing it here makes the weights the converter quantizes the weights edgetl chose).
+* :func:`gptq_round` rounds every convolution / dense kernel to the int8 grid the
+  converters use (symmetric, per output channel, ``scale = max|w| / 127``) with the
+  error-compensating rounding of GPTQ / OBQ (Frantar et al., 2022; Frantar & Alistarh,
+  2022): the kernel's input columns are rounded one at a time and the rounding error of
+  each is pushed onto the columns not rounded yet, weighted by the inverse of the layer's
+  input second-moment matrix ``H = X^T X`` measured on calibration images. It minimises
+  the layer's *output* error on those images, where round-to-nearest minimises only the
+  weight error. The largest weight of each channel is never moved, so the converter
+  finds the same scale and re-rounds nothing: the int8 values in the file are exactly
+  the ones chosen here.
+* :func:`split_input_normalization` takes a leading ``Rescaling`` whose affine map sends
+  the uint8 pixel grid onto an int8 grid (EfficientNet-Lite's ``(x - 127) / 128``) out of
+  the graph: the file's uint8 input then carries the normalization in its own
+  quantization parameters (scale 1/128, zero point 127), exactly, with no op at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from edgetl.errors import EdgetlError
+
+#: GPTQ's damping of H (fraction of the mean diagonal), the value of the reference implementation
+DAMP = 0.01
+QMAX = 127
+
+
+# --------------------------------------------------------------------------- graph rewrites
+
+def _replay(model: Any, rewrite: Callable[[Any, list[Any]], Any | None], inputs: Any | None = None) -> Any:
+    """Rebuild a flat functional model layer by layer; ``rewrite(layer, args)`` may return a new output."""
+    import keras
+
+    tensors: dict[int, Any] = {}
+    new_inputs = []
+    for layer in model.layers:
+        if type(layer).__name__ == "InputLayer":
+            t = keras.Input(shape=tuple(layer.output.shape[1:]), name=layer.name, dtype=layer.output.dtype)
+            tensors[id(layer.output)] = t
+            new_inputs.append(t)
+            continue
+        if hasattr(layer, "layers"):
+            raise EdgetlError(f"layer {layer.name!r} is a nested model; edgetl's PTQ needs one flat graph")
+        if len(layer._inbound_nodes) != 1:
+            raise EdgetlError(f"layer {layer.name!r} is used {len(layer._inbound_nodes)} times; PTQ needs single-use layers")
+        node = layer._inbound_nodes[0]
+        args = [tensors[id(t)] for t in node.input_tensors]
+        y = rewrite(layer, args)
+        if y is None:
+            y = _clone_layer(layer)(args[0] if len(args) == 1 else args)
+        tensors[id(layer.output)] = y
+    outputs = [tensors[id(t)] for t in model.outputs]
+    return keras.Model(new_inputs[0] if len(new_inputs) == 1 else new_inputs,
+                       outputs[0] if len(outputs) == 1 else outputs, name=model.name)
+
+
+def _clone_layer(layer: Any) -> Any:
+    """A fresh copy of ``layer`` (config + weights), so the rebuilt model shares nothing with the original."""
+    new = type(layer).from_config(layer.get_config())
+    weights = layer.get_weights()
+    if weights:
+        new.build(layer.input.shape)
+        new.set_weights(weights)
+    return new
+
+
+_FOLDABLE = ("Conv2D", "DepthwiseConv2D", "Dense")
+
+
+def fold_batchnorm(model: Any) -> tuple[Any, int]:
+    """A copy of ``model`` with each BN folded into the linear layer feeding it: (model, number folded).
+
+    A BN is folded only when its input comes from a Conv2D / DepthwiseConv2D / Dense with
+    a linear activation whose output nothing else reads. Layers are shared with the original
+    except the folded ones (new layers with a bias).
+    """
+    import keras
+
+    consumers: dict[int, int] = {}
+    for layer in model.layers:
+        for node in layer._inbound_nodes:
+            for t in node.input_tensors:
+                consumers[id(t)] = consumers.get(id(t), 0) + 1
+    producer = {id(layer.output): layer for layer in model.layers if type(layer).__name__ != "InputLayer"}
+    folded: dict[str, Any] = {}   # BN name -> new linear layer
+    skip: set[str] = set()        # linear layers replaced by their folded copy
+
+    for layer in model.layers:
+        if type(layer).__name__ != "BatchNormalization" or len(layer._inbound_nodes) != 1:
+            continue
+        src_t = layer._inbound_nodes[0].input_tensors[0]
+        src = producer.get(id(src_t))
+        if src is None or type(src).__name__ not in _FOLDABLE or consumers.get(id(src_t), 0) != 1:
+            continue
+        if getattr(src, "activation", None) not in (None, keras.activations.linear):
+            continue
+        axis = layer.axis if isinstance(layer.axis, int) else layer.axis[0]
+        if axis not in (-1, len(src_t.shape) - 1):
+            continue
+        gamma = layer.gamma.numpy() if layer.scale else 1.0
+        beta = layer.beta.numpy() if layer.center else 0.0
+        mult = gamma / np.sqrt(layer.moving_variance.numpy() + layer.epsilon)
+        shift = beta - layer.moving_mean.numpy() * mult
+        w = src.get_weights()
+        kernel = w[0]
+        bias = w[1] if len(w) > 1 else np.zeros(mult.shape, np.float32)
+        if type(src).__name__ == "DepthwiseConv2D":
+            k2 = kernel * mult.reshape(1, 1, kernel.shape[2], kernel.shape[3])
+        else:
+            k2 = kernel * mult
+        b2 = bias * mult + shift
+        cfg = src.get_config()
+        cfg["use_bias"] = True
+        cfg["name"] = src.name
+        new = type(src).from_config(cfg)
+        new.build(src.input.shape)
+        new.set_weights([k2.astype(np.float32), b2.astype(np.float32)])
+        folded[layer.name] = new
+        skip.add(src.name)
+
+    if not folded:
+        return model, 0
+
+    def rewrite(layer: Any, args: list[Any]) -> Any | None:
+        if layer.name in skip:
+            return args[0]  # placeholder: its only consumer is the BN, rewritten below
+        if layer.name in folded:
+            new = folded[layer.name]
+            return new(args[0])
+        return None
+
+    return _replay(model, rewrite), len(folded)
+
+
+def copy_model(model: Any) -> Any:
+    """A copy of a flat functional model with its own layers and weights."""
+    return _replay(model, lambda layer, args: None)
+
+
+@dataclass(frozen=True)
+class InputAffine:
+    """The map ``x -> x * scale + offset`` taken out of the graph (pixels [0, 255] -> model input)."""
+
+    scale: float
+    offset: float
+
+    @property
+    def uint8_zero_point(self) -> int:
+        return int(round(-self.offset / self.scale))
+
+    def apply(self, pixels: np.ndarray) -> np.ndarray:
+        return pixels.astype(np.float32) * np.float32(self.scale) + np.float32(self.offset)
+
+
+def split_input_normalization(model: Any) -> tuple[Any, InputAffine] | None:
+    """(model without its leading Rescaling, the affine map) when the map is exact on the int8 grid.
+
+    Exact means one scale and one offset for all channels, and ``-offset / scale`` an integer
+    in [0, 255]: the uint8 pixel is then itself the quantized value of the normalized input
+    (zero point ``-offset / scale``), and the converter's calibrated range over pixels 0..255
+    gives exactly that scale and zero point. ``None`` when the model does not start that way
+    (e.g. MobileNetV2's ``x / 127.5 - 1``: zero point 127.5).
+    """
+    layers = [l for l in model.layers if type(l).__name__ != "InputLayer"]
+    if not layers or type(layers[0]).__name__ != "Rescaling" or len(model.inputs) != 1:
+        return None
+    first = layers[0]
+    scale = np.asarray(first.scale, dtype=np.float64).ravel()
+    offset = np.asarray(first.offset, dtype=np.float64).ravel()
+    if scale.size != 1 or offset.size != 1 or scale[0] <= 0:
+        return None
+    zp = -offset[0] / scale[0]
+    if abs(zp - round(zp)) > 1e-6 or not 0 <= round(zp) <= 255:
+        return None
+    affine = InputAffine(float(scale[0]), float(offset[0]))
+
+    def rewrite(layer: Any, args: list[Any]) -> Any | None:
+        return args[0] if layer is first else None
+
+    return _replay(model, rewrite), affine
+
+
+# --------------------------------------------------------------------------- GPTQ rounding
+
+@dataclass
+class RoundingReport:
+    layers: int = 0
+    #: per layer: (name, relative output error of round-to-nearest, of GPTQ) on the calibration images
+    errors: list[tuple[str, float, float]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        if not self.errors:
+            return "GPTQ rounding: no layers"
+        rtn = np.array([e[1] for e in self.errors])
+        gq = np.array([e[2] for e in self.errors])
+        return (f"GPTQ rounding of {self.layers} layers: mean relative output error {np.mean(gq):.4f} "
+                f"(round-to-nearest {np.mean(rtn):.4f})")
+
+
+def _scales(w2d: np.ndarray) -> np.ndarray:
+    amax = np.max(np.abs(w2d), axis=1)
+    return np.where(amax > 0, amax / QMAX, 1.0)
+
+
+def _gptq_dense(w: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """GPTQ on one layer: ``w`` (out, d) rows = output channels, ``h`` (d, d). Returns the rounded w."""
+    w = w.astype(np.float64).copy()
+    orig = w.copy()
+    s = _scales(w)[:, None]
+    pinned = np.zeros_like(w, bool)
+    pinned[np.arange(w.shape[0]), np.argmax(np.abs(w), axis=1)] = True
+    h = h.astype(np.float64).copy()
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1.0
+    h += DAMP * np.mean(np.diag(h)) * np.eye(len(h))
+    try:
+        hinv = np.linalg.cholesky(np.linalg.inv(h)).T  # upper triangular
+    except np.linalg.LinAlgError:
+        return np.clip(np.round(orig / s), -QMAX, QMAX) * s
+    free = ~pinned
+    q = np.empty_like(w)
+    for j in range(w.shape[1]):
+        col = w[:, j]
+        qc = np.clip(np.round(col / s[:, 0]), -QMAX, QMAX) * s[:, 0]
+        q[:, j] = qc
+        err = (col - qc) / hinv[j, j]
+        if j + 1 < w.shape[1]:
+            w[:, j + 1 :] -= np.outer(err, hinv[j, j + 1 :]) * free[:, j + 1 :]
+    q[pinned] = np.clip(np.round(orig[pinned] / s[:, 0][np.nonzero(pinned)[0]]), -QMAX, QMAX) * s[:, 0][np.nonzero(pinned)[0]]
+    return q
+
+
+def _gptq_depthwise(w: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """GPTQ per channel: ``w`` (C, d), ``h`` (C, d, d)."""
+    w = w.astype(np.float64).copy()
+    orig = w.copy()
+    c, d = w.shape
+    s = _scales(w)
+    pinned = np.zeros_like(w, bool)
+    pinned[np.arange(c), np.argmax(np.abs(w), axis=1)] = True
+    h = h.astype(np.float64).copy()
+    diag = np.einsum("cii->ci", h)
+    damp = DAMP * np.mean(diag, axis=1) + 1e-12
+    h += damp[:, None, None] * np.eye(d)[None]
+    try:
+        hinv = np.transpose(np.linalg.cholesky(np.linalg.inv(h)), (0, 2, 1))
+    except np.linalg.LinAlgError:
+        return np.clip(np.round(orig / s[:, None]), -QMAX, QMAX) * s[:, None]
+    free = ~pinned
+    q = np.empty_like(w)
+    for j in range(d):
+        col = w[:, j]
+        qc = np.clip(np.round(col / s), -QMAX, QMAX) * s
+        q[:, j] = qc
+        err = (col - qc) / hinv[:, j, j]
+        if j + 1 < d:
+            w[:, j + 1 :] -= err[:, None] * hinv[:, j, j + 1 :] * free[:, j + 1 :]
+    rows = np.nonzero(pinned)[0]
+    q[pinned] = np.clip(np.round(orig[pinned] / s[rows]), -QMAX, QMAX) * s[rows]
+    return q
+
+
+def _patches(x: Any, layer: Any) -> Any:
+    """im2col of a conv layer's input: (N*oh*ow, kh*kw*cin), in the kernel's (kh, kw, cin) order."""
+    import tensorflow as tf
+
+    kh, kw = layer.kernel_size
+    sh, sw = layer.strides
+    dh, dw = layer.dilation_rate
+    if (kh, kw, sh, sw) == (1, 1, 1, 1):
+        return tf.reshape(x, [-1, x.shape[-1]])
+    p = tf.image.extract_patches(x, sizes=[1, kh, kw, 1], strides=[1, sh, sw, 1], rates=[1, dh, dw, 1],
+                                 padding=layer.padding.upper())
+    return tf.reshape(p, [-1, p.shape[-1]])
+
+
+def _targets(model: Any) -> list[Any]:
+    return [l for l in model.layers if type(l).__name__ in _FOLDABLE and getattr(l, "trainable_weights", None) is not None
+            and l.weights]
+
+
+def gptq_round(model: Any, inputs: np.ndarray, batch: int = 8, progress: Callable[[str], None] | None = None) -> RoundingReport:
+    """Round every Conv2D / DepthwiseConv2D / Dense kernel of ``model`` in place with GPTQ.
+
+    Args:
+        model: flat functional Keras model, BN already folded (:func:`fold_batchnorm`).
+        inputs: calibration inputs, exactly what the model takes (float32).
+        batch: images per forward pass while H is accumulated.
+
+    The inputs of every layer come from the float model (one pass for all layers). The
+    biases stay float (the converters keep them in int32 at input scale x weight scale).
+    """
+    import keras
+    import tensorflow as tf
+
+    targets = _targets(model)
+    report = RoundingReport()
+    if not targets:
+        return report
+    probe = keras.Model(model.inputs, [t.input for t in targets])
+    hs: list[Any] = [None] * len(targets)
+    for start in range(0, len(inputs), batch):
+        outs = probe(inputs[start : start + batch], training=False)
+        if len(targets) == 1:
+            outs = [outs]
+        for i, (layer, x) in enumerate(zip(targets, outs)):
+            kind = type(layer).__name__
+            # float32 products per batch, float64 sums across batches
+            if kind == "Dense":
+                xm = tf.reshape(x, [-1, x.shape[-1]])
+                contrib = tf.matmul(xm, xm, transpose_a=True)
+            elif kind == "Conv2D":
+                pm = _patches(x, layer)
+                contrib = tf.matmul(pm, pm, transpose_a=True)
+            else:  # depthwise: one H per channel, (C, k*k, k*k)
+                kh, kw = layer.kernel_size
+                pm = tf.transpose(tf.reshape(_patches(x, layer), [-1, kh * kw, x.shape[-1]]), [2, 1, 0])
+                contrib = tf.matmul(pm, pm, transpose_b=True)
+            c64 = contrib.numpy().astype(np.float64)
+            hs[i] = c64 if hs[i] is None else hs[i] + c64
+    for i, layer in enumerate(targets):
+        weights = layer.get_weights()
+        kernel = weights[0]
+        kind = type(layer).__name__
+        if kind == "DepthwiseConv2D":
+            kh, kw, c, m = kernel.shape
+            if m != 1:
+                continue
+            w2 = kernel.reshape(kh * kw, c).T  # (C, d)
+            q2 = _gptq_depthwise(w2, hs[i])
+            new_kernel = q2.T.reshape(kh, kw, c, 1)
+            h = hs[i]
+            err_rtn = _rel_err_dw(w2, _rtn(w2), h)
+            err_q = _rel_err_dw(w2, q2, h)
+        else:
+            w2 = kernel.reshape(-1, kernel.shape[-1]).T  # (out, d)
+            q2 = _gptq_dense(w2, hs[i])
+            new_kernel = q2.T.reshape(kernel.shape)
+            err_rtn = _rel_err(w2, _rtn(w2), hs[i])
+            err_q = _rel_err(w2, q2, hs[i])
+        weights[0] = new_kernel.astype(np.float32)
+        layer.set_weights(weights)
+        report.layers += 1
+        report.errors.append((layer.name, err_rtn, err_q))
+        if progress:
+            progress(f"{layer.name}: output error {err_rtn:.4f} -> {err_q:.4f}")
+    return report
+
+
+def _rtn(w2: np.ndarray) -> np.ndarray:
+    s = _scales(w2)[:, None]
+    return np.clip(np.round(w2 / s), -QMAX, QMAX) * s
+
+
+def _rel_err(w: np.ndarray, q: np.ndarray, h: np.ndarray) -> float:
+    d = (q - w).astype(np.float64)
+    num = np.sum((d @ h) * d)
+    den = np.sum((w @ h) * w)
+    return float(np.sqrt(max(num, 0.0) / max(den, 1e-30)))
+
+
+def _rel_err_dw(w: np.ndarray, q: np.ndarray, h: np.ndarray) -> float:
+    d = (q - w).astype(np.float64)
+    num = np.sum(np.einsum("ci,cij->cj", d, h) * d)
+    den = np.sum(np.einsum("ci,cij->cj", w, h) * w)
+    return float(np.sqrt(max(num, 0.0) / max(den, 1e-30)))
