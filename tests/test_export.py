@@ -201,14 +201,18 @@ def test_broken_int8_is_flagged_and_strict_fails(tiny_run, tmp_path, monkeypatch
 
 
 def test_doctor_reports_every_attempt(tiny_run, tmp_path):
-    """Explicit doctor: 8-bit remedies first (calibration, selective float, ONNX calibrations), every one
+    """Explicit doctor: 8-bit remedies first (selective float, calibration, rounding, ONNX calibrations), every one
     verified, timed when within budget, and two remedies that make the same model are marked identical."""
     res = _export(tiny_run, tmp_path, formats=("tflite_int8", "onnx_int8"), doctor=True, calib_samples=8,
                   max_drop=100.0, min_agreement=0.0)
     by_target = {d["target"]: d for d in res.doctor}
     assert set(by_target) == {"tflite_int8", "onnx_int8"}
     tfl = [a["remedy"] for a in by_target["tflite_int8"]["attempts"]]
-    assert tfl[0].startswith("more calibration") and any("worst layer" in r for r in tfl)
+    # selective float first (same speed class), then more calibration, then the converters' own rounding
+    first_calib = next(i for i, r in enumerate(tfl) if r.startswith("more calibration"))
+    assert any("worst layer" in r for r in tfl[:first_calib])
+    nearest = [a for a in by_target["tflite_int8"]["attempts"] if a["remedy"].startswith("round-to-nearest")]
+    assert len(nearest) == 1 and "identical_to" not in nearest[0]  # GPTQ and nearest rounding: two different files
     # int16x8 and QAT only when no 8-bit candidate meets the budget (here every candidate does)
     assert not any("int16x8" in r or "quantization-aware" in r for r in tfl)
     onx = [a["remedy"] for a in by_target["onnx_int8"]["attempts"]]

@@ -5,12 +5,14 @@ agreement with the Keras model); an accuracy gain never excuses low agreement.
 
 Remedies, tried in this order, each written to a scratch folder and verified like any artifact:
 
-1. more calibration images;
-2. selective mixed precision: the per-layer report (:mod:`edgetl.export.quant_report`) ranks the
-   layers by the error they add, and the top 1, 3, 8 ... are kept in float while the rest of the
+1. selective mixed precision: the per-layer report (:mod:`edgetl.export.quant_report`) ranks the
+   layers by the error they add, and the top 1, 3, 8 ... (among those whose float weights keep the
+   file within ``MAX_SIZE_RATIO`` of the float32 size) are kept in float while the rest of the
    graph stays 8-bit (TFLite: first the input normalization ops alone, then with them) (TFLite: the debugger's ``denylisted_nodes``, uint8 input and metadata kept;
    ONNX: ``nodes_to_exclude``); the fewest layers that meet the budget win;
-3. ONNX only: Entropy and Percentile calibration, per-tensor weights;
+2. more calibration images;
+3. round-to-nearest weights instead of GPTQ (:mod:`edgetl.export.ptq`), in case GPTQ fitted
+   the calibration images too closely; ONNX only: Entropy and Percentile calibration, per-tensor weights;
 4. only when no 8-bit candidate meets the budget: int16x8 (TFLite), then quantization-aware training.
 
 Every candidate within budget is timed with ``bench``'s timer (1 thread, short run), and the
@@ -23,6 +25,7 @@ identical, not as two results.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -33,6 +36,9 @@ from edgetl.quant import QuantizationConfig
 
 #: How many of the worst layers selective mixed precision keeps in float, tried in this order.
 FLOAT_LAYER_STEPS = (1, 3, 8)
+#: The layers kept in float may take an int8 file to at most this fraction of the float32 size
+#: (a plain int8 file is ~0.28-0.30): the int8 promise is a ~4x smaller file, not only a faithful one.
+MAX_SIZE_RATIO = 0.40
 
 
 def _budget_ok(a: Any) -> bool:
@@ -71,20 +77,25 @@ def _remedies(ctx: Any, art: Any, stage: int) -> list[tuple[str, str, Quantizati
     out: list[tuple[str, str, QuantizationConfig | None]] = []
     tflite = art.format == "tflite_int8"
     if stage == 0:
-        if more > used:
-            out.append((f"more calibration images ({more})", art.format, base.with_(calib_samples=more)))
         from edgetl.export.quant_report import rank
 
         rows = _layer_report(ctx, art)
         lead = tuple(_input_ops(rows)) if tflite else ()
         if lead:
             out.append(("input normalization in float", art.format, base.with_(float_nodes=lead)))
+        ranked = _affordable(ctx, art, rank(rows, len(rows)))
         for k in FLOAT_LAYER_STEPS:
-            if k <= len(rows) - 1:
-                names = tuple(dict.fromkeys(lead + tuple(rank(rows, k))))
+            if k <= len(ranked) and k <= len(rows) - 1:
+                names = tuple(dict.fromkeys(lead + tuple(ranked[:k])))
                 what = "input normalization and " if lead else ""
                 out.append((f"keep {what}{k} worst layer{'s' if k > 1 else ''} in float", art.format,
                             base.with_(float_nodes=names)))
+        if more > used:  # slow (a calibration pass over up to 1000 images) and rarely the fix: after the float layers
+            out.append((f"more calibration images ({more})", art.format, base.with_(calib_samples=more)))
+        if base.rounding == "gptq":
+            # GPTQ minimises each layer's output error on the calibration images; if those are
+            # unrepresentative, the converters' own rounding can be the better file: verified like the rest
+            out.append(("round-to-nearest weights (no GPTQ)", art.format, base.with_(rounding="nearest")))
         if not tflite:
             out.append(("Entropy calibration", "onnx_int8", base.with_(calib_method="entropy")))
             out.append(("Percentile calibration (99.999)", "onnx_int8", base.with_(calib_method="percentile")))
@@ -93,6 +104,33 @@ def _remedies(ctx: Any, art: Any, stage: int) -> list[tuple[str, str, Quantizati
         out.append(("int16x8 (16-bit activations, 8-bit weights)", "tflite_int16x8",
                     QuantizationConfig.for_int16x8(cfg.calib_samples, seed=cfg.seed)))
         out.append(("quantization-aware training", "tflite_qat", None))
+    return out
+
+
+def _layer_params(ctx: Any, name: str) -> int:
+    """Weights of the Keras layer a converter node name comes from (``.../block6_project_conv_1/BiasAdd;...``), 0 if unknown."""
+    for part in name.split(";"):
+        for seg in part.split("/"):
+            try:
+                return int(ctx.model.get_layer(re.sub(r"_\d+$", "", seg)).count_params())
+            except (ValueError, AttributeError):
+                continue
+    return 0
+
+
+def _affordable(ctx: Any, art: Any, ranked: list[str]) -> list[str]:
+    """``ranked`` (worst first) without the layers whose float weights would take the file past
+    ``MAX_SIZE_RATIO`` of the float32 size: each float weight costs 3 bytes more than an int8 one."""
+    fp32_bytes = 4 * int(ctx.model.count_params())
+    room = (MAX_SIZE_RATIO * fp32_bytes - art.size_bytes) / 3
+    if room <= 0:  # file overhead dominates (tiny models): the plain file is over the ratio already
+        return list(ranked)
+    out, used = [], 0
+    for name in ranked:
+        n = _layer_params(ctx, name)
+        if used + n <= room:
+            out.append(name)
+            used += n
     return out
 
 

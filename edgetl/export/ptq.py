@@ -33,6 +33,8 @@ from edgetl.errors import EdgetlError
 #: GPTQ's damping of H (fraction of the mean diagonal), the value of the reference implementation
 DAMP = 0.01
 QMAX = 127
+#: GPTQ's "act-order" (see :func:`_gptq_dense`)
+ACT_ORDER = True
 
 
 # --------------------------------------------------------------------------- graph rewrites
@@ -163,7 +165,7 @@ class InputAffine:
 
 
 def split_input_normalization(model: Any) -> tuple[Any, InputAffine] | None:
-    """(model without its leading Rescaling, the affine map) when the map is exact on the int8 grid.
+    """(model without its leading Rescaling / Normalization, the affine map) when the map is exact on the int8 grid.
 
     Exact means one scale and one offset for all channels, and ``-offset / scale`` an integer
     in [0, 255]: the uint8 pixel is then itself the quantized value of the normalized input
@@ -172,11 +174,21 @@ def split_input_normalization(model: Any) -> tuple[Any, InputAffine] | None:
     (e.g. MobileNetV2's ``x / 127.5 - 1``: zero point 127.5).
     """
     layers = [l for l in model.layers if type(l).__name__ != "InputLayer"]
-    if not layers or type(layers[0]).__name__ != "Rescaling" or len(model.inputs) != 1:
+    if not layers or len(model.inputs) != 1:
         return None
     first = layers[0]
-    scale = np.asarray(first.scale, dtype=np.float64).ravel()
-    offset = np.asarray(first.offset, dtype=np.float64).ravel()
+    kind = type(first).__name__
+    if kind == "Rescaling":
+        scale = np.asarray(first.scale, dtype=np.float64).ravel()
+        offset = np.asarray(first.offset, dtype=np.float64).ravel()
+    elif kind == "Normalization" and not getattr(first, "invert", False):
+        std = np.sqrt(np.asarray(first.variance, dtype=np.float64).ravel())
+        mean = np.asarray(first.mean, dtype=np.float64).ravel()
+        if np.ptp(std) > 1e-9 or np.ptp(mean) > 1e-9 or std[0] <= 1e-7:
+            return None  # per-channel statistics cannot live in one per-tensor input quantization
+        scale, offset = 1.0 / std[:1], -mean[:1] / std[:1]
+    else:
+        return None
     if scale.size != 1 or offset.size != 1 or scale[0] <= 0:
         return None
     zp = -offset[0] / scale[0]
@@ -212,8 +224,16 @@ def _scales(w2d: np.ndarray) -> np.ndarray:
     return np.where(amax > 0, amax / QMAX, 1.0)
 
 
-def _gptq_dense(w: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """GPTQ on one layer: ``w`` (out, d) rows = output channels, ``h`` (d, d). Returns the rounded w."""
+def _gptq_dense(w: np.ndarray, h: np.ndarray, act_order: bool | None = None) -> np.ndarray:
+    """GPTQ on one layer: ``w`` (out, d) rows = output channels, ``h`` (d, d). Returns the rounded w.
+
+    ``act_order``: round the input columns with the largest ``H`` diagonal (the most energetic
+    inputs) first, so that their errors can still be compensated by the many columns after them.
+    """
+    if act_order if act_order is not None else ACT_ORDER:
+        perm = np.argsort(-np.diag(h), kind="stable")
+        inv = np.argsort(perm)
+        return _gptq_dense(w[:, perm], h[np.ix_(perm, perm)], act_order=False)[:, inv]
     w = w.astype(np.float64).copy()
     orig = w.copy()
     s = _scales(w)[:, None]
@@ -240,8 +260,14 @@ def _gptq_dense(w: np.ndarray, h: np.ndarray) -> np.ndarray:
     return q
 
 
-def _gptq_depthwise(w: np.ndarray, h: np.ndarray) -> np.ndarray:
+def _gptq_depthwise(w: np.ndarray, h: np.ndarray, act_order: bool | None = None) -> np.ndarray:
     """GPTQ per channel: ``w`` (C, d), ``h`` (C, d, d)."""
+    if act_order if act_order is not None else ACT_ORDER:
+        perm = np.argsort(-np.einsum("cii->ci", h), axis=1, kind="stable")  # (C, d)
+        inv = np.argsort(perm, axis=1)
+        wp = np.take_along_axis(w, perm, axis=1)
+        hp = np.take_along_axis(np.take_along_axis(h, perm[:, :, None], axis=1), perm[:, None, :], axis=2)
+        return np.take_along_axis(_gptq_depthwise(wp, hp, act_order=False), inv, axis=1)
     w = w.astype(np.float64).copy()
     orig = w.copy()
     c, d = w.shape

@@ -1,0 +1,128 @@
+"""edgetl.export.ptq: BN folding, GPTQ weight rounding, and the input normalization moved into the input quantization.
+
+Small functional models with random weights and non-trivial BN statistics, generated images.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import make_image
+from edgetl.export import ptq
+
+SIZE = 32
+
+
+def _pixels(n: int, seed: int) -> np.ndarray:
+    return np.stack([np.asarray(make_image(i % 3, SIZE, seed + i)) for i in range(n)])
+
+
+def _model(mean: float = 127.0, std: float = 128.0, seed: int = 0):
+    """Lite-like: normalization, conv-BN-ReLU6, depthwise-BN-ReLU6, 1x1 project-BN, pool, dense softmax."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((SIZE, SIZE, 3), name="pixels")
+    x = keras.layers.Rescaling(1.0 / std, offset=-mean / std, name="stem_normalize")(inp)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.ReLU(6.0, name="stem_relu")(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="block0_dwconv")(x)
+    x = keras.layers.BatchNormalization(name="block0_bn")(x)
+    x = keras.layers.ReLU(6.0, name="block0_relu")(x)
+    x = keras.layers.Conv2D(24, 1, use_bias=False, name="block0_project_conv")(x)
+    x = keras.layers.BatchNormalization(name="block0_project_bn")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+    out = keras.layers.Dense(3, activation="softmax", name="probs")(x)
+    model = keras.Model(inp, out)
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if type(layer).__name__ == "BatchNormalization":
+            n = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 2.0, n), rng.normal(0, 0.3, n), rng.normal(0, 0.5, n),
+                               rng.uniform(0.2, 3.0, n)])
+    return model
+
+
+def test_fold_batchnorm_keeps_outputs_and_removes_every_bn():
+    model = _model()
+    x = _pixels(6, 1).astype(np.float32)
+    folded, n = ptq.fold_batchnorm(model)
+    assert n == 3
+    assert not [l for l in folded.layers if type(l).__name__ == "BatchNormalization"]
+    assert all(folded.get_layer(name).use_bias for name in ("stem_conv", "block0_dwconv", "block0_project_conv"))
+    np.testing.assert_allclose(folded.predict(x, verbose=0), model.predict(x, verbose=0), atol=2e-5)
+    # the original model is untouched (GPTQ later changes the folded copy's weights in place)
+    assert len(model.get_layer("stem_bn").get_weights()) == 4
+
+
+def test_split_input_normalization_is_exact_only_on_the_int8_grid():
+    model = _model(127.0, 128.0)
+    split = ptq.split_input_normalization(model)
+    assert split is not None
+    stripped, affine = split
+    assert affine.scale == 1 / 128 and affine.uint8_zero_point == 127
+    assert not [l for l in stripped.layers if type(l).__name__ == "Rescaling"]
+    x = _pixels(4, 2)
+    np.testing.assert_allclose(stripped.predict(affine.apply(x), verbose=0),
+                               model.predict(x.astype(np.float32), verbose=0), atol=1e-6)
+    # x / 127.5 - 1 (MobileNetV2): zero point 127.5 is not an integer -> stays in the graph
+    assert ptq.split_input_normalization(_model(127.5, 127.5)) is None
+
+
+def _on_grid(kernel: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    """(max distance of kernel/scale from an integer, max relative change of the channel's max |w|)."""
+    k2 = kernel.reshape(-1, kernel.shape[-1]) if kernel.ndim == 2 or kernel.shape[-1] > 1 else kernel.reshape(-1, kernel.shape[2])
+    r2 = ref.reshape(k2.shape)
+    scale = np.abs(r2).max(axis=0) / 127
+    steps = k2 / scale
+    return float(np.abs(steps - np.round(steps)).max()), float(np.abs(np.abs(k2).max(0) / np.abs(r2).max(0) - 1).max())
+
+
+def test_gptq_rounds_onto_the_converters_grid_and_beats_nearest():
+    model, _ = ptq.fold_batchnorm(_model())
+    before = {l.name: l.get_weights()[0].copy() for l in model.layers if type(l).__name__ in ("Conv2D", "DepthwiseConv2D", "Dense")}
+    stripped, affine = ptq.split_input_normalization(model)
+    report = ptq.gptq_round(stripped, affine.apply(_pixels(24, 3)))
+    assert report.layers == 4
+    for name, ref in before.items():
+        kernel = stripped.get_layer(name).get_weights()[0]
+        frac, max_change = _on_grid(kernel, ref)
+        assert frac < 1e-3, name          # every weight is an int8 step of the unchanged per-channel scale
+        assert max_change < 1e-6, name    # the largest weight per channel is kept -> the converter's scale is the same
+        assert not np.allclose(kernel, ref)
+    rtn = np.array([e[1] for e in report.errors])
+    gq = np.array([e[2] for e in report.errors])
+    assert np.all(gq <= rtn + 1e-9) and gq.sum() < 0.8 * rtn.sum(), report.errors
+
+
+def test_tflite_file_holds_exactly_the_gptq_weights_and_takes_raw_pixels():
+    """The converter keeps GPTQ's int8 values (same scale, no re-rounding), uint8 input carries the normalization."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgetl.export import tflite
+    from edgetl.export.verify import run_tflite
+    from edgetl.quant import QuantizationConfig
+
+    model = _model()
+    folded, _ = ptq.fold_batchnorm(model)
+    stripped, affine = ptq.split_input_normalization(folded)
+    calib = _pixels(24, 4)
+    ptq.gptq_round(stripped, affine.apply(calib))
+    raw = tflite.convert(stripped, QuantizationConfig.for_int8(calib_samples=24), calib, affine)
+    assert tflite.io_details(raw)["input_quantization"] == [pytest.approx(1 / 128), 127]
+    it = Interpreter(model_content=raw)
+    want = stripped.get_layer("block0_project_conv").get_weights()[0]  # (1, 1, 16, 24)
+    found = False
+    for d in it.get_tensor_details():
+        if d["dtype"] == np.int8 and tuple(d["shape"]) == (24, 1, 1, 16):
+            q = it.get_tensor(d["index"]).astype(np.float64) * d["quantization_parameters"]["scales"][:, None, None, None]
+            np.testing.assert_allclose(q.transpose(1, 2, 3, 0), want, atol=1e-6)
+            found = True
+    assert found
+    # raw pixels in (no normalization by the caller): the int8 file follows the float model
+    x = _pixels(12, 5)
+    p_int8 = run_tflite(raw, x)
+    p_float = model.predict(x.astype(np.float32), verbose=0)
+    assert np.abs(p_int8 - p_float).max() < 0.1
