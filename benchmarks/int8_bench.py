@@ -106,6 +106,10 @@ def bench_strategy(data: Path, strategy: str, run_dir: Path, work: Path) -> dict
     plain_dir = work / f"plain_{strategy}"
     export_run(run_dir, ExportConfig(formats=("tflite_int8",), doctor=False, quant_report=False, out_dir=str(plain_dir)))
     plain = next(plain_dir.glob("*_int8.tflite"))
+    # the converters' own int8 (round-to-nearest weights), for the record: what edgetl's PTQ improved on
+    rtn_dir = work / f"nearest_{strategy}"
+    export_run(run_dir, ExportConfig(formats=("tflite_int8", "onnx_int8"), doctor=False, quant_report=False,
+                                     rounding="nearest", out_dir=str(rtn_dir)))
 
     px, y = _test_images(run, data)
     ref = KerasRunner(run.load_model(), run.labels, run.preprocessing).predict(px)
@@ -133,6 +137,13 @@ def bench_strategy(data: Path, strategy: str, run_dir: Path, work: Path) -> dict
                           "shipped_over_fp32_p50": round(p50 / lat["fp32"], 3)})
         entry["met"] = {k: _met(k, entry.get(k)) for k in TARGETS if k in entry}
         row["artifacts"][a.format] = entry
+    row["round_to_nearest"] = {}
+    for f in sorted(rtn_dir.glob("*_int8.*")):
+        if f.suffix not in (".tflite", ".onnx"):
+            continue
+        probs = runner_for(f, threads=None).predict(px)
+        row["round_to_nearest"][f.name] = {"test": _accuracy_row(probs, y), "agreement_pct": round(
+            100 * float((probs.argmax(1) == ref.argmax(1)).mean()), 2)}
     row["met"] = {"export_int8_s": _met("export_int8_s", export_s)}
     return row
 
@@ -153,6 +164,11 @@ def _markdown(result: dict) -> str:
                 f"| {r['strategy']} | {a['file']} | {a['remedy'] or 'plain'} | {kt['accuracy']} ({kt['k']}/{kt['n']}, {kt['ci95'][0]}-{kt['ci95'][1]}) "
                 f"| {t['accuracy']} ({t['k']}/{t['n']}, {t['ci95'][0]}-{t['ci95'][1]}) | {a['agreement_pct']}{mark('agreement_pct')} "
                 f"| {a['drop_pt']}{mark('drop_pt')} | {a['size_over_fp32']}{mark('size_over_fp32')} | {p50} | {r['export_int8_s']} |")
+    lines += ["", "The converters' own int8 (round-to-nearest weights, no doctor), same test images:", "",
+              "| strategy | file | int8 test acc (k/n) | agreement |", "| --- | --- | --- | --- |"]
+    for r in result["rows"]:
+        for name, a in r.get("round_to_nearest", {}).items():
+            lines.append(f"| {r['strategy']} | {name} | {a['test']['accuracy']} ({a['test']['k']}/{a['test']['n']}) | {a['agreement_pct']} |")
     return "\n".join(lines) + "\n"
 
 
