@@ -126,3 +126,32 @@ def test_tflite_file_holds_exactly_the_gptq_weights_and_takes_raw_pixels():
     p_int8 = run_tflite(raw, x)
     p_float = model.predict(x.astype(np.float32), verbose=0)
     assert np.abs(p_int8 - p_float).max() < 0.1
+
+
+def test_export_records_the_rounding_and_nearest_is_a_different_file(tiny_run, tmp_path):
+    """export.json says how the int8 weights were rounded; --rounding nearest makes another file."""
+    from edgetl.export.api import ExportConfig, export_run
+
+    files = {}
+    for rounding in ("gptq", "nearest"):
+        res = export_run(tiny_run, ExportConfig(formats=("tflite_int8", "onnx_int8"), calib_samples=8, doctor=False,
+                                                quant_report=False, rounding=rounding, out_dir=str(tmp_path / rounding)))
+        for fmt in ("tflite_int8", "onnx_int8"):
+            art = res.artifact(fmt)
+            assert art.error is None, art.error
+            assert art.quantization["rounding"] == rounding
+            gptq_notes = [n for n in art.notes if n.startswith("int8 weights: GPTQ")]
+            assert bool(gptq_notes) == (rounding == "gptq"), art.notes
+            files[(rounding, fmt)] = art.quantization["model_sha256"]
+    for fmt in ("tflite_int8", "onnx_int8"):
+        assert files[("gptq", fmt)] != files[("nearest", fmt)]
+
+
+def test_bad_rounding_option_is_a_usage_error():
+    from edgetl.errors import UsageError
+    from edgetl.export.api import ExportConfig
+
+    with pytest.raises(UsageError, match="--rounding"):
+        ExportConfig(int8=True, rounding="stochastic").resolve_formats()
+    with pytest.raises(UsageError, match="--rounding-samples"):
+        ExportConfig(int8=True, rounding_samples=0).resolve_formats()

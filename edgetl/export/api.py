@@ -302,7 +302,9 @@ class _Context:
                 picked = calib[np.unique(np.linspace(0, len(calib) - 1, k).round().astype(int))]  # label-sorted: spread
                 t0 = time.perf_counter()
                 rep = ptq.gptq_round(model, picked.astype(np.float32))
-                self.say(f"  int8 weights: {rep.summary()}, {n_bn} BN folded, {time.perf_counter() - t0:.0f} s")
+                line = f"{rep.summary()} on {len(picked)} calibration images, {n_bn} BN folded, {time.perf_counter() - t0:.0f} s"
+                self.quant_models[("note",) + key_r] = line
+                self.say(f"  int8 weights: {line}")
             self.quant_models[key_r] = model
         model = self.quant_models[key_r]
         if family != "tflite" or quant.mode != "int8" or quant.io_type != "uint8":
@@ -311,6 +313,12 @@ class _Context:
         if key_s not in self.quant_models:
             self.quant_models[key_s] = ptq.split_input_normalization(model) or (model, None)
         return self.quant_models[key_s]
+
+
+def _rounding_note(ctx: _Context, quant: QuantizationConfig) -> list[str]:
+    """The GPTQ line for export.json (empty for round-to-nearest)."""
+    line = ctx.quant_models.get(("note", "gptq", quant.rounding_samples)) if quant.mode == "int8" and quant.rounding == "gptq" else None
+    return [f"int8 weights: {line}"] if line else []
 
 
 def _one_line(exc: BaseException) -> str:
@@ -348,6 +356,7 @@ def build_artifact_bytes(ctx: _Context, fmt: ExportFormat, quant: QuantizationCo
             notes += qat_notes
         elif quant.needs_calibration:
             model, affine = ctx.quant_model(quant, "tflite")
+            notes += _rounding_note(ctx, quant)
         raw = tflite.convert(model, quant, calib, affine)
         sha = hashlib.sha256(raw).hexdigest()
         io_type = quant.io_type if quant.mode == "int8" else "float32"
@@ -380,6 +389,7 @@ def build_artifact_bytes(ctx: _Context, fmt: ExportFormat, quant: QuantizationCo
         quant = quant or cfg.int8_quant()
         calib = ctx.calibration(quant.calib_samples if quant.calib_samples != cfg.calib_samples else None)
         source = ctx.onnx_source(quant)
+        notes += _rounding_note(ctx, quant)
         proto, qnotes = onnx_export.quantize(source, calib, quant)
         notes += qnotes
         qd = quant.to_dict()
