@@ -143,6 +143,9 @@ def test_export_records_the_rounding_and_nearest_is_a_different_file(tiny_run, t
             gptq_notes = [n for n in art.notes if n.startswith("int8 weights: GPTQ")]
             assert bool(gptq_notes) == (rounding == "gptq"), art.notes
             files[(rounding, fmt)] = art.quantization["model_sha256"]
+        from edgetl.cli import degraded_notes
+
+        assert not degraded_notes(res)  # the GPTQ note is information, not a WARNING line on the console
     for fmt in ("tflite_int8", "onnx_int8"):
         assert files[("gptq", fmt)] != files[("nearest", fmt)]
 
