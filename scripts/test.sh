@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+# A venv starts with the interpreter's bundled pip (23.2 on Python 3.11), older than some wheels'
+# metadata; the upgrade is a real install step: if it fails, the script fails.
+.venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[train,dev]"
 # Test-only tools, installed in a second step on purpose:
 # - mediapipe (reads TFLite metadata like the Android/iOS client) pins absl-py~=2.3 while
