@@ -33,7 +33,7 @@ from edgetl.errors import EdgetlError
 #: GPTQ's damping of H (fraction of the mean diagonal), the value of the reference implementation
 DAMP = 0.01
 QMAX = 127
-#: GPTQ's "act-order" (see :func:`_gptq_dense`)
+#: GPTQ's "act-order" (see :func:`_gptq`)
 ACT_ORDER = True
 
 
@@ -225,75 +225,44 @@ def _scales(w2d: np.ndarray) -> np.ndarray:
     return np.where(amax > 0, amax / QMAX, 1.0)
 
 
-def _gptq_dense(w: np.ndarray, h: np.ndarray, act_order: bool | None = None) -> np.ndarray:
-    """GPTQ on one layer: ``w`` (out, d) rows = output channels, ``h`` (d, d). Returns the rounded w.
+def _gptq(w: np.ndarray, h: np.ndarray, act_order: bool | None = None) -> np.ndarray:
+    """GPTQ on one layer. Returns ``w`` rounded onto the per-row int8 grid.
 
+    ``w`` is (rows, d), a row per output channel. ``h`` is (d, d), shared by every row (conv,
+    dense), or (rows, d, d), one per row (depthwise: each channel sees its own inputs).
     ``act_order``: round the input columns with the largest ``H`` diagonal (the most energetic
     inputs) first, so that their errors can still be compensated by the many columns after them.
+    The largest weight of each row is never moved (it keeps the row's scale for the converter).
     """
+    h = np.asarray(h, np.float64)
+    h = h[None] if h.ndim == 2 else h
     if act_order if act_order is not None else ACT_ORDER:
-        perm = np.argsort(-np.diag(h), kind="stable")
-        inv = np.argsort(perm)
-        return _gptq_dense(w[:, perm], h[np.ix_(perm, perm)], act_order=False)[:, inv]
-    w = w.astype(np.float64).copy()
-    orig = w.copy()
-    s = _scales(w)[:, None]
-    pinned = np.zeros_like(w, bool)
-    pinned[np.arange(w.shape[0]), np.argmax(np.abs(w), axis=1)] = True
-    h = h.astype(np.float64).copy()
-    dead = np.diag(h) <= 0
-    h[dead, dead] = 1.0
-    h += DAMP * np.mean(np.diag(h)) * np.eye(len(h))
-    try:
-        hinv = np.linalg.cholesky(np.linalg.inv(h)).T  # upper triangular
-    except np.linalg.LinAlgError:
-        return np.clip(np.round(orig / s), -QMAX, QMAX) * s
-    free = ~pinned
-    q = np.empty_like(w)
-    for j in range(w.shape[1]):
-        col = w[:, j]
-        qc = np.clip(np.round(col / s[:, 0]), -QMAX, QMAX) * s[:, 0]
-        q[:, j] = qc
-        err = (col - qc) / hinv[j, j]
-        if j + 1 < w.shape[1]:
-            w[:, j + 1 :] -= np.outer(err, hinv[j, j + 1 :]) * free[:, j + 1 :]
-    q[pinned] = np.clip(np.round(orig[pinned] / s[:, 0][np.nonzero(pinned)[0]]), -QMAX, QMAX) * s[:, 0][np.nonzero(pinned)[0]]
-    return q
-
-
-def _gptq_depthwise(w: np.ndarray, h: np.ndarray, act_order: bool | None = None) -> np.ndarray:
-    """GPTQ per channel: ``w`` (C, d), ``h`` (C, d, d)."""
-    if act_order if act_order is not None else ACT_ORDER:
-        perm = np.argsort(-np.einsum("cii->ci", h), axis=1, kind="stable")  # (C, d)
-        inv = np.argsort(perm, axis=1)
-        wp = np.take_along_axis(w, perm, axis=1)
+        perm = np.argsort(-np.einsum("cii->ci", h), axis=1, kind="stable")  # (1 or rows, d)
         hp = np.take_along_axis(np.take_along_axis(h, perm[:, :, None], axis=1), perm[:, None, :], axis=2)
-        return np.take_along_axis(_gptq_depthwise(wp, hp, act_order=False), inv, axis=1)
+        out = _gptq(np.take_along_axis(w, perm, axis=1), hp, act_order=False)
+        return np.take_along_axis(out, np.argsort(perm, axis=1), axis=1)
     w = w.astype(np.float64).copy()
-    orig = w.copy()
-    c, d = w.shape
+    rows, d = w.shape
     s = _scales(w)
-    pinned = np.zeros_like(w, bool)
-    pinned[np.arange(c), np.argmax(np.abs(w), axis=1)] = True
-    h = h.astype(np.float64).copy()
-    diag = np.einsum("cii->ci", h)
-    damp = DAMP * np.mean(diag, axis=1) + 1e-12
-    h += damp[:, None, None] * np.eye(d)[None]
+    free = np.ones_like(w, bool)
+    free[np.arange(rows), np.argmax(np.abs(w), axis=1)] = False
+    h = h.copy()
+    idx = np.arange(d)
+    diag = h[:, idx, idx]
+    h[:, idx, idx] = np.where(diag > 0, diag, 1.0)  # inputs that are always 0
+    h += (DAMP * h[:, idx, idx].mean(axis=1))[:, None, None] * np.eye(d)[None]
     try:
-        hinv = np.transpose(np.linalg.cholesky(np.linalg.inv(h)), (0, 2, 1))
+        hinv = np.transpose(np.linalg.cholesky(np.linalg.inv(h)), (0, 2, 1))  # upper triangular
     except np.linalg.LinAlgError:
-        return np.clip(np.round(orig / s[:, None]), -QMAX, QMAX) * s[:, None]
-    free = ~pinned
+        return _rtn(w)
     q = np.empty_like(w)
     for j in range(d):
         col = w[:, j]
         qc = np.clip(np.round(col / s), -QMAX, QMAX) * s
         q[:, j] = qc
-        err = (col - qc) / hinv[:, j, j]
         if j + 1 < d:
+            err = (col - qc) / hinv[:, j, j]
             w[:, j + 1 :] -= err[:, None] * hinv[:, j, j + 1 :] * free[:, j + 1 :]
-    rows = np.nonzero(pinned)[0]
-    q[pinned] = np.clip(np.round(orig[pinned] / s[rows]), -QMAX, QMAX) * s[rows]
     return q
 
 
@@ -312,8 +281,7 @@ def _patches(x: Any, layer: Any) -> Any:
 
 
 def _targets(model: Any) -> list[Any]:
-    return [l for l in model.layers if type(l).__name__ in _FOLDABLE and getattr(l, "trainable_weights", None) is not None
-            and l.weights]
+    return [l for l in model.layers if type(l).__name__ in _FOLDABLE and l.weights]
 
 
 def gptq_round(model: Any, inputs: np.ndarray, batch: int = 8, progress: Callable[[str], None] | None = None) -> RoundingReport:
@@ -363,18 +331,12 @@ def gptq_round(model: Any, inputs: np.ndarray, batch: int = 8, progress: Callabl
             kh, kw, c, m = kernel.shape
             if m != 1:
                 continue
-            w2 = kernel.reshape(kh * kw, c).T  # (C, d)
-            q2 = _gptq_depthwise(w2, hs[i])
-            new_kernel = q2.T.reshape(kh, kw, c, 1)
-            h = hs[i]
-            err_rtn = _rel_err_dw(w2, _rtn(w2), h)
-            err_q = _rel_err_dw(w2, q2, h)
+            w2 = kernel.reshape(kh * kw, c).T  # (C, d), one H per channel
         else:
-            w2 = kernel.reshape(-1, kernel.shape[-1]).T  # (out, d)
-            q2 = _gptq_dense(w2, hs[i])
-            new_kernel = q2.T.reshape(kernel.shape)
-            err_rtn = _rel_err(w2, _rtn(w2), hs[i])
-            err_q = _rel_err(w2, q2, hs[i])
+            w2 = kernel.reshape(-1, kernel.shape[-1]).T  # (out, d), one shared H
+        q2 = _gptq(w2, hs[i])
+        new_kernel = q2.T.reshape(kernel.shape)
+        err_rtn, err_q = _rel_err(w2, _rtn(w2), hs[i]), _rel_err(w2, q2, hs[i])
         weights[0] = new_kernel.astype(np.float32)
         layer.set_weights(weights)
         report.layers += 1
@@ -390,14 +352,9 @@ def _rtn(w2: np.ndarray) -> np.ndarray:
 
 
 def _rel_err(w: np.ndarray, q: np.ndarray, h: np.ndarray) -> float:
-    d = (q - w).astype(np.float64)
-    num = np.sum((d @ h) * d)
-    den = np.sum((w @ h) * w)
-    return float(np.sqrt(max(num, 0.0) / max(den, 1e-30)))
+    """Relative output error ``sqrt(dW H dW^T / W H W^T)``, H shared (d, d) or per row (rows, d, d)."""
+    def energy(a: np.ndarray) -> float:
+        ah = a @ h if h.ndim == 2 else np.einsum("ri,rij->rj", a, h)
+        return float(np.sum(ah * a))
 
-
-def _rel_err_dw(w: np.ndarray, q: np.ndarray, h: np.ndarray) -> float:
-    d = (q - w).astype(np.float64)
-    num = np.sum(np.einsum("ci,cij->cj", d, h) * d)
-    den = np.sum(np.einsum("ci,cij->cj", w, h) * w)
-    return float(np.sqrt(max(num, 0.0) / max(den, 1e-30)))
+    return float(np.sqrt(max(energy((q - w).astype(np.float64)), 0.0) / max(energy(w.astype(np.float64)), 1e-30)))

@@ -48,6 +48,8 @@ def run_tflite(model: str | Path | bytes, pixels: np.ndarray, threads: int | Non
     """Probabilities (N, C) float32 from a TFLite model on uint8 pixels (N, H, W, 3)."""
     from ai_edge_litert.interpreter import Interpreter
 
+    from edgetl.runtime.tflite_runner import feed_pixels
+
     kw = {"model_content": bytes(model)} if isinstance(model, (bytes, bytearray)) else {"model_path": str(model)}
     try:
         it = Interpreter(num_threads=_threads(threads), **kw)
@@ -61,16 +63,7 @@ def run_tflite(model: str | Path | bytes, pixels: np.ndarray, threads: int | Non
     results = []
     current = None
     for start in range(0, len(pixels), batch):
-        x = np.asarray(pixels[start : start + batch])
-        if in_dtype == np.float32:
-            xin = x.astype(np.float32)
-        elif in_dtype == np.uint8:
-            # uint8 input = raw pixel bytes, the convention of MediaPipe and of edgetl's files (whose input
-            # quantization is either (1, 0) or carries the normalization, e.g. (1/128, 127))
-            xin = x.astype(np.uint8)
-        else:
-            info = np.iinfo(in_dtype)
-            xin = np.clip(np.round(x.astype(np.float32) / in_scale + in_zp), info.min, info.max).astype(in_dtype)
+        xin = feed_pixels(pixels[start : start + batch], in_dtype, (in_scale, in_zp))
         if current != len(xin):
             it.resize_tensor_input(inp["index"], [len(xin), *inp["shape"][1:]])
             it.allocate_tensors()

@@ -25,6 +25,26 @@ from edgetl.runtime.env import RuntimeUnavailableError
 TFLITE_IDENTIFIER = b"TFL3"
 
 
+def feed_pixels(pixels: np.ndarray, dtype: Any, quantization: tuple[float, int]) -> np.ndarray:
+    """uint8 pixels (N, H, W, 3) -> what a TFLite input of ``dtype`` / ``(scale, zero point)`` takes.
+
+    float inputs get the pixels as floats; a uint8 input gets the raw pixel bytes (MediaPipe's
+    convention; edgetl's int8 files either have scale 1 / zero point 0 or carry the normalization
+    in their input quantization, e.g. 1/128 and 127); other integer inputs are quantized with the
+    tensor's own scale and zero point. The one rule the runner and export verification share.
+    """
+    x = np.asarray(pixels)
+    dt = np.dtype(dtype)
+    if dt == np.float32 or dt == np.float16:
+        return x.astype(dt, copy=False)
+    scale, zp = quantization
+    if scale and dt != np.uint8:
+        q = np.round(x.astype(np.float32) / scale + zp)
+        info = np.iinfo(dt)
+        return np.clip(q, info.min, info.max).astype(dt)
+    return x.astype(dt)
+
+
 def read_tflite_metadata(path: str | Path) -> dict[str, Any]:
     """The ``edgetl.json`` (and ``labels.txt``) packed in the zip appended to a .tflite file; {} when absent."""
     out: dict[str, Any] = {}
@@ -133,18 +153,7 @@ class TFLiteRunner:
         return "fp32"
 
     def _quantize_input(self, pixels: np.ndarray) -> np.ndarray:
-        x = np.asarray(pixels)
-        dt = self.input_dtype
-        if dt == np.float32 or dt == np.float16:
-            return x.astype(dt, copy=False)
-        scale, zp = self._in["quantization"]
-        # uint8 input = raw pixel bytes (MediaPipe's convention; edgetl's int8 files either have scale 1 /
-        # zero point 0 or carry the normalization in their input quantization, e.g. 1/128 and 127)
-        if scale and dt != np.uint8:
-            q = np.round(x.astype(np.float32) / scale + zp)
-            info = np.iinfo(dt)
-            return np.clip(q, info.min, info.max).astype(dt)
-        return x.astype(dt)
+        return feed_pixels(pixels, self.input_dtype, self._in["quantization"])
 
     def _dequantize(self, y: np.ndarray) -> np.ndarray:
         if self.output_dtype in (np.uint8, np.int8, np.int16):
