@@ -34,6 +34,7 @@ import numpy as np
 
 from edgetl.errors import EdgetlError, ModelFileError, UsageError
 from edgetl.runtime.env import RuntimeUnavailableError
+from edgetl.runtime.fileinfo import onnx_metadata
 
 PRECISION_ORDER = {"fp32": 0, "fp16": 1, "dynamic": 2, "int16x8": 3, "int8": 4, "qat_int8": 5}
 FORMAT_ORDER = {"keras": 0, "tflite": 1, "onnx": 2}
@@ -57,6 +58,7 @@ class BenchSettings:
     keras: bool = True
     providers: tuple[str, ...] | None = None  # ONNX Runtime EPs; None: CPU (+ CUDA/TensorRT when present)
     gpu: bool | None = None  # LiteRT GPU delegate: None = when available, True = always try (skipped row if absent)
+    runtimes: tuple[str, ...] | None = None  # "litert", "openvino:gpu" ...; None: every runtime installed here
     min_accuracy: float | None = None  # top-1 floor in percent for "best"; None: reference top-1 - 1 point
 
     def __post_init__(self) -> None:
@@ -68,6 +70,10 @@ class BenchSettings:
             raise UsageError("--min-runs must be >= 1 and --warmup-runs >= 0")
         if min(self.warmup_time, self.min_time) < 0 or self.max_time <= 0:
             raise UsageError("--warmup-time/--min-time must be >= 0 and --max-time > 0")
+        if self.runtimes is not None:
+            if not self.runtimes:
+                raise UsageError("--runtimes needs at least one runtime")
+            parse_runtimes(self.runtimes)
 
 
 @dataclass
@@ -442,62 +448,6 @@ def _mismatch_message(data: str | Path, folders: Sequence[str], label_sets: Sequ
             f"the labels")
 
 
-def _varint(fh: Any) -> int:
-    shift = result = 0
-    while True:
-        b = fh.read(1)
-        if not b:
-            raise ValueError("truncated varint")
-        result |= (b[0] & 0x7F) << shift
-        if not b[0] & 0x80:
-            return result
-        shift += 7
-        if shift > 63:
-            raise ValueError("bad varint")
-
-
-def onnx_metadata(path: str | Path) -> dict[str, str]:
-    """An ONNX file's ``metadata_props`` (what ONNX Runtime's ``custom_metadata_map`` returns), read without
-    loading the model: the top-level protobuf fields are walked and the graph is skipped with a seek.
-
-    Raises:
-        ValueError, OSError: not a readable ONNX protobuf.
-    """
-    import io
-    import os
-
-    out: dict[str, str] = {}
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        while fh.tell() < size:
-            key = _varint(fh)
-            field_no, wire = key >> 3, key & 7
-            if wire == 0:
-                _varint(fh)
-            elif wire == 1:
-                fh.seek(8, 1)
-            elif wire == 5:
-                fh.seek(4, 1)
-            elif wire == 2:
-                n = _varint(fh)
-                if fh.tell() + n > size:
-                    raise ValueError("truncated field")
-                if field_no != 14:  # ModelProto.metadata_props
-                    fh.seek(n, 1)
-                    continue
-                entry = io.BytesIO(fh.read(n))
-                kv = {1: "", 2: ""}
-                while entry.tell() < n:
-                    k = _varint(entry)
-                    if k & 7 != 2:
-                        raise ValueError("unexpected metadata entry")
-                    kv[k >> 3] = entry.read(_varint(entry)).decode("utf-8")
-                out[kv[1]] = kv[2]
-            else:
-                raise ValueError(f"unexpected protobuf wire type {wire}")
-    return out
-
-
 def _target_labels(target: Target) -> list[str] | None:
     """The labels a target's runner will report, read without loading the model (run directory, labels
     embedded in a TFLite or ONNX file); None when only the model can tell (labels.txt vs class count)."""
@@ -577,47 +527,124 @@ def _folders(root: Path) -> list[str]:
 # --------------------------------------------------------------------------- the benchmark
 
 
+#: The runtimes ``bench`` can run, the file formats each reads, and the devices it can be asked for
+#: (``--runtimes NAME`` or ``NAME:DEVICE``). ``onnxruntime`` devices are its execution providers.
+RUNTIMES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "tensorflow": (("keras",), ("cpu",)),
+    "litert": (("tflite",), ("cpu", "gpu")),
+    "litert-compiled": (("tflite",), ("cpu", "gpu", "npu")),
+    "onnxruntime": (("onnx",), ("cpu", "cuda", "tensorrt", "openvino", "coreml", "xnnpack")),
+    "openvino": (("tflite", "onnx"), ("cpu", "gpu", "npu", "auto")),
+}
+
+
+def parse_runtimes(spec: Sequence[str]) -> tuple[tuple[str, str | None], ...]:
+    """``["litert", "openvino:gpu"]`` -> ``(("litert", None), ("openvino", "gpu"))``; UsageError on unknown names."""
+    out = []
+    for item in spec:
+        name, _, dev = str(item).strip().lower().partition(":")
+        if name not in RUNTIMES:
+            raise UsageError(f"unknown runtime {name!r} in --runtimes; valid: {', '.join(RUNTIMES)} (optionally NAME:DEVICE)")
+        if dev and dev not in RUNTIMES[name][1]:
+            raise UsageError(f"unknown device {dev!r} for runtime {name}; valid: {', '.join(RUNTIMES[name][1])}")
+        out.append((name, dev or None))
+    return tuple(out)
+
+
 @dataclass
 class _Job:
     target: Target
     threads: int | None
-    device: str  # cpu, gpu
-    providers: tuple[str, ...] | None = None  # ONNX
+    device: str  # cpu, gpu, npu, cuda, ...
+    providers: tuple[str, ...] | None = None  # ONNX Runtime
     skip: str | None = None
+    runtime: str = ""
+
+
+class _Availability:
+    """What this machine can run, probed once per plan (each probe is cheap but not free)."""
+
+    def __init__(self, targets: Sequence[Target], settings: BenchSettings):
+        from edgetl.runtime import env
+
+        self.ort = env.onnxruntime_providers()
+        self.gpu_ok, self.gpu_reason = (False, "")
+        if any(t.format == "tflite" for t in targets) and settings.gpu is not False:
+            self.gpu_ok, self.gpu_reason = env.litert_gpu_delegate()
+        from edgetl.runtime.openvino_runner import available_devices
+
+        self.openvino = available_devices()  # [] when OpenVINO is not installed
+
+
+def _runtime_jobs(t: Target, runtime: str, device: str | None, settings: BenchSettings, av: _Availability,
+                  explicit: bool) -> list[_Job]:
+    """The jobs of one target on one runtime (``device`` None: the runtime's default devices)."""
+    cpu = [th for th in settings.threads]
+    if runtime == "tensorflow":
+        return [_Job(t, max(settings.threads), "cpu", runtime=runtime)]
+    if runtime == "litert":
+        jobs = [_Job(t, th, "cpu", runtime=runtime) for th in cpu] if device in (None, "cpu") else []
+        if device == "gpu" or (device is None and (settings.gpu is True or (settings.gpu is None and av.gpu_ok))):
+            jobs.append(_Job(t, None, "gpu", skip=None if av.gpu_ok else f"skipped: {av.gpu_reason}", runtime=runtime))
+        return jobs
+    if runtime == "litert-compiled":
+        if device in (None, "cpu"):
+            return [_Job(t, th, "cpu", runtime=runtime) for th in cpu]
+        return [_Job(t, None, device, runtime=runtime)]  # compiled strictly: fails (skipped) without that accelerator
+    if runtime == "openvino":
+        if not av.openvino:
+            if not explicit:
+                return []  # not installed: a note, not a skipped row per file
+            return [_Job(t, None, device or "cpu", runtime=runtime,
+                         skip="skipped: OpenVINO is not installed (pip install 'edgetl[openvino]')")]
+        have = sorted({d.split(".")[0].lower() for d in av.openvino})
+        devices = [device] if device else have
+        jobs = []
+        for dev in devices:
+            if dev == "cpu":
+                jobs += [_Job(t, th, "cpu", runtime=runtime) for th in cpu]
+            elif dev == "auto" or dev in have:
+                jobs.append(_Job(t, None, dev, runtime=runtime))
+            else:
+                jobs.append(_Job(t, None, dev, runtime=runtime,
+                                 skip=f"skipped: OpenVINO device {dev.upper()} not available here (have: {', '.join(av.openvino)})"))
+        return jobs
+    # onnxruntime: one job per execution provider
+    from edgetl.runtime.onnx_runner import provider_name
+
+    if device:
+        names = [provider_name(device)]
+    elif settings.providers:
+        names = [provider_name(p) for p in settings.providers]
+    else:
+        names = ["CPUExecutionProvider"] + [p for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider") if p in av.ort]
+    jobs = []
+    for name in names:
+        dev = name.replace("ExecutionProvider", "").lower()
+        if name not in av.ort:
+            have = ", ".join(a.replace("ExecutionProvider", "") for a in av.ort) or "onnxruntime not installed"
+            jobs.append(_Job(t, None, dev, (name,), skip=f"skipped: {name} not available (have: {have})", runtime=runtime))
+        elif name == "CPUExecutionProvider":
+            jobs += [_Job(t, th, "cpu", (name,), runtime=runtime) for th in cpu]
+        else:
+            jobs.append(_Job(t, max(settings.threads), dev, (name,), runtime=runtime))
+    return jobs
 
 
 def plan_jobs(targets: Sequence[Target], settings: BenchSettings) -> list[_Job]:
-    """One job per (target, device/provider, thread count); unavailable accelerators become skip jobs."""
-    from edgetl.runtime import env
+    """One job per (target, runtime, device/provider, thread count); unavailable ones become skip jobs.
 
+    Without ``settings.runtimes`` every runtime that reads the file and is installed here runs it
+    (OpenVINO only when installed); with it, exactly the runtimes (and devices) named.
+    """
+    av = _Availability(targets, settings)
+    explicit = settings.runtimes is not None
+    selected = parse_runtimes(settings.runtimes) if explicit else tuple((r, None) for r in RUNTIMES)
     jobs: list[_Job] = []
-    ort_avail = env.onnxruntime_providers()
-    gpu_ok, gpu_reason = (False, "")
-    if any(t.format == "tflite" for t in targets) and settings.gpu is not False:
-        gpu_ok, gpu_reason = env.litert_gpu_delegate()
     for t in targets:
-        if t.format == "keras":
-            jobs.append(_Job(t, max(settings.threads), "cpu"))
-        elif t.format == "tflite":
-            jobs += [_Job(t, th, "cpu") for th in settings.threads]
-            if settings.gpu is True or (settings.gpu is None and gpu_ok):
-                jobs.append(_Job(t, None, "gpu", skip=None if gpu_ok else f"skipped: {gpu_reason}"))
-        else:
-            from edgetl.runtime.onnx_runner import provider_name
-
-            if settings.providers:
-                names = [provider_name(p) for p in settings.providers]
-            else:
-                names = ["CPUExecutionProvider"] + [p for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider") if p in ort_avail]
-            for name in names:
-                dev = name.replace("ExecutionProvider", "").lower()
-                if name not in ort_avail:
-                    have = ", ".join(a.replace("ExecutionProvider", "") for a in ort_avail) or "onnxruntime not installed"
-                    jobs.append(_Job(t, None, dev, (name,), skip=f"skipped: {name} not available (have: {have})"))
-                elif name == "CPUExecutionProvider":
-                    jobs += [_Job(t, th, "cpu", (name,)) for th in settings.threads]
-                else:
-                    jobs.append(_Job(t, max(settings.threads), dev, (name,)))
+        for runtime, device in selected:
+            if t.format in RUNTIMES[runtime][0]:
+                jobs += _runtime_jobs(t, runtime, device, settings, av, explicit)
     return jobs
 
 
@@ -625,12 +652,14 @@ def _open(job: _Job) -> Any:
     from edgetl.runtime.loader import keras_file_runner, runner_for
 
     t = job.target
-    if t.format == "keras":
+    if job.runtime == "tensorflow":
         _set_tf_threads(job.threads)
         return runner_for(t.run_dir) if t.run_dir else keras_file_runner(t.path)
-    if t.format == "tflite":
+    if job.runtime == "litert":
         return runner_for(t.path, threads=job.threads, use_gpu=job.device == "gpu")
-    return runner_for(t.path, threads=job.threads, providers=job.providers)
+    if job.runtime == "onnxruntime":
+        return runner_for(t.path, threads=job.threads, providers=job.providers)
+    return runner_for(t.path, threads=job.threads, runtime=job.runtime, device=job.device)
 
 
 def _set_tf_threads(n: int | None) -> None:
@@ -691,6 +720,9 @@ def run_bench(items: Sequence[str | Path], settings: BenchSettings = BenchSettin
     jobs = plan_jobs(targets, settings)
     env = environment()
     notes: list[str] = []
+    if settings.runtimes is None and any(t.format in ("tflite", "onnx") for t in targets) \
+            and not any(j.runtime == "openvino" for j in jobs):
+        notes.append("OpenVINO rows: OpenVINO is not installed (pip install 'edgetl[openvino]' adds them)")
     eval_cache: dict[tuple, EvalSet | EdgetlError | None] = {}
     pixel_cache: dict[tuple, np.ndarray] = {}
     acc_cache: dict[tuple, dict[str, Any]] = {}
@@ -708,7 +740,7 @@ def run_bench(items: Sequence[str | Path], settings: BenchSettings = BenchSettin
         if progress:
             progress(i + 1, len(jobs), label)
         row = BenchRow(model=t.name, path=str(t.path), format=t.format,
-                       runtime={"keras": "tensorflow", "tflite": "litert", "onnx": "onnxruntime"}[t.format],
+                       runtime=job.runtime,
                        precision=t.precision_hint or _precision_hint(t), threads=job.threads, device=job.device,
                        batch=settings.batch, size_mb=t.size_mb)
         if job.providers:
@@ -777,7 +809,7 @@ def run_bench(items: Sequence[str | Path], settings: BenchSettings = BenchSettin
             peak = mem.peak_delta_mb()
             row.peak_mem_mb = None if peak is None else max(0.0, peak - cache_mb)
             # accuracy: once per (artifact, device); the reference is the first fp32 model of each label set
-            akey = (str(t.path), job.device)
+            akey = (str(t.path), job.runtime, job.device)
             if es is not None:
                 if akey not in acc_cache:
                     probs = runner.predict(pixels)
@@ -802,6 +834,8 @@ def run_bench(items: Sequence[str | Path], settings: BenchSettings = BenchSettin
         except Exception as exc:  # noqa: BLE001 - one failing runtime never aborts the table
             row.status = f"error: {_one_line(exc)}"
         finally:
+            if runner is not None and hasattr(runner, "close"):
+                runner.close()
             del runner
     rows = [done[j] for j in range(len(jobs))]
 

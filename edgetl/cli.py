@@ -174,6 +174,7 @@ def bench(
     no_keras: bool = typer.Option(False, "--no-keras", help="Skip the Keras/TensorFlow float reference."),
     providers: Optional[str] = typer.Option(None, "--providers", help="ONNX Runtime EPs, comma-separated (cpu,cuda,tensorrt); default: CPU plus GPU EPs present."),
     gpu: Optional[bool] = typer.Option(None, "--gpu/--no-gpu", help="LiteRT GPU delegate rows (default: only when available)."),
+    runtimes: Optional[str] = typer.Option(None, "--runtimes", help="Runtimes to run, comma-separated NAME or NAME:DEVICE: tensorflow, litert[:gpu], litert-compiled[:gpu|:npu], onnxruntime[:cuda|:tensorrt|:openvino], openvino[:cpu|:gpu|:npu|:auto]. Default: every runtime installed here."),
     min_accuracy: Optional[float] = typer.Option(None, "--min-accuracy", help="Top-1 floor (percent) for naming the best artifact; default: float top-1 - 1 point."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for bench.json/csv/md/png (default: RUN_DIR/bench or ./bench)."),
     json_out: bool = typer.Option(False, "--json", help="Print bench.json to stdout instead of the table."),
@@ -211,6 +212,7 @@ def bench(
         min_time=min_time, max_time=max_time, samples=samples, seed=seed, keras=not no_keras,
         providers=tuple(p.strip() for p in providers.split(",") if p.strip()) if providers else None,
         gpu=gpu, min_accuracy=min_accuracy,
+        runtimes=tuple(r.strip() for r in runtimes.split(",") if r.strip()) if runtimes is not None else None,
     )
 
     def progress(i: int, n: int, label: str) -> None:

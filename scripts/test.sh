@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install edgetl with its training and test extras into ./.venv, then run the test suite.
+# Install edgetl with its training, OpenVINO and test extras into ./.venv, then run the test suite.
 # Works offline except for the package registry. Usage: bash scripts/test.sh [pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,7 +8,7 @@ PY="${PYTHON:-python3}"
 # A venv starts with the interpreter's bundled pip (23.2 on Python 3.11), older than some wheels'
 # metadata; the upgrade is a real install step: if it fails, the script fails.
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[train,dev]"
+.venv/bin/python -m pip install -q -e ".[train,openvino,dev]"
 # Test-only tools, installed in a second step on purpose:
 # - mediapipe (reads TFLite metadata like the Android/iOS client) pins absl-py~=2.3 while
 #   tensorflow-model-optimization declares absl-py~=1.2, so one resolve of both fails;

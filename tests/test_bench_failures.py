@@ -15,6 +15,7 @@ import pytest
 from conftest import make_image_folder
 from edgetl import bench as bench_mod
 from edgetl.cli import main
+from edgetl.runtime import fileinfo
 from test_runtime import artifacts, build_artifacts  # noqa: F401 - shared session fixture
 
 FAST = ["--threads", "1", "--min-runs", "3", "--min-time", "0", "--warmup-runs", "1", "--warmup-time", "0"]
@@ -68,8 +69,8 @@ def test_up_front_check_reads_embedded_labels_without_loading(artifacts, other_c
     path = tmp_path / "labelled_fp32.onnx"
     onnx.save(m, str(path))
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert bench_mod.onnx_metadata(path) == dict(sess.get_modelmeta().custom_metadata_map)
-    assert bench_mod.onnx_metadata(artifacts["onnx_fp32"]) == {}
+    assert fileinfo.onnx_metadata(path) == dict(sess.get_modelmeta().custom_metadata_map)
+    assert fileinfo.onnx_metadata(artifacts["onnx_fp32"]) == {}
 
     def no_open(target):
         raise AssertionError(f"opened {target.path}")

@@ -112,7 +112,7 @@ def test_test_sh_filters_only_the_known_resolver_message(tmp_path):
     assert "PYTEST RAN" in proc.stdout
     assert "dependency resolver" not in proc.stdout + proc.stderr and "requires absl-py" not in proc.stdout + proc.stderr
     calls = (root / "calls.txt").read_text()
-    for tool in ("mediapipe==", "torch==", "timm==", "-e .[train,dev]"):
+    for tool in ("mediapipe==", "torch==", "timm==", "-e .[train,openvino,dev]"):
         assert tool in calls
 
 

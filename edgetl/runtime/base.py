@@ -8,6 +8,7 @@ the tensor's own scale and zero point happen inside the runner.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,6 +27,14 @@ class Runner(Protocol):
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, 3) -> float32 probabilities (N, C)."""
         ...
+
+
+def default_threads() -> int:
+    """Cores this process may run on (the affinity mask, not the machine's core count): the one rule
+    every runtime uses when no thread count is given."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 def as_batch(pixels: np.ndarray) -> np.ndarray:

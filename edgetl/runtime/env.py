@@ -168,7 +168,7 @@ def environment() -> dict[str, Any]:
         "executable": sys.executable,
         "packages": {
             name: package_version(name)
-            for name in ("edgetl", "numpy", "pillow", "ai-edge-litert", "onnxruntime", "onnxruntime-gpu", "tensorflow", "keras", "tf2onnx", "onnx")
+            for name in ("edgetl", "numpy", "pillow", "ai-edge-litert", "onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "openvino", "tensorflow", "keras", "tf2onnx", "onnx")
         },
         "onnxruntime_providers": onnxruntime_providers(),
         "litert_gpu_delegate": {"available": gpu_ok, "detail": gpu_reason},
@@ -182,5 +182,5 @@ def summary_line(env: dict[str, Any]) -> str:
     cpu = env["cpu"]
     isa = ",".join(k for k, v in cpu["flags"].items() if v) or "none"
     pk = env["packages"]
-    rts = ", ".join(f"{n} {pk[n]}" for n in ("ai-edge-litert", "onnxruntime", "tensorflow") if pk.get(n))
+    rts = ", ".join(f"{n} {pk[n]}" for n in ("ai-edge-litert", "onnxruntime", "openvino", "tensorflow") if pk.get(n))
     return f"{cpu['model']} ({cpu['usable_cores']} cores; {isa}) | {env['os']} | Python {env['python']} | {rts}"

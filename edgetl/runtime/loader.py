@@ -35,8 +35,10 @@ def runner_for(path: str | Path, threads: int | None = None, providers: Sequence
         threads: CPU threads for LiteRT / ONNX Runtime (None: all usable cores, recorded explicitly).
         providers: ONNX Runtime execution providers (``cpu``, ``cuda``, ``tensorrt`` or full names);
             None: CPU plus CUDA/TensorRT when present.
-        runtime: force a runtime (``litert``, ``onnxruntime``, ``tensorflow``) instead of the suffix.
-        **kwargs: passed to the runner (e.g. ``use_gpu=True`` for LiteRT).
+        runtime: force a runtime (``litert``, ``litert-compiled``, ``onnxruntime``, ``openvino``,
+            ``tensorflow``) instead of the suffix.
+        **kwargs: passed to the runner (``use_gpu=True`` for LiteRT; ``device=`` for OpenVINO
+            (cpu, gpu, npu, auto) and LiteRT's CompiledModel (cpu, gpu, npu)).
 
     Raises:
         ModelFileError: missing, corrupt, truncated or unsupported file (one line).
@@ -65,6 +67,14 @@ def runner_for(path: str | Path, threads: int | None = None, providers: Sequence
         from edgetl.runtime.onnx_runner import OnnxRunner
 
         return OnnxRunner(p, threads=threads, providers=providers, **kwargs)
+    if kind == "openvino":
+        from edgetl.runtime.openvino_runner import OpenVINORunner
+
+        return OpenVINORunner(p, threads=threads, device=kwargs.get("device") or "cpu")
+    if kind in ("litert-compiled", "compiled"):
+        from edgetl.runtime.litert_compiled import CompiledModelRunner
+
+        return CompiledModelRunner(p, threads=threads, accelerator=kwargs.get("device") or "cpu")
     if kind in ("tensorflow", "keras"):
         return keras_file_runner(p)
     raise ModelFileError(f"{p}: unsupported model file type {p.suffix or '(no suffix)'!r}; expected a run directory or {', '.join(SUFFIXES)}")

@@ -7,7 +7,6 @@ providers: CPU, plus CUDA / TensorRT when this ONNX Runtime build offers them.
 
 from __future__ import annotations
 
-import os
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -17,7 +16,7 @@ import numpy as np
 from edgetl.errors import ModelFileError
 from edgetl.preprocess import Preprocessing
 from edgetl.runtime import loader
-from edgetl.runtime.base import as_batch
+from edgetl.runtime.base import as_batch, default_threads
 from edgetl.runtime.env import RuntimeUnavailableError
 
 PROVIDER_NAMES = {
@@ -38,13 +37,6 @@ _AUTO_GPU = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 #: metadata (``edgetl.ort_session_config``) and applies it whenever it opens a session.
 EXACT_INT8_CONFIG = {"session.x64quantprecision": "1"}
 ORT_CONFIG_KEY = "edgetl.ort_session_config"
-
-
-def default_threads() -> int:
-    """Cores this process may run on (the affinity mask, not the machine's core count)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
 
 
 def session_options(threads: int | None = None, *, exact_int8: bool = True, spinning: bool | None = None,

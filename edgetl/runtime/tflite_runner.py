@@ -19,7 +19,7 @@ import numpy as np
 from edgetl.errors import ModelFileError
 from edgetl.preprocess import Preprocessing
 from edgetl.runtime import loader
-from edgetl.runtime.base import as_batch
+from edgetl.runtime.base import as_batch, default_threads
 from edgetl.runtime.env import RuntimeUnavailableError
 
 TFLITE_IDENTIFIER = b"TFL3"
@@ -74,6 +74,27 @@ def check_tflite_file(p: Path) -> None:
         raise ModelFileError(f"{p}: not a TFLite model ({what}; no 'TFL3' flatbuffer identifier)")
 
 
+def io_details(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The input and first output tensor details (dtype, shape, quantization) of a ``.tflite`` file,
+    read with LiteRT without allocating tensors: for runners on other runtimes (OpenVINO, LiteRT's
+    CompiledModel) that take the file's quantized inputs and outputs as they are."""
+    Interpreter, _ = _interpreter_class()
+    try:
+        it = Interpreter(model_path=str(path))
+    except (ValueError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ModelFileError(f"{path}: LiteRT cannot read this model (truncated or corrupt?): {first}") from None
+    return it.get_input_details()[0], it.get_output_details()[0]
+
+
+def dequantize(y: np.ndarray, dtype: Any, quantization: tuple[float, int]) -> np.ndarray:
+    """A TFLite output as float32: integer outputs with the tensor's own scale and zero point."""
+    if np.dtype(dtype) in (np.uint8, np.int8, np.int16):
+        scale, zp = quantization
+        return ((y.astype(np.float32) - zp) * (scale or 1.0)).astype(np.float32)
+    return np.asarray(y).astype(np.float32, copy=False)
+
+
 def _interpreter_class():
     try:
         from ai_edge_litert.interpreter import Interpreter, load_delegate
@@ -92,7 +113,7 @@ class TFLiteRunner:
         self.path = Path(path)
         check_tflite_file(self.path)
         Interpreter, load_delegate = _interpreter_class()
-        self.threads = int(threads) if threads else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+        self.threads = int(threads) if threads else default_threads()
         delegates = []
         self.device = "cpu"
         self.delegate = "xnnpack"
@@ -156,10 +177,7 @@ class TFLiteRunner:
         return feed_pixels(pixels, self.input_dtype, self._in["quantization"])
 
     def _dequantize(self, y: np.ndarray) -> np.ndarray:
-        if self.output_dtype in (np.uint8, np.int8, np.int16):
-            scale, zp = self._out["quantization"]
-            return ((y.astype(np.float32) - zp) * (scale or 1.0)).astype(np.float32)
-        return y.astype(np.float32, copy=False)
+        return dequantize(y, self.output_dtype, self._out["quantization"])
 
     def _ensure_batch(self, n: int) -> None:
         if n == self._batch:
