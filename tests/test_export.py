@@ -267,6 +267,38 @@ def test_doctor_ships_the_fastest_candidate_within_budget():
     assert min(pool, key=_speed_key).name == "int8 + 3 float layers"
 
 
+def test_slow_fallback_is_timed_and_dropped_before_verification(monkeypatch):
+    """Automatic mode times a fallback (int16x8) before verifying it: one over MAX_FALLBACK_SLOWDOWN x
+    the plain int8 file is recorded with its latency and not verified; --doctor and 8-bit remedies always are."""
+    from types import SimpleNamespace as NS
+
+    import numpy as np
+
+    import edgetl.bench
+    from edgetl.export import doctor
+
+    said = []
+    ctx = NS(val_px=np.zeros((1, 4, 4, 3), np.uint8), say=said.append)
+    plain = NS(latency={"p50_ms": 10.0})
+
+    def cand():
+        return NS(remedy="int16x8 (16-bit activations, 8-bit weights)", format="tflite_int16x8", error=None,
+                  latency=None, path="x.tflite", export_s=1.0, size_bytes=5, notes=[])
+
+    p50 = {"v": 300.0}
+    monkeypatch.setattr(edgetl.bench, "quick_latency", lambda path, px: {"p50_ms": p50["v"]})
+    report: dict = {"attempts": []}
+    assert doctor._too_slow(ctx, plain, cand(), 1, False, report)
+    (entry,) = report["attempts"]
+    assert entry["p50_ms"] == 300.0 and "30x" in entry["skipped"] and "not verified" in entry["skipped"]
+    assert said and "300.0 ms" in said[0]
+    assert not doctor._too_slow(ctx, plain, cand(), 1, True, report)  # --doctor: verified anyway
+    assert not doctor._too_slow(ctx, plain, cand(), 0, False, report)  # 8-bit remedies: always verified
+    p50["v"] = 15.0
+    assert not doctor._too_slow(ctx, plain, cand(), 1, False, report)  # 1.5x: within the limit
+    assert len(report["attempts"]) == 1
+
+
 # --------------------------------------------------------------------------- atomic writes
 
 

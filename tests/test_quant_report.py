@@ -127,7 +127,7 @@ def test_tflite_denylisted_model_keeps_layer_float_and_uint8_io(damaged, tflite_
 
     model, calib, debug = damaged
     worst = qr.rank(tflite_rows, 1)[0]
-    fixed = qr.tflite_denylisted_model(_factory(model, calib), debug, [worst])
+    fixed = qr.tflite_denylisted_model(_factory(model, calib), [worst])
     io = tflite.io_details(fixed)
     assert (io["input_dtype"], io["output_dtype"]) == ("uint8", "uint8")
     assert io["input_quantization"] == [1.0, 0]  # raw pixels still go straight in
@@ -143,14 +143,39 @@ def test_tflite_denylisted_model_keeps_layer_float_and_uint8_io(damaged, tflite_
     assert err_fixed < err_plain / 3, (err_fixed, err_plain)
 
     # No denylist: the same model edgetl's own int8 export writes.
-    same = qr.tflite_denylisted_model(_factory(model, calib), debug, [])
+    same = qr.tflite_denylisted_model(_factory(model, calib), [])
     np.testing.assert_array_equal(_tflite_probs(same, debug), _tflite_probs(plain, debug))
+
+
+def test_float_layer_candidates_share_one_calibration(damaged, tflite_rows):
+    """The doctor's float-layer candidates calibrate once: the slow pass is cached, the MLIR
+    quantization with each denylist is redone, and the files are what an uncached build makes."""
+    from edgetl.export import tflite
+    from edgetl.quant import QuantizationConfig
+
+    model, calib, _ = damaged
+    names = qr.rank(tflite_rows, 3)
+    cache: dict[str, bytes] = {}
+    calls = []
+
+    def calibrated(factory):
+        if "c" not in cache:
+            calls.append(1)
+            cache["c"] = qr.tflite_calibrated_model(factory)
+        return cache["c"]
+
+    q = QuantizationConfig.for_int8()
+    one = tflite.convert(model, q.with_(float_nodes=(names[0],)), calib, calibrated=calibrated)
+    three = tflite.convert(model, q.with_(float_nodes=tuple(names)), calib, calibrated=calibrated)
+    assert len(calls) == 1
+    assert len(qr.float_op_outputs(one)) == 1 and len(qr.float_op_outputs(three)) == 3
+    assert one == qr.tflite_denylisted_model(_factory(model, calib), [names[0]])
 
 
 def test_tflite_unknown_node_is_an_error(damaged):
     model, calib, debug = damaged
     with pytest.raises(EdgetlError, match="not kept in float"):
-        qr.tflite_denylisted_model(_factory(model, calib), debug[:2], ["no/such/layer"])
+        qr.tflite_denylisted_model(_factory(model, calib), ["no/such/layer"])
 
 
 # --------------------------------------------------------------------------- ONNX

@@ -242,6 +242,7 @@ class _Context:
     onnx_fp32: Any = None  # converted once, reused by onnx_int8 and the doctor
     quant_models: dict[tuple[Any, ...], Any] = field(default_factory=dict)  # see quant_model()
     reports: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # format -> per-layer rows
+    calibrated: dict[tuple[Any, ...], bytes] = field(default_factory=dict)  # see calibrated_for()
 
     def facts(self, fmt: ExportFormat, io_type: str, **extra: Any) -> ModelFacts:
         return ModelFacts(
@@ -264,6 +265,22 @@ class _Context:
         picked = stratified_sample(self.train_samples, n or self.config.calib_samples, seed=self.config.seed)
         return prepare_images(picked, self.run.preprocessing)[0]
 
+
+    def calibrated_for(self, quant: QuantizationConfig, model: Any, calib: np.ndarray) -> Callable[[Any], bytes]:
+        """A cache of TFLite calibrated models: every selection of float layers the doctor tries for
+        the same model, quantization and calibration images shares one calibration pass."""
+        import json
+
+        from edgetl.export.quant_report import tflite_calibrated_model
+
+        key = (json.dumps(quant.with_(float_nodes=()).to_dict(), sort_keys=True, default=str), id(model), len(calib))
+
+        def get(factory: Callable[[], Any]) -> bytes:
+            if key not in self.calibrated:
+                self.calibrated[key] = tflite_calibrated_model(factory)
+            return self.calibrated[key]
+
+        return get
 
     def onnx_source(self, quant: QuantizationConfig) -> Any:
         """The float ONNX model ORT's quantizer starts from for ``quant`` (GPTQ-rounded weights or the fp32 file)."""
@@ -357,7 +374,8 @@ def build_artifact_bytes(ctx: _Context, fmt: ExportFormat, quant: QuantizationCo
         elif quant.needs_calibration:
             model, affine = ctx.quant_model(quant, "tflite")
             notes += _rounding_note(ctx, quant)
-        raw = tflite.convert(model, quant, calib, affine)
+        raw = tflite.convert(model, quant, calib, affine,
+                             calibrated=ctx.calibrated_for(quant, model, calib) if quant.float_nodes else None)
         sha = hashlib.sha256(raw).hexdigest()
         io_type = quant.io_type if quant.mode == "int8" else "float32"
         data, meta_warns = metadata.populate_tflite(raw, ctx.facts(fmt, io_type, **extra))
@@ -409,8 +427,9 @@ def build_artifact_bytes(ctx: _Context, fmt: ExportFormat, quant: QuantizationCo
 
 
 def make_artifact(ctx: _Context, fmt: ExportFormat, path: Path, quant: QuantizationConfig | None = None,
-                  remedy: str | None = None) -> Artifact:
-    """Convert, write atomically to ``path``, verify with the file's own runtime. Errors are recorded, not raised."""
+                  remedy: str | None = None, verify: bool = True) -> Artifact:
+    """Convert, write atomically to ``path``, verify with the file's own runtime (unless ``verify`` is
+    False: :func:`verify_artifact` later). Errors are recorded, not raised."""
     art = Artifact(fmt.name, str(path), fmt.precision, fmt.runtime, remedy=remedy)
     t0 = time.perf_counter()
     try:
@@ -431,7 +450,8 @@ def make_artifact(ctx: _Context, fmt: ExportFormat, path: Path, quant: Quantizat
         return art
     finally:
         art.export_s = time.perf_counter() - t0
-    verify_artifact(ctx, art)
+    if verify:
+        verify_artifact(ctx, art)
     return art
 
 

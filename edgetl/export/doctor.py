@@ -36,6 +36,10 @@ from edgetl.quant import QuantizationConfig
 
 #: How many of the worst layers selective mixed precision keeps in float, tried in this order.
 FLOAT_LAYER_STEPS = (1, 3, 8)
+#: Automatic mode does not verify (or write) a fallback whose measured p50 is more than this many
+#: times the plain int8 file's: int16x8 runs on reference kernels (measured 31x slower than int8 on
+#: x86), which no latency budget absorbs. ``--doctor`` verifies it anyway.
+MAX_FALLBACK_SLOWDOWN = 2.0
 #: The layers kept in float may take an int8 file to at most this fraction of the float32 size
 #: (a plain int8 file is ~0.28-0.30): the int8 promise is a ~4x smaller file, not only a faithful one.
 MAX_SIZE_RATIO = 0.40
@@ -156,7 +160,7 @@ def run_doctor(ctx: Any, result: Any, art: Any) -> dict[str, Any]:
     Returns:
         A report: target, budget, the original's accuracy/agreement/latency, every attempt, and the winner.
     """
-    from edgetl.export.api import make_artifact
+    from edgetl.export.api import make_artifact, verify_artifact
 
     explicit = bool(ctx.config.doctor)
     report: dict[str, Any] = {
@@ -188,7 +192,10 @@ def run_doctor(ctx: Any, result: Any, art: Any) -> dict[str, Any]:
                 else:
                     ctx.say(f"  doctor: trying {remedy} ...")
                     cand = make_artifact(ctx, fmt, scratch / f"{len(report['attempts'])}_{fmt.file_name(ctx.run.backbone)}",
-                                         quant, remedy)
+                                         quant, remedy, verify=False)
+                    if _too_slow(ctx, art, cand, stage, explicit, report):
+                        continue
+                    verify_artifact(ctx, cand)
                 entry = {"remedy": remedy, "format": fmt_name, "error": cand.error, "drop": cand.drop,
                          "within_budget": cand.within_budget, "export_s": round(cand.export_s, 2),
                          "size_bytes": cand.size_bytes, "float_nodes": list(quant.float_nodes) if quant else [],
@@ -231,6 +238,24 @@ def run_doctor(ctx: Any, result: Any, art: Any) -> dict[str, Any]:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return report
+
+
+def _too_slow(ctx: Any, art: Any, cand: Any, stage: int, explicit: bool, report: dict[str, Any]) -> bool:
+    """Automatic mode, fallback stage: time the converted file first; one over ``MAX_FALLBACK_SLOWDOWN``
+    x the plain file's p50 is recorded with its latency and dropped without verification."""
+    plain = art.latency["p50_ms"] if art.latency else None
+    if explicit or stage == 0 or cand.error or plain is None:
+        return False
+    _timing(ctx, cand)
+    p50 = cand.latency["p50_ms"] if cand.latency else None
+    if p50 is None or p50 <= MAX_FALLBACK_SLOWDOWN * plain:
+        return False
+    why = (f"p50 {p50:.1f} ms is {p50 / plain:.0f}x the plain int8 file's {plain:.1f} ms "
+           f"(over the {MAX_FALLBACK_SLOWDOWN:g}x limit): not verified, not written; --doctor verifies it anyway")
+    report["attempts"].append({"remedy": cand.remedy, "format": cand.format, "error": None, "p50_ms": p50,
+                               "export_s": round(cand.export_s, 2), "size_bytes": cand.size_bytes, "skipped": why})
+    ctx.say(f"  doctor: {cand.remedy}: {why}")
+    return True
 
 
 def _speed_key(a: Any) -> tuple[float, float, int]:

@@ -144,8 +144,26 @@ def tflite_layer_report(converter_factory: Callable[[], Any], calib_pixels: np.n
     return rows
 
 
-def tflite_denylisted_model(converter_factory: Callable[[], Any], debug_pixels: np.ndarray,
-                            nodes: Sequence[str], affine: Any = None) -> bytes:
+def tflite_calibrated_model(converter_factory: Callable[[], Any], calib_pixels: np.ndarray | None = None,
+                            affine: Any = None) -> bytes:
+    """The calibrated float model (every tensor's range recorded, nothing quantized yet).
+
+    The slow half of a full-int8 conversion (a pass over the calibration images); the other
+    half, :func:`tflite_denylisted_model`'s MLIR quantization, takes about a second. Computed
+    once, it serves every selection of float layers the doctor tries.
+    """
+    conv = _debug_converter(converter_factory, calib_pixels, affine)
+    conv.experimental_mlir_quantizer = True
+    conv._experimental_calibrate_only = True  # noqa: SLF001 - what QuantizationDebugger does
+    try:
+        return bytes(conv.convert())
+    except Exception as exc:  # noqa: BLE001 - converter errors are long MLIR dumps: keep one line
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise EdgetlError(f"TFLite calibration failed: {type(exc).__name__}: {first}") from None
+
+
+def tflite_denylisted_model(converter_factory: Callable[[], Any], nodes: Sequence[str], affine: Any = None,
+                            calibrated: bytes | None = None) -> bytes:
     """Build the full-int8 TFLite model with the named layers kept in float.
 
     The usual fix once :func:`tflite_layer_report` has named the layers that add the error:
@@ -154,11 +172,10 @@ def tflite_denylisted_model(converter_factory: Callable[[], Any], debug_pixels: 
 
     Args:
         converter_factory: as for :func:`tflite_layer_report`; its representative dataset calibrates.
-        debug_pixels: uint8 (N, H, W, 3) images; the debugger requires a debug set, the model
-            does not depend on it.
         nodes: ``name`` values of :func:`tflite_layer_report` rows (empty: plain int8 model).
         affine: pixel -> model-input map of a model whose normalization is in its input
             quantization (:func:`edgetl.export.ptq.split_input_normalization`), else None.
+        calibrated: :func:`tflite_calibrated_model` of the same factory, to skip the calibration pass.
 
     Returns:
         The ``.tflite`` flatbuffer.
@@ -173,30 +190,25 @@ def tflite_denylisted_model(converter_factory: Callable[[], Any], debug_pixels: 
 
     conv = _debug_converter(converter_factory, None)
     nodes = list(nodes)
-    dbg = _debugger(conv, debug_pixels, nodes, affine)
+    if calibrated is None:
+        calibrated = tflite_calibrated_model(converter_factory, None, affine)
     in_type = conv.inference_input_type or tf.float32
     out_type = conv.inference_output_type or tf.float32
     try:
-        if in_type == tf.float32 and out_type == tf.float32:
-            model = dbg.get_nondebug_quantized_model()
-        else:
-            # get_nondebug_quantized_model() always returns float input/output. The converter
-            # itself sets the IO types inside the same MLIR quantization call, so call it as the
-            # converter does (rewriting IO afterwards falls back to float IO when a denylisted
-            # layer is the first or the last one).
-            from tensorflow.lite.python import convert as tf_convert
+        # The converter sets the IO types inside the same MLIR quantization call, so call it as the
+        # converter does (rewriting IO afterwards falls back to float IO when a denylisted layer is
+        # the first or the last one). With float IO this is QuantizationDebugger's non-debug model.
+        from tensorflow.lite.python import convert as tf_convert
 
-            model = tf_convert.mlir_quantize(
-                dbg.calibrated_model,
-                disable_per_channel=conv._experimental_disable_per_channel,  # noqa: SLF001
-                input_data_type=in_type,
-                output_data_type=out_type,
-                denylisted_nodes=nodes or None,
-                disable_per_channel_for_dense_layers=getattr(
-                    conv, "_experimental_disable_per_channel_quantization_for_dense_layers", False),
-            )
-    except EdgetlError:
-        raise
+        model = tf_convert.mlir_quantize(
+            calibrated,
+            disable_per_channel=conv._experimental_disable_per_channel,  # noqa: SLF001
+            input_data_type=in_type,
+            output_data_type=out_type,
+            denylisted_nodes=nodes or None,
+            disable_per_channel_for_dense_layers=getattr(
+                conv, "_experimental_disable_per_channel_quantization_for_dense_layers", False),
+        )
     except Exception as exc:  # noqa: BLE001
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         raise EdgetlError(f"TFLite quantization with denylisted nodes failed: {type(exc).__name__}: {first}") from None

@@ -59,7 +59,8 @@ def _converter(model: Any):
 _TF_TYPES = {"uint8": "uint8", "int8": "int8", "float32": "float32"}
 
 
-def convert(model: Any, quant: QuantizationConfig, calib_pixels: np.ndarray | None = None, affine: Any = None) -> bytes:
+def convert(model: Any, quant: QuantizationConfig, calib_pixels: np.ndarray | None = None, affine: Any = None,
+            calibrated: Callable[[Callable[[], Any]], bytes] | None = None) -> bytes:
     """Convert a Keras model to a TFLite flatbuffer.
 
     Args:
@@ -69,6 +70,8 @@ def convert(model: Any, quant: QuantizationConfig, calib_pixels: np.ndarray | No
         calib_pixels: uint8 (N, H, W, 3) training images, required for ``int8``/``int16x8``.
         affine: the pixel -> model-input map when the model's normalization was taken out
             of the graph (:func:`edgetl.export.ptq.split_input_normalization`), else None.
+        calibrated: with ``float_nodes``, returns the calibrated model for a converter factory
+            (a cache, so that several selections of float layers share one calibration pass).
 
     Raises:
         EdgetlError: calibration images missing, or the converter failed.
@@ -78,8 +81,9 @@ def convert(model: Any, quant: QuantizationConfig, calib_pixels: np.ndarray | No
 
         if quant.mode != "int8":
             raise EdgetlError("layers can be kept in float only in an int8 TFLite model")
-        return tflite_denylisted_model(lambda: converter_for(model, quant, calib_pixels, affine),
-                                       np.asarray(calib_pixels)[:4], list(quant.float_nodes), affine=affine)
+        factory = lambda: converter_for(model, quant, calib_pixels, affine)  # noqa: E731
+        return tflite_denylisted_model(factory, list(quant.float_nodes), affine=affine,
+                                       calibrated=calibrated(factory) if calibrated else None)
     conv = converter_for(model, quant, calib_pixels, affine)
     try:
         return bytes(conv.convert())
