@@ -320,6 +320,7 @@ def export(
     min_agreement: float = typer.Option(99.0, "--min-agreement", min=0.0, max=100.0, help="Smallest allowed top-1 agreement with the Keras model, in percent (an accuracy gain never excuses less)."),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 when an artifact misses --max-drop or --min-agreement and no remedy fixed it."),
     doctor: Optional[bool] = typer.Option(None, "--doctor/--no-doctor", help="Try quantization remedies (default: only when int8 misses the budget)."),
+    doctor_time: Optional[float] = typer.Option(None, "--doctor-time", help="Seconds the doctor may spend before it starts no new remedy (default: 120 when automatic, no limit with --doctor)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Image folder to use instead of the one recorded in the run."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RUN_DIR/export)."),
     opset: int = typer.Option(17, "--opset", min=13, help="ONNX opset."),
@@ -340,7 +341,7 @@ def export(
         config = ExportConfig(
             formats=tuple(formats.split(",")) if formats is not None else None,
             int8=int8, fp16=fp16, dynamic=dynamic, qat=qat, io_type=io_type, calib_samples=calib_samples,
-            verify_samples=verify_samples, max_drop=max_drop, min_agreement=min_agreement, strict=strict, doctor=doctor,
+            verify_samples=verify_samples, max_drop=max_drop, min_agreement=min_agreement, strict=strict, doctor=doctor, doctor_time=doctor_time,
             data_dir=str(data) if data else None, out_dir=str(out) if out else None, opset=opset, qat_epochs=qat_epochs, quant_report=quant_report,
             rounding=rounding, rounding_samples=rounding_samples,
         )

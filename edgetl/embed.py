@@ -58,18 +58,14 @@ def _tf_runner(model: Any) -> Callable[[np.ndarray], list[np.ndarray]]:
 
 
 def _ort_session(model: Any, threads: int | None) -> tuple[Any, str]:
-    import onnxruntime as ort
-
     from edgetl.export.onnx import convert
-
-    from edgetl.runtime.onnx_runner import session_options
+    from edgetl.runtime.onnx_runner import session
 
     proto = convert(model)
     # No busy-waiting between ops: with TensorFlow's threads in the same process (decoding,
     # augmentation) spinning cost up to half the throughput on 2 cores; without it Lite0 ran
     # ~210 vs ~155 images/s on clean batches (measured). A float graph: no int8 setting needed.
-    so = session_options(threads, exact_int8=False, spinning=False)
-    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = session(proto.SerializeToString(), threads, exact_int8=False, spinning=False)
     return sess, sess.get_inputs()[0].name
 
 

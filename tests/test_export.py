@@ -253,6 +253,23 @@ def test_agreement_budget_triggers_the_doctor(tiny_run, tmp_path, monkeypatch):
     assert res.doctor[0]["winner"] is None and art in res.budget_failures
 
 
+def test_doctor_time_limit_lists_untried_remedies(tiny_run, tmp_path, monkeypatch):
+    """No remedy starts once the doctor's time is used up; the untried ones are named in export.json."""
+    from edgetl.errors import UsageError
+    from edgetl.export.api import AUTO_DOCTOR_TIME, ExportConfig
+
+    assert ExportConfig().doctor_seconds() == AUTO_DOCTOR_TIME and ExportConfig(doctor=True).doctor_seconds() is None
+    assert ExportConfig(doctor=True, doctor_time=30).doctor_seconds() == 30.0
+    with pytest.raises(UsageError, match="--doctor-time"):
+        ExportConfig(doctor_time=0).resolve_formats()
+    _break_onnx_quantizer(monkeypatch, tmp_path)
+    res = _export(tiny_run, tmp_path / "out", formats=("onnx_int8",), max_drop=100.0, quant_report=False, doctor_time=1e-6)
+    (d,) = res.doctor
+    assert d["attempts"] == [] and d["winner"] is None
+    assert any("Entropy" in r for r in d["not_tried"]) and "time limit" in d["note"]
+    assert json.loads((tmp_path / "out" / "export.json").read_text())["doctor"][0]["not_tried"] == d["not_tried"]
+
+
 def test_doctor_ships_the_fastest_candidate_within_budget():
     """int16x8 (or any slower file) is never chosen over a faster 8-bit candidate within budget."""
     from types import SimpleNamespace as NS

@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -154,8 +155,11 @@ def _input_ops(rows: list[dict[str, Any]]) -> list[str]:
     return []
 
 
-def run_doctor(ctx: Any, result: Any, art: Any) -> dict[str, Any]:
+def run_doctor(ctx: Any, result: Any, art: Any, deadline: float | None = None) -> dict[str, Any]:
     """Try the remedies for one int8 artifact; ship the fastest candidate within budget.
+
+    ``deadline`` (``time.monotonic()``): no remedy starts after it; the untried ones are listed
+    in the report (``not_tried``) and printed.
 
     Returns:
         A report: target, budget, the original's accuracy/agreement/latency, every attempt, and the winner.
@@ -181,10 +185,18 @@ def run_doctor(ctx: Any, result: Any, art: Any) -> dict[str, Any]:
         for stage in (0, 1):
             if stage == 1 and candidates:
                 break  # int16x8 and QAT only when nothing 8-bit met the budget
-            for remedy, fmt_name, quant in _remedies(ctx, art, stage):
+            remedies = _remedies(ctx, art, stage)
+            for j, (remedy, fmt_name, quant) in enumerate(remedies):
                 if not explicit and any(c is not art for c in candidates):
                     # Automatic mode: remedies are ordered cheapest-to-run first (same speed as the plain
                     # file, then 1, 3, 8 float layers), so the first within budget is kept; --doctor tries all.
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    later = _remedies(ctx, art, 1) if stage == 0 else []
+                    report["not_tried"] = [r for r, _, _ in remedies[j:] + later]
+                    report["note"] = "the doctor's time limit (--doctor-time) was reached"
+                    ctx.say(f"  doctor: time limit reached; not tried: {', '.join(report['not_tried'])} "
+                            "(--doctor-time N or --doctor to try them)")
                     break
                 fmt = FORMATS[fmt_name]
                 if fmt_name == "tflite_qat" and any(a.format == "tflite_qat" and a.error is None for a in result.artifacts):
@@ -219,6 +231,8 @@ def run_doctor(ctx: Any, result: Any, art: Any) -> dict[str, Any]:
                                                    f"agreement {entry['agreement']:.1f}%"
                                                    + (f", p50 {entry['p50_ms']:.1f} ms" if entry.get("p50_ms") else "")
                                                    + (" - within budget" if _budget_ok(cand) else "")))
+            if "not_tried" in report:
+                break
         if candidates:
             best = min(candidates, key=_speed_key)
             if best is art:
@@ -234,7 +248,7 @@ def run_doctor(ctx: Any, result: Any, art: Any) -> dict[str, Any]:
                         + (f", p50 {best.latency['p50_ms']:.1f} ms vs plain {report['original']['p50_ms']:.1f} ms"
                            if best.latency and report["original"]["p50_ms"] else "") + ")")
         else:
-            report["note"] = "no remedy met the budget"
+            report["note"] = "no remedy met the budget" + (f" ({report['note']})" if report.get("note") else "")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return report

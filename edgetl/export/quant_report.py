@@ -74,7 +74,8 @@ def _debug_converter(converter_factory: Callable[[], Any], calib_pixels: np.ndar
     return conv
 
 
-def _debugger(conv: Any, debug_pixels: np.ndarray, nodes: Sequence[str] | None = None, affine: Any = None) -> Any:
+def _debugger(conv: Any, debug_pixels: np.ndarray, nodes: Sequence[str] | None = None, affine: Any = None,
+              calibrated: bytes | None = None) -> Any:
     import tensorflow as tf
 
     from edgetl.export.tflite import representative_dataset
@@ -86,6 +87,18 @@ def _debugger(conv: Any, debug_pixels: np.ndarray, nodes: Sequence[str] | None =
         # The debugger runs TensorFlow's own (deprecated) Interpreter; its warning says nothing about the model.
         warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated.*")
         try:
+            if calibrated is not None:
+                # the instrumented model the debugger would build from the converter, from a calibration
+                # already made (the converter path calibrates again)
+                from tensorflow.lite.python import convert as tf_convert
+
+                debug_model = tf_convert.mlir_quantize(
+                    calibrated, disable_per_channel=conv._experimental_disable_per_channel,  # noqa: SLF001
+                    fully_quantize=options.fully_quantize, enable_numeric_verify=True,
+                    denylisted_ops=options.denylisted_ops, denylisted_nodes=options.denylisted_nodes)
+                return tf.lite.experimental.QuantizationDebugger(
+                    quant_debug_model_content=bytes(debug_model), debug_dataset=representative_dataset(debug_pixels, affine),
+                    debug_options=options)
             return tf.lite.experimental.QuantizationDebugger(
                 converter=conv, debug_dataset=representative_dataset(debug_pixels, affine), debug_options=options)
         except Exception as exc:  # noqa: BLE001 - converter errors are long MLIR dumps: keep one line
@@ -94,7 +107,8 @@ def _debugger(conv: Any, debug_pixels: np.ndarray, nodes: Sequence[str] | None =
 
 
 def tflite_layer_report(converter_factory: Callable[[], Any], calib_pixels: np.ndarray | None,
-                        debug_pixels: np.ndarray, affine: Any = None) -> list[dict[str, Any]]:
+                        debug_pixels: np.ndarray, affine: Any = None,
+                        calibrated: bytes | None = None) -> list[dict[str, Any]]:
     """Measure how much quantization error each op of a full-int8 TFLite model adds.
 
     Use it to find the few layers worth keeping in float (:func:`tflite_denylisted_model`)
@@ -110,6 +124,9 @@ def tflite_layer_report(converter_factory: Callable[[], Any], calib_pixels: np.n
             representative dataset (e.g. to see how another calibration set moves the error);
             None keeps the factory's.
         debug_pixels: uint8 (N, H, W, 3) images the errors are measured on.
+        affine: as for :func:`tflite_denylisted_model`.
+        calibrated: :func:`tflite_calibrated_model` of the same factory (and ``calib_pixels`` None):
+            measured on that calibration instead of calibrating again.
 
     Returns:
         One dict per quantized op, in graph order: ``name`` (output tensor name: the key of
@@ -120,7 +137,10 @@ def tflite_layer_report(converter_factory: Callable[[], Any], calib_pixels: np.n
     Raises:
         EdgetlError: the converter is not set up for int8, or conversion failed.
     """
-    dbg = _debugger(_debug_converter(converter_factory, calib_pixels, affine), debug_pixels, affine=affine)
+    if calibrated is not None and calib_pixels is not None:
+        raise EdgetlError("quantization report: pass calib_pixels or a calibrated model, not both")
+    dbg = _debugger(_debug_converter(converter_factory, calib_pixels, affine), debug_pixels, affine=affine,
+                    calibrated=calibrated)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=RuntimeWarning)  # nanmean over a metric with no value
         dbg.run()
@@ -231,9 +251,9 @@ def float_op_outputs(model_bytes: bytes) -> dict[str, str]:
     Quantize/Dequantize ops are left out: they only convert. Used to check that a
     denylisted layer really is float in the file.
     """
-    from ai_edge_litert.interpreter import Interpreter
+    from edgetl.runtime.tflite_runner import inspect_interpreter
 
-    it = Interpreter(model_content=model_bytes)
+    it = inspect_interpreter(model_bytes)
     tensors = {t["index"]: t for t in it.get_tensor_details()}
     out: dict[str, str] = {}
     for op in it._get_ops_details():  # noqa: SLF001 - the only per-op view the interpreter offers
@@ -306,16 +326,13 @@ def _with_outputs(model: Any, names: Sequence[str]) -> Any:
 
 
 def _session(model: Any, threads: int | None) -> Any:
-    import onnxruntime as ort
-
-    from edgetl.runtime.onnx_runner import session_options
+    from edgetl.errors import ModelFileError
+    from edgetl.runtime.onnx_runner import session
 
     try:
-        return ort.InferenceSession(model.SerializeToString(), sess_options=session_options(threads),
-                                    providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001
-        raise EdgetlError(f"quantization report: ONNX Runtime cannot load the model: {type(exc).__name__}: "
-                          f"{(str(exc).splitlines() or [''])[0][:300]}") from None
+        return session(model.SerializeToString(), threads)
+    except ModelFileError as exc:
+        raise EdgetlError(f"quantization report: {exc}") from None
 
 
 # A twin is the float subgraph between the int8 node's inputs and its output: usually the node

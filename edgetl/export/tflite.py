@@ -70,20 +70,25 @@ def convert(model: Any, quant: QuantizationConfig, calib_pixels: np.ndarray | No
         calib_pixels: uint8 (N, H, W, 3) training images, required for ``int8``/``int16x8``.
         affine: the pixel -> model-input map when the model's normalization was taken out
             of the graph (:func:`edgetl.export.ptq.split_input_normalization`), else None.
-        calibrated: with ``float_nodes``, returns the calibrated model for a converter factory
-            (a cache, so that several selections of float layers share one calibration pass).
+        calibrated: int8 only: returns the calibrated model for a converter factory (a cache, so
+            that the int8 file, its per-layer report and the doctor's selections of float layers
+            share one calibration pass).
 
     Raises:
         EdgetlError: calibration images missing, or the converter failed.
     """
-    if quant.float_nodes:
-        from edgetl.export.quant_report import tflite_denylisted_model
+    if quant.float_nodes and quant.mode != "int8":
+        raise EdgetlError("layers can be kept in float only in an int8 TFLite model")
+    if quant.mode == "int8" and (quant.float_nodes or calibrated):
+        # calibrate (slow, cached by the caller) + MLIR quantization with the denylist (about 1 s)
+        from edgetl.export.quant_report import float_op_outputs, tflite_denylisted_model
 
-        if quant.mode != "int8":
-            raise EdgetlError("layers can be kept in float only in an int8 TFLite model")
         factory = lambda: converter_for(model, quant, calib_pixels, affine)  # noqa: E731
-        return tflite_denylisted_model(factory, list(quant.float_nodes), affine=affine,
-                                       calibrated=calibrated(factory) if calibrated else None)
+        raw = tflite_denylisted_model(factory, list(quant.float_nodes), affine=affine,
+                                      calibrated=calibrated(factory) if calibrated else None)
+        if quant.float_nodes or not float_op_outputs(raw):
+            return raw
+        # an op the int8 quantizer left in float: the converter's own path refuses or quantizes it
     conv = converter_for(model, quant, calib_pixels, affine)
     try:
         return bytes(conv.convert())
@@ -126,9 +131,9 @@ def converter_for(model: Any, quant: QuantizationConfig, calib_pixels: np.ndarra
 
 def io_details(model_bytes: bytes) -> dict[str, Any]:
     """Input/output dtype and (scale, zero point) of a TFLite model, for export.json and checks."""
-    from ai_edge_litert.interpreter import Interpreter
+    from edgetl.runtime.tflite_runner import inspect_interpreter
 
-    it = Interpreter(model_content=model_bytes)
+    it = inspect_interpreter(model_bytes)
     i = it.get_input_details()[0]
     o = it.get_output_details()[0]
     return {

@@ -1,14 +1,14 @@
 """Prove each exported file against the float Keras model, with the file's own runtime.
 
 TFLite files run in ai-edge-litert's ``Interpreter``, ONNX files in ONNX Runtime with
-all graph optimizations on: the same engines a device uses. Inputs are the uint8
+all graph optimizations on: the same engines a device uses, through the same runners as
+``edgetl bench`` (:mod:`edgetl.runtime`), so export and bench cannot disagree on how a file is fed. Inputs are the uint8
 pixels of :func:`edgetl.preprocess.prepare`; quantized inputs/outputs are converted
 with the tensor's own scale and zero point.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,43 +40,12 @@ class Verification:
         return asdict(self)
 
 
-def _threads(threads: int | None) -> int:
-    return threads or max(1, os.cpu_count() or 1)
-
-
 def run_tflite(model: str | Path | bytes, pixels: np.ndarray, threads: int | None = None, batch: int = 32) -> np.ndarray:
-    """Probabilities (N, C) float32 from a TFLite model on uint8 pixels (N, H, W, 3)."""
-    from ai_edge_litert.interpreter import Interpreter
+    """Probabilities (N, C) float32 from a TFLite model (path or bytes) on uint8 pixels (N, H, W, 3),
+    via the bench's runner (:class:`~edgetl.runtime.tflite_runner.TFLiteRunner`)."""
+    from edgetl.runtime.tflite_runner import TFLiteRunner
 
-    from edgetl.runtime.tflite_runner import feed_pixels
-
-    kw = {"model_content": bytes(model)} if isinstance(model, (bytes, bytearray)) else {"model_path": str(model)}
-    try:
-        it = Interpreter(num_threads=_threads(threads), **kw)
-    except Exception as exc:  # noqa: BLE001
-        raise ModelFileError(f"LiteRT cannot load the model: {type(exc).__name__}: {str(exc)[:200]}") from None
-    inp = it.get_input_details()[0]
-    out = it.get_output_details()[0]
-    in_dtype = np.dtype(inp["dtype"])
-    in_scale, in_zp = inp["quantization"]
-    out_scale, out_zp = out["quantization"]
-    results = []
-    current = None
-    for start in range(0, len(pixels), batch):
-        xin = feed_pixels(pixels[start : start + batch], in_dtype, (in_scale, in_zp))
-        if current != len(xin):
-            it.resize_tensor_input(inp["index"], [len(xin), *inp["shape"][1:]])
-            it.allocate_tensors()
-            current = len(xin)
-        it.set_tensor(inp["index"], xin)
-        it.invoke()
-        y = it.get_tensor(out["index"])
-        if np.dtype(out["dtype"]) != np.float32:
-            y = (y.astype(np.float32) - out_zp) * out_scale
-        results.append(y.astype(np.float32))
-    if not results:
-        return np.zeros((0, int(out["shape"][-1])), np.float32)
-    return np.concatenate(results)
+    return TFLiteRunner(model, threads=threads, max_batch=batch).predict(pixels)
 
 
 def run_onnx(path: str | Path, pixels: np.ndarray, threads: int | None = None, exact_int8: bool = True) -> np.ndarray:

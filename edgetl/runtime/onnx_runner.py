@@ -65,6 +65,19 @@ def session_options(threads: int | None = None, *, exact_int8: bool = True, spin
     return so
 
 
+def session(model: bytes | str | Path, threads: int | None = None, **options: Any) -> Any:
+    """A CPU ``InferenceSession`` with :func:`session_options` (``options`` passed on) for a file or a
+    serialized model: the one place outside :class:`OnnxRunner` that opens ONNX Runtime sessions
+    (graph inspection, embedding). Raises ModelFileError when ONNX Runtime cannot load the model."""
+    ort = _ort()
+    src = model if isinstance(model, (bytes, bytearray)) else str(model)
+    try:
+        return ort.InferenceSession(src, sess_options=session_options(threads, **options), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise ModelFileError(f"ONNX Runtime cannot load the model: {type(exc).__name__}: {first}") from None
+
+
 _TYPES = {"tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 

@@ -8,6 +8,7 @@ and return float32 probabilities.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import zipfile
@@ -45,11 +46,12 @@ def feed_pixels(pixels: np.ndarray, dtype: Any, quantization: tuple[float, int])
     return x.astype(dt)
 
 
-def read_tflite_metadata(path: str | Path) -> dict[str, Any]:
-    """The ``edgetl.json`` (and ``labels.txt``) packed in the zip appended to a .tflite file; {} when absent."""
+def read_tflite_metadata(path: str | Path | bytes) -> dict[str, Any]:
+    """The ``edgetl.json`` (and ``labels.txt``) packed in the zip appended to a .tflite file (a path or
+    the file's bytes); {} when absent."""
     out: dict[str, Any] = {}
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(io.BytesIO(path) if isinstance(path, (bytes, bytearray)) else path) as zf:
             names = set(zf.namelist())
             if "edgetl.json" in names:
                 d = json.loads(zf.read("edgetl.json").decode("utf-8"))
@@ -95,6 +97,17 @@ def dequantize(y: np.ndarray, dtype: Any, quantization: tuple[float, int]) -> np
     return np.asarray(y).astype(np.float32, copy=False)
 
 
+def inspect_interpreter(model_bytes: bytes) -> Any:
+    """A LiteRT ``Interpreter`` over a model's bytes, not allocated: for reading tensor and op details
+    (export checks), not for running."""
+    Interpreter, _ = _interpreter_class()
+    try:
+        return Interpreter(model_content=bytes(model_bytes))
+    except (ValueError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ModelFileError(f"LiteRT cannot read this model: {first}") from None
+
+
 def _interpreter_class():
     try:
         from ai_edge_litert.interpreter import Interpreter, load_delegate
@@ -109,9 +122,15 @@ class TFLiteRunner:
     format = "tflite"
     runtime = "litert"
 
-    def __init__(self, path: str | Path, threads: int | None = None, use_gpu: bool = False, max_batch: int = 32):
-        self.path = Path(path)
-        check_tflite_file(self.path)
+    def __init__(self, path: str | Path | bytes, threads: int | None = None, use_gpu: bool = False, max_batch: int = 32):
+        """``path``: a ``.tflite`` file, or a model's bytes (export verification before a file exists;
+        labels and preprocessing then come from the embedded metadata or the input shape only)."""
+        content = bytes(path) if isinstance(path, (bytes, bytearray)) else None
+        self.path = Path("<memory>.tflite") if content is not None else Path(path)
+        if content is None:
+            check_tflite_file(self.path)
+        elif len(content) < 16 or content[4:8] != TFLITE_IDENTIFIER:
+            raise ModelFileError("not a TFLite model (no 'TFL3' flatbuffer identifier)")
         Interpreter, load_delegate = _interpreter_class()
         self.threads = int(threads) if threads else default_threads()
         delegates = []
@@ -128,8 +147,8 @@ class TFLiteRunner:
                 raise RuntimeUnavailableError(f"LiteRT GPU delegate not available ({lib} cannot be loaded)") from None
             self.device, self.delegate = "gpu", "gpu"
         try:
-            self.interpreter = Interpreter(model_path=str(self.path), num_threads=self.threads,
-                                           experimental_delegates=delegates or None)
+            source = {"model_content": content} if content is not None else {"model_path": str(self.path)}
+            self.interpreter = Interpreter(**source, num_threads=self.threads, experimental_delegates=delegates or None)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             first = (str(exc).strip().splitlines() or [""])[0][:200]
@@ -150,7 +169,7 @@ class TFLiteRunner:
         self.input_dtype = np.dtype(self._in["dtype"])
         self.output_dtype = np.dtype(self._out["dtype"])
         self.num_classes = int(self._out["shape"][-1])
-        self.metadata = read_tflite_metadata(self.path)
+        self.metadata = read_tflite_metadata(content if content is not None else self.path)
         self.labels = loader.labels_from_meta(self.metadata.get("labels"), self.num_classes) or loader.sidecar_labels(self.path, self.num_classes)
         pre = loader.preprocessing_from_meta(self.metadata.get("preprocessing")) if self.metadata.get("preprocessing") else None
         self.preprocessing: Preprocessing = pre or loader.sidecar_preprocessing(self.path, (shape[1], shape[2]))
