@@ -736,7 +736,7 @@ def run_bench(items: Sequence[str | Path], settings: BenchSettings = BenchSettin
     for i, jidx in enumerate(order):
         job = jobs[jidx]
         t = job.target
-        label = f"{t.name} [{job.device}{'' if job.threads is None else f', {job.threads} thread(s)'}]"
+        label = f"{t.name} [{job.runtime}, {job.device}{'' if job.threads is None else f', {job.threads} thread(s)'}]"
         if progress:
             progress(i + 1, len(jobs), label)
         row = BenchRow(model=t.name, path=str(t.path), format=t.format,

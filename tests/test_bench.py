@@ -167,7 +167,8 @@ def _bare_p50(kind: str, path: Path, x: np.ndarray, n: int) -> tuple[float, floa
 @pytest.mark.parametrize("kind", ["tflite", "onnx"])
 def test_bench_p50_matches_a_bare_loop(slow_model, image_folder, kind):
     path = slow_model / f"slow_fp32.{kind}"
-    settings = BenchSettings(threads=(1,), warmup_runs=10, warmup_time=0.0, min_runs=60, min_time=0.0, max_time=10.0)
+    settings = BenchSettings(threads=(1,), warmup_runs=10, warmup_time=0.0, min_runs=60, min_time=0.0, max_time=10.0,
+                             runtimes=({"tflite": "litert", "onnx": "onnxruntime"}[kind],))
     from edgetl.preprocess import Preprocessing, prepare_batch
 
     x = prepare_batch(sorted(image_folder.rglob("*.png"))[:1], Preprocessing(input_size=(96, 96)))
@@ -263,7 +264,7 @@ def test_bench_cli(artifacts, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "b"
     code = main(["bench", str(artifacts["tflite_int8"]), str(artifacts["onnx_fp32"]), "--data", str(artifacts["data"]),
                  "--threads", "1", "--min-runs", "5", "--min-time", "0", "--warmup-runs", "1", "--warmup-time", "0",
-                 "--samples", "6", "--out", str(out), "--min-accuracy", "50"])
+                 "--samples", "6", "--out", str(out), "--min-accuracy", "50", "--runtimes", "litert,onnxruntime"])
     cap = capsys.readouterr()
     assert code == 0, cap.err
     assert "[1/2]" in cap.err and "tiny_cnn_int8.tflite" in cap.out and "best (top-1 >= 50.00 %" in cap.out

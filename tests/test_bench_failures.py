@@ -89,7 +89,8 @@ def test_every_row_an_error_exits_nonzero(artifacts, tmp_path, capsys):  # noqa:
     bad2 = tmp_path / "broken_fp32.onnx"
     bad2.write_bytes(b"not an onnx file")
     out = tmp_path / "b"
-    code = main(["bench", str(bad), str(bad2), "--data", str(artifacts["data"]), "--out", str(out), *FAST])
+    code = main(["bench", str(bad), str(bad2), "--data", str(artifacts["data"]), "--out", str(out),
+                 "--runtimes", "litert,onnxruntime", *FAST])
     cap = capsys.readouterr()
     assert code == 1, cap
     line = _err_line(cap.err)
@@ -99,7 +100,7 @@ def test_every_row_an_error_exits_nonzero(artifacts, tmp_path, capsys):  # noqa:
     d = json.loads((out / "bench.json").read_text())
     assert [r["status"].startswith("error: ") for r in d["rows"]] == [True, True]
     # --json: the document is printed, the exit code is the same
-    code = main(["bench", str(bad), "--json", "--out", str(tmp_path / "j"), *FAST])
+    code = main(["bench", str(bad), "--json", "--out", str(tmp_path / "j"), "--runtimes", "litert", *FAST])
     cap = capsys.readouterr()
     assert code == 1 and json.loads(cap.out)["rows"][0]["status"].startswith("error: ")
     assert _err_line(cap.err).startswith("error: all 1 bench row(s) failed")
@@ -110,7 +111,7 @@ def test_mismatch_found_in_the_loop_counts_as_failed_rows(artifacts, other_class
     bad = tmp_path / "broken_fp32.tflite"
     bad.write_bytes(artifacts["tflite_fp32"].read_bytes()[:200])
     code = main(["bench", str(bad), str(artifacts["tflite_int8"]), "--data", str(other_classes),
-                 "--out", str(tmp_path / "b"), *FAST])
+                 "--out", str(tmp_path / "b"), "--runtimes", "litert", *FAST])
     cap = capsys.readouterr()
     assert code == 1
     assert _err_line(cap.err).startswith("error: all 2 bench row(s) failed")

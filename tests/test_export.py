@@ -270,6 +270,29 @@ def test_doctor_time_limit_lists_untried_remedies(tiny_run, tmp_path, monkeypatc
     assert json.loads((tmp_path / "out" / "export.json").read_text())["doctor"][0]["not_tried"] == d["not_tried"]
 
 
+def test_doctor_cost_estimates():
+    """What the doctor expects a remedy to cost: measured per kind, scaled by calibration images."""
+    from types import SimpleNamespace as NS
+
+    from edgetl.export.doctor import _Costs
+    from edgetl.quant import QuantizationConfig
+
+    q = QuantizationConfig.for_int8(calib_samples=300)
+    art = NS(export_s=90.0, verify_s=5.0, format="tflite_int8", quantization={"calib_samples_used": 300})
+    ctx = NS(calibrated={"cached": b""}, config=NS(calib_samples=300, qat_samples=300, qat_epochs=1))
+    c = _Costs(ctx, art)
+    assert c.estimate("keep 1 worst layer in float", q.with_(float_nodes=("a",))) == 10.0  # calibration cached
+    assert c.estimate("Entropy calibration", q) == 95.0  # another conversion: the original's time
+    assert c.estimate("more calibration images (1000)", q.with_(calib_samples=1000)) == 95.0 * 1000 / 300
+    assert c.estimate("quantization-aware training", None) > 95.0
+    c.record("more calibration images (600)", q.with_(calib_samples=600), 60.0)  # 0.1 s per image measured
+    assert c.estimate("more calibration images (1000)", q.with_(calib_samples=1000)) == 100.0
+    c.record("Entropy calibration", q, 30.0)
+    assert c.estimate("per-tensor weights", q) == 30.0
+    onnx = _Costs(NS(calibrated={}, config=ctx.config), NS(**{**vars(art), "format": "onnx_int8"}))
+    assert onnx.estimate("keep 1 worst layer in float", q.with_(float_nodes=("a",))) == 95.0
+
+
 def test_doctor_ships_the_fastest_candidate_within_budget():
     """int16x8 (or any slower file) is never chosen over a faster 8-bit candidate within budget."""
     from types import SimpleNamespace as NS

@@ -158,8 +158,10 @@ def _input_ops(rows: list[dict[str, Any]]) -> list[str]:
 def run_doctor(ctx: Any, result: Any, art: Any, deadline: float | None = None) -> dict[str, Any]:
     """Try the remedies for one int8 artifact; ship the fastest candidate within budget.
 
-    ``deadline`` (``time.monotonic()``): no remedy starts after it; the untried ones are listed
-    in the report (``not_tried``) and printed.
+    ``deadline`` (``time.monotonic()``): a remedy starts only when its estimated time (what the
+    doctor measured of the same kind so far, else the original file's export time; see
+    :class:`_Costs`) fits before it, so cheaper remedies later in the order still run; the
+    skipped ones are listed in the report (``not_tried``) and printed.
 
     Returns:
         A report: target, budget, the original's accuracy/agreement/latency, every attempt, and the winner.
@@ -182,22 +184,20 @@ def run_doctor(ctx: Any, result: Any, art: Any, deadline: float | None = None) -
         _timing(ctx, art)
         report["original"]["p50_ms"] = art.latency["p50_ms"] if art.latency else None
         candidates = [art] if _budget_ok(art) else []
+        costs = _Costs(ctx, art)
+        not_tried: list[str] = []
         for stage in (0, 1):
             if stage == 1 and candidates:
                 break  # int16x8 and QAT only when nothing 8-bit met the budget
-            remedies = _remedies(ctx, art, stage)
-            for j, (remedy, fmt_name, quant) in enumerate(remedies):
+            for remedy, fmt_name, quant in _remedies(ctx, art, stage):
                 if not explicit and any(c is not art for c in candidates):
                     # Automatic mode: remedies are ordered cheapest-to-run first (same speed as the plain
                     # file, then 1, 3, 8 float layers), so the first within budget is kept; --doctor tries all.
                     break
-                if deadline is not None and time.monotonic() >= deadline:
-                    later = _remedies(ctx, art, 1) if stage == 0 else []
-                    report["not_tried"] = [r for r, _, _ in remedies[j:] + later]
-                    report["note"] = "the doctor's time limit (--doctor-time) was reached"
-                    ctx.say(f"  doctor: time limit reached; not tried: {', '.join(report['not_tried'])} "
-                            "(--doctor-time N or --doctor to try them)")
-                    break
+                if deadline is not None and costs.estimate(remedy, quant) > deadline - time.monotonic():
+                    not_tried.append(remedy)  # would not finish in the time left: the next, cheaper one may
+                    continue
+                t_start = time.monotonic()
                 fmt = FORMATS[fmt_name]
                 if fmt_name == "tflite_qat" and any(a.format == "tflite_qat" and a.error is None for a in result.artifacts):
                     cand = next(a for a in result.artifacts if a.format == "tflite_qat")
@@ -208,6 +208,7 @@ def run_doctor(ctx: Any, result: Any, art: Any, deadline: float | None = None) -
                     if _too_slow(ctx, art, cand, stage, explicit, report):
                         continue
                     verify_artifact(ctx, cand)
+                costs.record(remedy, quant, time.monotonic() - t_start)
                 entry = {"remedy": remedy, "format": fmt_name, "error": cand.error, "drop": cand.drop,
                          "within_budget": cand.within_budget, "export_s": round(cand.export_s, 2),
                          "size_bytes": cand.size_bytes, "float_nodes": list(quant.float_nodes) if quant else [],
@@ -231,8 +232,10 @@ def run_doctor(ctx: Any, result: Any, art: Any, deadline: float | None = None) -
                                                    f"agreement {entry['agreement']:.1f}%"
                                                    + (f", p50 {entry['p50_ms']:.1f} ms" if entry.get("p50_ms") else "")
                                                    + (" - within budget" if _budget_ok(cand) else "")))
-            if "not_tried" in report:
-                break
+        if not_tried:
+            report["not_tried"] = not_tried
+            report["note"] = "the doctor's time limit (--doctor-time) left no time for these"
+            ctx.say(f"  doctor: time limit: not tried: {', '.join(not_tried)} (--doctor-time N or --doctor to try them)")
         if candidates:
             best = min(candidates, key=_speed_key)
             if best is art:
@@ -252,6 +255,46 @@ def run_doctor(ctx: Any, result: Any, art: Any, deadline: float | None = None) -
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return report
+
+
+class _Costs:
+    """How long a remedy will take, from what the doctor has measured so far (conservative before that).
+
+    Kinds: ``float`` (selective float; TFLite reuses the cached calibration, so a few seconds),
+    ``calib`` (more calibration images: scales with the image count), ``qat`` (training), and
+    ``convert`` (any other re-conversion: about the original file's export time).
+    """
+
+    def __init__(self, ctx: Any, art: Any):
+        self.ctx, self.art = ctx, art
+        self.used = max(1, int(art.quantization.get("calib_samples_used") or ctx.config.calib_samples))
+        self.seen: dict[str, float] = {}
+
+    def _kind(self, remedy: str, quant: QuantizationConfig | None) -> tuple[str, float]:
+        """(kind, scale): a ``calib`` remedy's cost is per calibration image."""
+        if quant is None:
+            return "qat", 1.0
+        if quant.float_nodes:
+            return "float", 1.0
+        if remedy.startswith("more calibration"):
+            return "calib", quant.calib_samples / self.used
+        return "convert", 1.0
+
+    def estimate(self, remedy: str, quant: QuantizationConfig | None) -> float:
+        kind, scale = self._kind(remedy, quant)
+        if kind in self.seen:
+            return self.seen[kind] * scale
+        base = self.art.export_s + (self.art.verify_s or 0.0)
+        if kind == "float" and self.art.format.startswith("tflite") and self.ctx.calibrated:
+            return 5.0 + (self.art.verify_s or 0.0)
+        if kind == "qat":  # a full-network training step runs at a few images/s on a CPU
+            cfg = self.ctx.config
+            return base + 0.3 * cfg.qat_samples * cfg.qat_epochs
+        return base * scale
+
+    def record(self, remedy: str, quant: QuantizationConfig | None, seconds: float) -> None:
+        kind, scale = self._kind(remedy, quant)
+        self.seen[kind] = seconds / scale
 
 
 def _too_slow(ctx: Any, art: Any, cand: Any, stage: int, explicit: bool, report: dict[str, Any]) -> bool:
