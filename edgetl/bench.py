@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from edgetl.errors import EdgetlError, ModelFileError, UsageError
+from edgetl.errors import EdgetlError, ModelFileError, UsageError, one_line
 from edgetl.runtime.env import RuntimeUnavailableError
 from edgetl.runtime.fileinfo import onnx_metadata
 
@@ -229,7 +229,7 @@ def quick_latency(path: str | Path, pixels: np.ndarray, threads: int = 1, min_ru
     from edgetl.runtime.loader import runner_for
 
     runner = runner_for(path, threads=threads)
-    _, times = timed_runs(_timer(runner, pixels), warmup_runs=3, warmup_time=0.1, min_runs=min_runs,
+    _, times = timed_runs(runner.timer(pixels), warmup_runs=3, warmup_time=0.1, min_runs=min_runs,
                           min_time=min_time, max_time=max_time)
     out = latency_stats(times, batch=len(pixels))
     out["threads"] = threads
@@ -344,7 +344,7 @@ def discover_targets(items: Sequence[str | Path], keras: bool = True) -> tuple[l
             targets.append(Target(p, fmt))
     if not targets:
         raise UsageError("nothing to bench")
-    from edgetl.runtime.loader import precision_from_name
+    from edgetl.runtime.fileinfo import precision_from_name
 
     def order(t: Target) -> tuple:
         prec = t.precision_hint or precision_from_name(t.path) or "zz"
@@ -451,7 +451,7 @@ def _mismatch_message(data: str | Path, folders: Sequence[str], label_sets: Sequ
 def _target_labels(target: Target) -> list[str] | None:
     """The labels a target's runner will report, read without loading the model (run directory, labels
     embedded in a TFLite or ONNX file); None when only the model can tell (labels.txt vs class count)."""
-    from edgetl.runtime.loader import labels_from_meta
+    from edgetl.runtime.fileinfo import labels_from_meta
 
     try:
         if target.format == "keras" and target.run_dir is not None:
@@ -459,9 +459,9 @@ def _target_labels(target: Target) -> list[str] | None:
 
             return list(load_run(target.run_dir).labels)  # what runner_for(run_dir) uses
         if target.format == "tflite":
-            from edgetl.runtime.tflite_runner import read_tflite_metadata
+            from edgetl.runtime.fileinfo import read_edgetl_json
 
-            return labels_from_meta(read_tflite_metadata(target.path).get("labels"), 0)
+            return labels_from_meta(read_edgetl_json(target.path).get("labels"), 0)
         if target.format == "onnx":
             return labels_from_meta(onnx_metadata(target.path).get("edgetl.labels"), 0)
     except Exception:  # noqa: BLE001 - unknown here; the row itself will say what is wrong
@@ -675,30 +675,61 @@ def _set_tf_threads(n: int | None) -> None:
             pass  # TensorFlow already initialized: the row records the setting actually in force
 
 
-def _keras_threads() -> int | None:
-    import tensorflow as tf
-
-    return tf.config.threading.get_intra_op_parallelism_threads() or None
-
-
-def _timer(runner: Any, pixels: np.ndarray) -> Callable[[], Any]:
-    if hasattr(runner, "timer"):
-        return runner.timer(pixels)
-    import tensorflow as tf  # Keras runner: a compiled graph call, result fetched to host
-
-    fn = tf.function(lambda x: runner.model(x, training=False), reduce_retracing=True)
-    x = tf.constant(np.asarray(pixels, np.float32))
-    return lambda: fn(x).numpy()
-
-
 def _latency_batch(pixels: np.ndarray, batch: int) -> np.ndarray:
     reps = -(-batch // len(pixels))
     return np.concatenate([pixels] * reps)[:batch] if reps > 1 else pixels[:batch]
 
 
-def _one_line(exc: BaseException) -> str:
-    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {msg[:240]}" if not isinstance(exc, EdgetlError) else msg[:300]
+@dataclass
+class _BenchState:
+    """What the rows of one bench share: the data, and caches so that each label set's images are
+    loaded and decoded once, each file's accuracy measured once per device, and one reference."""
+
+    settings: BenchSettings
+    data: str | Path | None
+    run: Any
+    notes: list[str] = field(default_factory=list)
+    data_info: dict[str, Any] = field(default_factory=dict)
+    eval_sets: dict[tuple, Any] = field(default_factory=dict)  # labels -> EvalSet | EdgetlError | None
+    pixels: dict[tuple, np.ndarray] = field(default_factory=dict)  # (labels, size, resize) -> uint8 images
+    accuracy: dict[tuple, dict[str, Any]] = field(default_factory=dict)  # (file, runtime, device) -> metrics
+    ref: dict[tuple, tuple[str, np.ndarray, float | None]] = field(default_factory=dict)  # labels -> (name, probs, top1)
+
+    def eval_set(self, labels: list[str]) -> EvalSet | None:
+        """The labelled images for a label set (found once; a data problem is raised for every row)."""
+        key = tuple(labels)
+        if key not in self.eval_sets:
+            try:
+                es = eval_set_for(labels, self.data, self.run, self.settings.samples, self.settings.seed)
+            except EdgetlError as exc:  # the same data problem for every model with these labels: found once
+                self.eval_sets[key] = exc
+                raise
+            self.eval_sets[key] = es
+            if es is not None:
+                self.data_info.setdefault("sources", []).append(
+                    {"source": es.source, "images": len(es.paths), "classes": es.classes, "note": es.note})
+                if es.note:
+                    self.notes.append(es.note)
+        es = self.eval_sets[key]
+        if isinstance(es, EdgetlError):
+            raise es
+        return es
+
+    def images(self, name: str, labels: list[str], pre: Any, es: EvalSet | None) -> tuple[np.ndarray, bool]:
+        """(uint8 images at ``pre``'s size, whether they were decoded just now)."""
+        from edgetl.preprocess import prepare_batch
+
+        key = (tuple(labels), tuple(pre.input_size), pre.resize)
+        if key in self.pixels:
+            return self.pixels[key], False
+        if es is not None:
+            self.pixels[key] = prepare_batch(es.paths, pre)
+        else:
+            h, w = pre.input_size
+            n = max(self.settings.batch, 1)
+            self.pixels[key] = np.random.default_rng(self.settings.seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+            self.notes.append(f"{name}: no labelled data (pass --data DIR): accuracy not measured, latency on random pixels")
+        return self.pixels[key], True
 
 
 def run_bench(items: Sequence[str | Path], settings: BenchSettings = BenchSettings(), data: str | Path | None = None,
@@ -711,7 +742,6 @@ def run_bench(items: Sequence[str | Path], settings: BenchSettings = BenchSettin
         data: labelled images (``DIR/<class>/`` or ``DIR/val/<class>/``); default: the run's validation split.
         progress: called as ``progress(i, n, label)`` before each row (for a progress indicator).
     """
-    from edgetl.preprocess import prepare_batch
     from edgetl.runtime.env import environment
 
     targets, run = discover_targets(items, keras=settings.keras)
@@ -719,15 +749,10 @@ def run_bench(items: Sequence[str | Path], settings: BenchSettings = BenchSettin
         check_labels_up_front(targets, data)
     jobs = plan_jobs(targets, settings)
     env = environment()
-    notes: list[str] = []
+    state = _BenchState(settings, data, run)
     if settings.runtimes is None and any(t.format in ("tflite", "onnx") for t in targets) \
             and not any(j.runtime == "openvino" for j in jobs):
-        notes.append("OpenVINO rows: OpenVINO is not installed (pip install 'edgetl[openvino]' adds them)")
-    eval_cache: dict[tuple, EvalSet | EdgetlError | None] = {}
-    pixel_cache: dict[tuple, np.ndarray] = {}
-    acc_cache: dict[tuple, dict[str, Any]] = {}
-    ref: dict[tuple, tuple[str, np.ndarray, float | None]] = {}  # labels -> (name, probs, top1)
-    data_info: dict[str, Any] = {}
+        state.notes.append("OpenVINO rows: OpenVINO is not installed (pip install 'edgetl[openvino]' adds them)")
 
     # Reference candidates (Keras, then fp32 artifacts) run first so every other row can be compared
     # with them; rows are put back in table order (format, precision) at the end.
@@ -735,121 +760,104 @@ def run_bench(items: Sequence[str | Path], settings: BenchSettings = BenchSettin
     done: dict[int, BenchRow] = {}
     for i, jidx in enumerate(order):
         job = jobs[jidx]
-        t = job.target
-        label = f"{t.name} [{job.runtime}, {job.device}{'' if job.threads is None else f', {job.threads} thread(s)'}]"
         if progress:
-            progress(i + 1, len(jobs), label)
-        row = BenchRow(model=t.name, path=str(t.path), format=t.format,
-                       runtime=job.runtime,
-                       precision=t.precision_hint or _precision_hint(t), threads=job.threads, device=job.device,
-                       batch=settings.batch, size_mb=t.size_mb)
-        if job.providers:
-            row.detail["providers"] = list(job.providers)
-        done[jidx] = row
-        if job.skip:
-            row.status = job.skip
-            continue
-        runner = None
-        try:
-            gc.collect()
-            mem = _MemoryProbe()
-            t0 = time.perf_counter_ns()
-            runner = _open(job)
-            row.load_ms = (time.perf_counter_ns() - t0) / 1e6
-            row.precision = getattr(runner, "precision", row.precision)
-            if t.format == "keras":
-                row.threads = _keras_threads()
-            if hasattr(runner, "describe"):
-                row.detail.update(runner.describe())
-            labels = list(runner.labels)
-            ekey = tuple(labels)
-            if ekey not in eval_cache:
-                try:
-                    eval_cache[ekey] = eval_set_for(labels, data, run, settings.samples, settings.seed)
-                except EdgetlError as exc:  # the same data problem for every model with these labels: found once
-                    eval_cache[ekey] = exc
-                es = eval_cache[ekey]
-                if isinstance(es, EdgetlError):
-                    raise es
-                if es is not None:
-                    data_info.setdefault("sources", []).append({"source": es.source, "images": len(es.paths), "classes": es.classes, "note": es.note})
-                    if es.note:
-                        notes.append(es.note)
-            es = eval_cache[ekey]
-            if isinstance(es, EdgetlError):
-                raise es
-            pre = runner.preprocessing
-            pkey = (ekey, tuple(pre.input_size), pre.resize)
-            new_pixels = pkey not in pixel_cache
-            if new_pixels:
-                if es is not None:
-                    pixel_cache[pkey] = prepare_batch(es.paths, pre)
-                else:
-                    h, w = pre.input_size
-                    pixel_cache[pkey] = np.random.default_rng(settings.seed).integers(0, 256, (max(settings.batch, 1), h, w, 3), dtype=np.uint8)
-                    msg = f"{t.name}: no labelled data (pass --data DIR): accuracy not measured, latency on random pixels"
-                    notes.append(msg)
-            pixels = pixel_cache[pkey]
-            cache_mb = pixels.nbytes / 2**20 if new_pixels else 0.0  # the decoded images are not the model's memory
-
-            # latency first, on the interpreter as loaded: resizing it for the batched accuracy pass
-            # and back measurably slows XNNPACK (~3 %), which a bare invoke() loop would not see
-            fn = _timer(runner, _latency_batch(pixels, settings.batch))
-            t0 = time.perf_counter_ns()
-            fn()
-            row.first_ms = (time.perf_counter_ns() - t0) / 1e6
-            n_warm, times = timed_runs(fn, settings.warmup_runs, settings.warmup_time, settings.min_runs,
-                                       settings.min_time, settings.max_time)
-            st = latency_stats(times, settings.batch)
-            for k, v in st.items():
-                setattr(row, k, v)
-            row.warmup_runs = n_warm
-            if len(times) < settings.min_runs:
-                row.detail["note"] = f"--max-time reached after {len(times)} runs (< --min-runs {settings.min_runs})"
-            peak = mem.peak_delta_mb()
-            row.peak_mem_mb = None if peak is None else max(0.0, peak - cache_mb)
-            # accuracy: once per (artifact, device); the reference is the first fp32 model of each label set
-            akey = (str(t.path), job.runtime, job.device)
-            if es is not None:
-                if akey not in acc_cache:
-                    probs = runner.predict(pixels)
-                    rref = ref.get(ekey)
-                    m = accuracy_metrics(probs, es.y, labels, rref[1] if rref else None)
-                    if rref is None and (t.format == "keras" or row.precision == "fp32"):
-                        ref[ekey] = (t.name, probs, m["top1"])
-                        m["agreement"] = 100.0
-                        m["max_prob_diff"] = 0.0
-                        m["is_reference"] = True
-                    acc_cache[akey] = m
-                m = acc_cache[akey]
-                for k in ("n_images", "correct", "top1", "top5", "agreement", "max_prob_diff", "per_class_recall", "confusion_matrix"):
-                    setattr(row, k, m.get(k))
-                rref = ref.get(ekey)
-                if rref is not None and m.get("top1") is not None and rref[2] is not None:
-                    row.top1_delta_pt = m["top1"] - rref[2]
-                    row.detail["reference"] = rref[0]
-
-        except RuntimeUnavailableError as exc:
-            row.status = f"skipped: {exc}"
-        except Exception as exc:  # noqa: BLE001 - one failing runtime never aborts the table
-            row.status = f"error: {_one_line(exc)}"
-        finally:
-            if runner is not None and hasattr(runner, "close"):
-                runner.close()
-            del runner
+            th = "" if job.threads is None else f", {job.threads} thread(s)"
+            progress(i + 1, len(jobs), f"{job.target.name} [{job.runtime}, {job.device}{th}]")
+        done[jidx] = _bench_row(job, state)
     rows = [done[j] for j in range(len(jobs))]
 
-    ref_names = sorted({v[0] for v in ref.values()})
-    notes += speed_notes(rows, env)
-    floor, best = choose_best(rows, settings.min_accuracy, [v[2] for v in ref.values()])
+    ref_names = sorted({v[0] for v in state.ref.values()})
+    notes = state.notes + speed_notes(rows, env)
+    floor, best = choose_best(rows, settings.min_accuracy, [v[2] for v in state.ref.values()])
     if best is None and any(r.ok for r in rows):
         notes.append(f"no artifact reaches the top-1 floor of {floor:.2f} %" if floor is not None else "no artifact has both accuracy and latency")
-    data_info["floor_top1"] = floor
-    return BenchResult(rows, env, settings, data_info, ", ".join(ref_names) or None, best, notes)
+    state.data_info["floor_top1"] = floor
+    return BenchResult(rows, env, settings, state.data_info, ", ".join(ref_names) or None, best, notes)
+
+
+def _bench_row(job: _Job, state: _BenchState) -> BenchRow:
+    """One row: open the file on the job's runtime, time it, measure its accuracy; never raises."""
+    t, settings = job.target, state.settings
+    row = BenchRow(model=t.name, path=str(t.path), format=t.format, runtime=job.runtime,
+                   precision=t.precision_hint or _precision_hint(t), threads=job.threads, device=job.device,
+                   batch=settings.batch, size_mb=t.size_mb)
+    if job.providers:
+        row.detail["providers"] = list(job.providers)
+    if job.skip:
+        row.status = job.skip
+        return row
+    runner = None
+    try:
+        gc.collect()
+        mem = _MemoryProbe()
+        t0 = time.perf_counter_ns()
+        runner = _open(job)
+        row.load_ms = (time.perf_counter_ns() - t0) / 1e6
+        row.precision = getattr(runner, "precision", row.precision)
+        if t.format == "keras":
+            row.threads = runner.threads
+        row.detail.update(runner.describe())
+        labels = list(runner.labels)
+        es = state.eval_set(labels)
+        pixels, new_pixels = state.images(t.name, labels, runner.preprocessing, es)
+        _time_row(row, runner, pixels, settings)
+        peak = mem.peak_delta_mb()
+        cache_mb = pixels.nbytes / 2**20 if new_pixels else 0.0  # the decoded images are not the model's memory
+        row.peak_mem_mb = None if peak is None else max(0.0, peak - cache_mb)
+        if es is not None:
+            _accuracy_row(row, runner, pixels, es, labels, state, (str(t.path), job.runtime, job.device))
+    except RuntimeUnavailableError as exc:
+        row.status = f"skipped: {exc}"
+    except Exception as exc:  # noqa: BLE001 - one failing runtime never aborts the table
+        row.status = f"error: {one_line(exc)}"
+    finally:
+        if runner is not None and hasattr(runner, "close"):
+            runner.close()
+        del runner
+    return row
+
+
+def _time_row(row: BenchRow, runner: Any, pixels: np.ndarray, settings: BenchSettings) -> None:
+    """Latency first, on the runtime as loaded: resizing an interpreter for the batched accuracy pass
+    and back measurably slows XNNPACK (~3 %), which a bare invoke() loop would not see."""
+    fn = runner.timer(_latency_batch(pixels, settings.batch))
+    t0 = time.perf_counter_ns()
+    fn()
+    row.first_ms = (time.perf_counter_ns() - t0) / 1e6
+    n_warm, times = timed_runs(fn, settings.warmup_runs, settings.warmup_time, settings.min_runs,
+                               settings.min_time, settings.max_time)
+    for k, v in latency_stats(times, settings.batch).items():
+        setattr(row, k, v)
+    row.warmup_runs = n_warm
+    if len(times) < settings.min_runs:
+        row.detail["note"] = f"--max-time reached after {len(times)} runs (< --min-runs {settings.min_runs})"
+
+
+def _accuracy_row(row: BenchRow, runner: Any, pixels: np.ndarray, es: EvalSet, labels: list[str],
+                  state: _BenchState, key: tuple) -> None:
+    """Accuracy once per (file, runtime, device); the reference is the first fp32 model of each label set."""
+    ekey = tuple(labels)
+    if key not in state.accuracy:
+        probs = runner.predict(pixels)
+        rref = state.ref.get(ekey)
+        m = accuracy_metrics(probs, es.y, labels, rref[1] if rref else None)
+        if rref is None and (row.format == "keras" or row.precision == "fp32"):
+            state.ref[ekey] = (row.model, probs, m["top1"])
+            m["agreement"] = 100.0
+            m["max_prob_diff"] = 0.0
+            m["is_reference"] = True
+        state.accuracy[key] = m
+    m = state.accuracy[key]
+    for k in ("n_images", "correct", "top1", "top5", "agreement", "max_prob_diff", "per_class_recall", "confusion_matrix"):
+        setattr(row, k, m.get(k))
+    rref = state.ref.get(ekey)
+    if rref is not None and m.get("top1") is not None and rref[2] is not None:
+        row.top1_delta_pt = m["top1"] - rref[2]
+        row.detail["reference"] = rref[0]
 
 
 def _precision_hint(t: Target) -> str:
-    from edgetl.runtime.loader import precision_from_name
+    from edgetl.runtime.fileinfo import precision_from_name
 
     return precision_from_name(t.path) or ("fp32" if t.format == "keras" else "unknown")
 

@@ -236,6 +236,20 @@ def bench(
 # --------------------------------------------------------------------------- train
 
 
+def _parse_image_size(text: str | None) -> tuple[int, int] | None:
+    """``"160"`` -> (160, 160), ``"192x160"`` -> (192, 160) (height x width); UsageError otherwise."""
+    if text is None:
+        return None
+    parts = text.lower().replace(" ", "").split("x")
+    try:
+        vals = [int(p) for p in parts]
+    except ValueError:
+        vals = []
+    if len(vals) not in (1, 2):
+        raise UsageError(f"--image-size must be N or HxW in pixels (e.g. 160 or 192x160), got {text!r}")
+    return (vals[0], vals[-1])
+
+
 @app.command()
 def train(
     data_dir: Path = typer.Argument(..., help="Image folder: train/<class>/ + val/<class>/ (+ test/), or <class>/ split by --val-split."),
@@ -266,6 +280,7 @@ def train(
     workers: Optional[int] = typer.Option(None, "--workers", help="Image decoding threads [default: CPU count]."),
     embed_engine: str = typer.Option(_TC.embed_engine, "--embed-engine",
                                      help="Runs the frozen base: auto (ONNX Runtime on CPU, checked against TensorFlow), tensorflow or onnxruntime."),
+    image_size: Optional[str] = typer.Option(None, "--image-size", help="Input size N (square) or HxW instead of the backbone's own (e.g. 160: about half the compute of 224); export, predict and bench follow it."),
     quiet_: bool = typer.Option(False, "--quiet", "-q", help="No progress output (bars on a terminal, one line per epoch elsewhere)."),
     json_out: bool = typer.Option(False, "--json", help="Print metrics.json at the end."),
     verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
@@ -280,6 +295,7 @@ def train(
         augment=AugmentConfig(enabled=augment, views=augment_views), class_weights=class_weights, unfreeze=unfreeze,
         patience=patience, out=str(out) if out else None, name=name, overwrite=overwrite, resume=resume,
         max_pixels=max_pixels, workers=workers, embed_engine=embed_engine, verbose=0 if quiet_ else 1,
+        image_size=_parse_image_size(image_size),
     ).validate()
     try:
         with _capture("training", verbose):
@@ -372,6 +388,44 @@ def export(
 
 
 # --------------------------------------------------------------------------- demo
+
+
+@app.command()
+def sweep(
+    data_dir: Path = typer.Argument(..., help="Image folder, as for 'edgetl train'."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for sweep.json/md/png, the candidates' runs and models/."),
+    grid: Optional[str] = typer.Option(None, "--grid", help="Candidates BACKBONE@SIZE, comma-separated (e.g. lite0@128,lite0@160,lite1@240); default: Lite0 at 128/160/192/224, Lite1 at 240, Lite2 at 260, MobileNetV2 at 160/224 when its weights are here."),
+    max_latency_ms: Optional[float] = typer.Option(None, "--max-latency-ms", help="Recommend the most accurate candidate at or under this p50 (ms)."),
+    max_size_mb: Optional[float] = typer.Option(None, "--max-size-mb", help="... and at or under this file size (MB)."),
+    latency_from: Optional[Path] = typer.Option(None, "--latency-from", help="bench.json measured on the target device ('edgetl bench OUT/models/*.tflite' there): its p50s replace this machine's."),
+    weights: str = typer.Option("imagenet", "--weights", help="imagenet, none, or a weights file."),
+    epochs: int = typer.Option(20, "--epochs", help="Head epochs per candidate."),
+    augment_views: int = typer.Option(1, "--augment-views", help="Augmented views per training image (embedding passes)."),
+    calib_samples: int = typer.Option(200, "--calib-samples", help="Calibration images for each int8 export."),
+    seed: int = typer.Option(0, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted sweep in OUT (finished candidates are kept)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete OUT and start again."),
+    json_out: bool = typer.Option(False, "--json", help="Print sweep.json."),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
+) -> None:
+    """Train, export (int8 TFLite) and time candidates over backbones x input sizes; recommend one for a budget."""
+    from edgetl.sweep import SweepConfig, parse_grid, run_sweep
+
+    _existing_dir(data_dir, "DATA_DIR")
+    cfg = SweepConfig(data_dir=str(data_dir), out=str(out), grid=parse_grid(grid) if grid is not None else None,
+                      weights=weights, epochs=epochs, augment_views=augment_views, calib_samples=calib_samples, seed=seed,
+                      max_latency_ms=max_latency_ms, max_size_mb=max_size_mb,
+                      latency_from=str(latency_from) if latency_from else None, resume=resume, overwrite=overwrite).validate()
+    with _capture("sweep", verbose):
+        _quiet_tf()
+        doc = run_sweep(cfg, say=quiet.say)
+    if json_out:
+        typer.echo(json.dumps(doc, indent=2, default=str))
+        return
+    from edgetl.sweep import to_markdown
+
+    typer.echo(to_markdown(doc))
+    typer.echo(f"wrote {out / 'sweep.json'}, {out / 'sweep.md'}, {out / 'sweep.png'}")
 
 
 @app.command()

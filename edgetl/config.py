@@ -1,8 +1,8 @@
 """User-facing settings for training: frozen dataclasses, validated in one place.
 
 Every setting has a default that reaches the accuracy targets in TARGETS.md with
-EfficientNet-Lite0; the resolved config is saved in the run's ``config.json`` so a
-run can be reproduced and resumed.
+EfficientNet-Lite0 (the measurements behind the defaults: ``benchmarks/results/defaults.md``);
+the resolved config is saved in the run's ``config.json`` so a run can be reproduced and resumed.
 """
 
 from __future__ import annotations
@@ -29,9 +29,7 @@ class AugmentConfig:
         brightness: max brightness shift as a fraction of the [0, 255] range.
         contrast: max contrast change factor.
         views: augmented views per training image embedded for the frozen-base phase
-            (in addition to the clean image). Each view costs one forward pass of the base. Default 2:
-            on cached Lite0 embeddings, over head seeds 0-4, cats_dogs val scored 991.6 / 992.2 / 992.8 /
-            991.8 of 1000 on average with 0 / 1 / 2 / 3 views, hymenoptera 144.2 / 146.0 / 146.0 / 145.8 of 153.
+            (in addition to the clean image). Each view costs one forward pass of the base.
     """
 
     enabled: bool = True
@@ -64,17 +62,15 @@ class TrainConfig:
         fine_tune_epochs: epochs with the top ``unfreeze`` blocks trainable.
         batch_size: images per step.
         lr: head learning rate.
-        fine_tune_lr: peak learning rate of the fine-tune phase (None: ``lr * 0.1``). The default 3e-5
-            (lr * 0.03): cats_dogs seeds 0-2 gave 992/992/990 at 3e-5 vs 992/994/988 at 1e-4, the same
-            mean with a smaller spread.
+        fine_tune_lr: peak learning rate of the fine-tune phase (None: ``lr * 0.1``).
         warmup_fraction: fraction of fine-tune steps spent warming the LR up (then cosine decay).
         weight_decay: AdamW decoupled weight decay (0 = Adam).
         head_l2: L2 penalty on the classifier weights, added to the loss (``head_l2 * sum(w**2)``)
             in both phases: with label smoothing off, the head converges to an L2-regularized
-            logistic regression on the embeddings (measured best on both benchmark datasets).
+            logistic regression on the embeddings.
         dropout: dropout before the classifier.
         label_smoothing: label smoothing of the cross-entropy (0: off; it caps the confidence
-            of a linear head on separable embeddings and cost 2-3 val images on cats_dogs).
+            of a linear head on separable embeddings).
         val_split: validation fraction for the ``<class>/`` layout (stratified, seeded).
         seed: seed for every random choice (split, shuffles, augmentation, init).
         augment: augmentation settings.
@@ -94,6 +90,8 @@ class TrainConfig:
         cache_limit_mb: largest in-memory cache of frozen-part activations for fine-tuning;
             above it the fine-tune phase runs the whole model on images.
         verbose: 0 quiet, 1 progress bars, 2 one line per epoch.
+        image_size: (height, width) input size instead of the backbone's own (``--image-size``);
+            it flows through ``config.json`` to export, predict and bench.
     """
 
     data_dir: str
@@ -126,6 +124,13 @@ class TrainConfig:
     embed_engine: str = "auto"
     cache_limit_mb: int = 2048
     verbose: int = 1
+    image_size: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.image_size, int) and not isinstance(self.image_size, bool):
+            object.__setattr__(self, "image_size", (self.image_size, self.image_size))
+        elif isinstance(self.image_size, list):
+            object.__setattr__(self, "image_size", tuple(self.image_size))
 
     def validate(self) -> "TrainConfig":
         """Check every value; returns self so calls chain.
@@ -172,6 +177,13 @@ class TrainConfig:
             raise UsageError(f"--unfreeze must be between 0 and 1000, got {self.unfreeze!r}")
         if self.workers is not None and not 1 <= self.workers <= 256:
             raise UsageError(f"--workers must be between 1 and 256, got {self.workers!r}")
+        if self.image_size is not None:
+            if (not isinstance(self.image_size, tuple) or len(self.image_size) != 2
+                    or not all(isinstance(v, int) and not isinstance(v, bool) for v in self.image_size)):
+                raise UsageError(f"--image-size must be N or HxW (pixels), got {self.image_size!r}")
+            from edgetl.models import get_spec
+
+            get_spec(self.backbone).at_size(self.image_size)  # the backbone's size range
         if self.class_weights not in ("auto", "on", "off"):
             raise UsageError(f"--class-weights must be auto, on or off, got {self.class_weights!r}")
         from edgetl.embed import ENGINES

@@ -144,16 +144,6 @@ def _walk_images(folder: Path) -> list[Path]:
     return out
 
 
-def check_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> str | None:
-    """None if ``path`` decodes as an image, else the reason it does not."""
-    try:
-        load_rgb(path, max_pixels=max_pixels)
-        return None
-    except EdgetlError as exc:
-        msg = str(exc)
-        return msg.split(": ", 1)[1] if ": " in msg else msg
-
-
 def _decode_one(path: Path, max_pixels: int | None, pre: Preprocessing | None) -> tuple[Any, str | None]:
     """(pixels or None, reason or None): decode, convert and resize one file exactly once."""
     try:

@@ -11,6 +11,8 @@ beyond float32 rounding. With a GPU, TensorFlow runs it.
 
 from __future__ import annotations
 
+from edgetl.errors import first_line, one_line
+
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -90,7 +92,7 @@ def frozen_forward(model: Any, engine: str = "auto", *, gpu: bool = False, threa
     try:
         sess, name = _ort_session(model, threads)
     except Exception as exc:  # noqa: BLE001 - any conversion or session failure keeps TensorFlow
-        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        first = first_line(exc, 200)
         return FrozenForward("tensorflow", tf_run, notes=[f"onnxruntime unavailable ({type(exc).__name__}: {first}); "
                                                            "running the frozen base with TensorFlow"])
     fwd = FrozenForward("onnxruntime", lambda b: [np.asarray(o, np.float32) for o in sess.run(None, {name: np.asarray(b, np.float32)})],
@@ -105,7 +107,7 @@ def frozen_forward(model: Any, engine: str = "auto", *, gpu: bool = False, threa
         try:
             got = ort_run(batch)
         except Exception as exc:  # noqa: BLE001
-            got, why = None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            got, why = None, f"{one_line(exc, 200)}"
         else:
             # tf2onnx keeps the Keras output order (checked for tiny_cnn and Lite0 with a boundary
             # output); anything else is a mismatch and falls back like one.

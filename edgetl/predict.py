@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from edgetl.errors import EdgetlError, UsageError
 from edgetl.preprocess import is_image_file, prepare
 from edgetl.runtime.base import Runner, TopK, top_k
@@ -32,7 +34,7 @@ def open_runner(target: str, weights: str | None = "imagenet", threads: int | No
     from edgetl.models import registry
 
     if not Path(target).exists():
-        if target in registry.names(include_hidden=True) or target in registry._ALIASES:
+        if registry.is_backbone(target):
             from edgetl.runtime.keras_runner import backbone_runner
 
             return backbone_runner(target, weights=weights)
@@ -62,7 +64,7 @@ def predict_files(target: str, images: Sequence[str | Path], k: int = 5, weights
                 good.append(f)
             except EdgetlError as exc:
                 errors[f] = str(exc)
-        probs = runner.predict(__import__("numpy").stack(arrays)) if arrays else []
+        probs = runner.predict(np.stack(arrays)) if arrays else []
         by_file = {f: row for f, row in zip(good, top_k(probs, runner.labels, k))} if arrays else {}
         for f in chunk:
             if f in by_file:

@@ -284,10 +284,6 @@ def _warn(cfg: TrainConfig, msg: str, sink: list[str]) -> None:
     quiet.say(f"warning: {msg}")
 
 
-def _quiet_tf() -> None:
-    quiet.quiet_env()
-
-
 def progress_mode(verbose: int) -> str:
     """How training shows progress: ``bars`` (Keras progress bars), ``lines`` or ``off``.
 
@@ -675,7 +671,7 @@ def train(config: TrainConfig, *, extra_callbacks: Sequence[Any] = ()) -> TrainR
     from edgetl.models import get_spec
 
     config.validate()
-    spec = get_spec(config.backbone)
+    spec = get_spec(config.backbone).at_size(config.image_size)
     distribute = requested_distribution()
     role = cluster_role() if distribute in ("auto", "multi-worker") else None
     if distribute == "multi-worker" and role is None:
@@ -698,7 +694,7 @@ def train(config: TrainConfig, *, extra_callbacks: Sequence[Any] = ()) -> TrainR
         run_dir, _ = _prepare_run_dir(config)
         if config.resume:
             config = _resumed_config(run_dir, config)
-            spec = get_spec(config.backbone)
+            spec = get_spec(config.backbone).at_size(config.image_size)
         return _train(config, spec, run_dir, (*extra_callbacks, *_test_hooks()), distribute=distribute, role=role)
     except BaseException:
         # A run that failed before its first checkpoint leaves nothing behind to block a retry.
@@ -772,7 +768,7 @@ def _resumed_config(run_dir: Path, given: TrainConfig) -> TrainConfig:
 
 def _train(cfg: TrainConfig, spec: Any, run_dir: Path, extra_callbacks: Sequence[Any], *,
            distribute: str = "auto", role: WorkerRole | None = None) -> TrainResult:
-    _quiet_tf()
+    quiet.quiet_env()
     import keras
     import tensorflow as tf
 
@@ -845,7 +841,7 @@ def _train(cfg: TrainConfig, spec: Any, run_dir: Path, extra_callbacks: Sequence
 
     # ---- models
     with _scope(strategy):
-        base = build(spec.name, weights=cfg.weights, include_top=False)
+        base = build(spec, weights=cfg.weights, include_top=False)
         layer_names = [layer.name for layer in base.layers]
         k = spec.unfreeze_blocks if cfg.unfreeze is None else cfg.unfreeze
         fine_tune = cfg.strategy == "fine-tune" and cfg.fine_tune_epochs > 0 and k > 0

@@ -88,8 +88,15 @@ def make_image(kind: int, size: int = 40, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
 
 
-def make_image_folder(root: Path, classes=("alpha", "beta"), n_train: int = 12, n_val: int = 6, size: int = 40, split: bool = True) -> Path:
-    """``root/train/<class>/*.png`` + ``root/val/<class>/*.png`` (or plain ``root/<class>/``)."""
+def make_image_folder(root: Path, classes=("alpha", "beta"), n_train: int = 12, n_val: int = 6, size: int = 40, split: bool = True,
+                      n_test: int = 0) -> Path:
+    """``root/train/<class>/*.png`` + ``root/val/<class>/*.png`` (or plain ``root/<class>/``), plus
+    ``root/test/<class>/`` with ``n_test`` images per class (images no other split has)."""
+    for ci, cname in enumerate(classes):
+        d = root / "test" / cname
+        for i in range(n_test):
+            d.mkdir(parents=True, exist_ok=True)
+            make_image(ci, size, 10_000 + 31 * ci + i).save(d / f"{cname}_test_{i:03d}.png")
     for ci, cname in enumerate(classes):
         for split_name, n in (("train", n_train), ("val", n_val)) if split else (("", n_train + n_val),):
             d = root / split_name / cname if split_name else root / cname

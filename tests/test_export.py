@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from edgetl.cli import app, main
 from edgetl.errors import UsageError
-from edgetl.export.formats import DEFAULT_FORMATS, FORMATS, format_for_path, parse_formats
+from edgetl.formats import DEFAULT_FORMATS, FORMATS, format_for_path, parse_formats
 
 ALL = tuple(FORMATS)
 

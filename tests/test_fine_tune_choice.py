@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import make_image, make_image_folder
+from conftest import make_image_folder
 from edgetl.config import AugmentConfig, TrainConfig
 from edgetl.train import fine_tune_choice, fine_tune_summary
 
@@ -25,13 +25,7 @@ CANDIDATE_KEYS = {"val_loss", "val_accuracy", "val_correct", "val_total", "val_c
 
 @pytest.fixture(scope="module")
 def folder_with_test(tmp_path_factory):
-    root = make_image_folder(tmp_path_factory.mktemp("data_test"))
-    for ci, cname in enumerate(("alpha", "beta")):
-        d = root / "test" / cname
-        d.mkdir(parents=True)
-        for i in range(5):
-            make_image(ci, 40, 10_000 + 31 * ci + i).save(d / f"{cname}_test_{i:03d}.png")
-    return root
+    return make_image_folder(tmp_path_factory.mktemp("data_test"), n_test=5)
 
 
 def _head_only_capture():

@@ -43,14 +43,14 @@ def exported(tiny_run, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("fmt", ["tflite_fp32", "tflite_int8", "onnx_fp32", "keras"])
 def test_bench_loop_memory_is_flat(exported, image_folder, fmt):
-    """3000 invocations through edgetl's bench timing path (bench._timer + bench.timed_runs)."""
-    from edgetl.bench import _latency_batch, _timer, timed_runs
+    """3000 invocations through edgetl's bench timing path (runner.timer + bench.timed_runs)."""
+    from edgetl.bench import _latency_batch, timed_runs
     from edgetl.preprocess import prepare_batch
     from edgetl.runtime.loader import runner_for
 
     runner = runner_for(exported[fmt], threads=1) if fmt != "keras" else runner_for(exported["keras"])
     px = prepare_batch(sorted((image_folder / "val" / "alpha").glob("*.png"))[:1], runner.preprocessing)
-    fn = _timer(runner, _latency_batch(px, 1))
+    fn = runner.timer(_latency_batch(px, 1))
     rss = []
     total = 0
     for n in (1000, 1000, 1000):

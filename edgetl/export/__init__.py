@@ -7,7 +7,7 @@ TensorFlow, tf2onnx and ONNX Runtime load only when an export runs.
 
 from __future__ import annotations
 
-from edgetl.export.formats import DEFAULT_FORMATS, FORMATS, INT8_FORMATS, ExportFormat, get_format, parse_formats
+from edgetl.formats import DEFAULT_FORMATS, FORMATS, INT8_FORMATS, ExportFormat, get_format, parse_formats
 
 __all__ = [
     "DEFAULT_FORMATS", "FORMATS", "INT8_FORMATS", "ExportFormat", "get_format", "parse_formats",

@@ -16,8 +16,8 @@ from typing import Any, Callable
 import numpy as np
 
 from edgetl import __version__
-from edgetl.errors import EdgetlError, UsageError
-from edgetl.export.formats import DEFAULT_FORMATS, INT8_FORMATS, ExportFormat, parse_formats
+from edgetl.errors import EdgetlError, UsageError, one_line
+from edgetl.formats import DEFAULT_FORMATS, INT8_FORMATS, ExportFormat, parse_formats
 from edgetl.export.metadata import LABELS_NAME, ModelFacts
 from edgetl.export.verify import Verification, accuracy, compare, run_file
 from edgetl.quant import IO_TYPES, QuantizationConfig
@@ -356,11 +356,6 @@ def _rounding_note(ctx: _Context, quant: QuantizationConfig) -> list[str]:
     return [f"int8 weights: {line}"] if line else []
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
-
-
 def build_artifact_bytes(ctx: _Context, fmt: ExportFormat, quant: QuantizationConfig | None = None,
                          remedy: str | None = None) -> tuple[bytes, dict[str, Any], list[str], list[str]]:
     """Convert the run's model to ``fmt`` with its metadata: (file bytes, quantization facts, notes, warnings)."""
@@ -455,15 +450,14 @@ def make_artifact(ctx: _Context, fmt: ExportFormat, path: Path, quant: Quantizat
         art.quantization, art.io = facts["quantization"], facts["io"]
         art.notes += notes
         art.warnings += warns
-        atomic_write_bytes(path, data)
-        _readable(path)
+        atomic_write_bytes(path, data)  # with the usual (umask) permissions: files are meant to be copied
         art.size_bytes = len(data)
     except EdgetlError as exc:
         art.error = str(exc)
         art.path = None
         return art
     except Exception as exc:  # noqa: BLE001 - one bad format must not lose the others
-        art.error = f"{fmt.name} export failed: {_one_line(exc)}"
+        art.error = f"{fmt.name} export failed: {one_line(exc)}"
         art.path = None
         return art
     finally:
@@ -543,15 +537,6 @@ def prepare_images(samples: list[Any], pre: Any) -> tuple[np.ndarray, np.ndarray
             bad.append(f"skipped unreadable image: {exc}")
     pixels = np.stack(px) if px else np.zeros((0, h, w, 3), np.uint8)
     return pixels, np.array(labels, dtype=np.int64), bad
-
-
-def _readable(path: str | Path) -> None:
-    """mkstemp creates 0600 files; exported models are meant to be copied and served: use the umask."""
-    import os
-
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def _load_data(run: Any, config: ExportConfig) -> tuple[Any | None, str | None]:
@@ -697,8 +682,6 @@ def _export_run(run_dir: str | Path, config: ExportConfig | None = None,
     try:
         atomic_write_text(out_dir / LABELS_NAME, "\n".join(run.labels) + "\n")
         write_json(result.json_path, result.to_dict())
-        for p in (out_dir / LABELS_NAME, Path(result.json_path)):
-            _readable(p)
     except OSError as exc:
         raise EdgetlError(f"cannot write {out_dir}: {exc.strerror or exc}") from None
     return result
@@ -741,7 +724,7 @@ def layer_report(ctx: _Context, art: Artifact) -> list[dict[str, Any]]:
         except Exception as exc:  # noqa: BLE001 - a plot is a convenience
             art.notes.append(f"quantization report plot not written: {type(exc).__name__}")
     except Exception as exc:  # noqa: BLE001
-        art.warnings.append(f"per-layer quantization report failed: {_one_line(exc)}")
+        art.warnings.append(f"per-layer quantization report failed: {one_line(exc)}")
         ctx.reports[art.format] = []
         return []
     line = qr.summary_line(rows)

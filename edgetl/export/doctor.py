@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgetl.export.formats import FORMATS
+from edgetl.formats import FORMATS
 from edgetl.quant import QuantizationConfig
 
 #: How many of the worst layers selective mixed precision keeps in float, tried in this order.

@@ -57,7 +57,7 @@ TFLITE_FILE_IDENTIFIER = b"TFL3"
 MIN_PARSER_VERSION = "1.0.0"  # ImageProperties, NormalizationOptions, Stats, TENSOR_AXIS_LABELS
 LABELS_NAME = "labels.txt"
 EDGETL_JSON = "edgetl.json"
-ONNX_PREFIX = "edgetl."
+from edgetl.runtime.fileinfo import ONNX_PREFIX  # noqa: E402 - the one spelling, shared with the runtimes
 
 
 def input_description(dtype: str, input_size: tuple[int, int] | list[int]) -> str:
@@ -548,12 +548,11 @@ def set_onnx_props(model: Any, facts: ModelFacts) -> Any:
 
 def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
     """The edgetl keys of an ONNX file, JSON values decoded (``labels``, ``preprocessing``, ...)."""
-    import onnx
+    from edgetl.runtime.fileinfo import onnx_metadata
 
-    model = onnx.load(str(path), load_external_data=False)
     out: dict[str, Any] = {}
-    for p in model.metadata_props:
-        if p.key.startswith(ONNX_PREFIX):
-            key = p.key[len(ONNX_PREFIX):]
-            out[key] = json.loads(p.value) if key in ("labels", "preprocessing") else p.value
+    for key, value in onnx_metadata(path).items():
+        if key.startswith(ONNX_PREFIX):
+            key = key[len(ONNX_PREFIX):]
+            out[key] = json.loads(value) if key in ("labels", "preprocessing") else value
     return out

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from edgetl.errors import EdgetlError
+from edgetl.errors import EdgetlError, first_line, one_line
 from edgetl.quant import QuantizationConfig
 
 DEFAULT_OPSET = 17
@@ -38,8 +38,8 @@ def convert(model: Any, opset: int = DEFAULT_OPSET) -> Any:
             proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset)
         except Exception as exc:  # noqa: BLE001
             raise EdgetlError(
-                f"ONNX conversion failed: {type(first).__name__}: {str(first).splitlines()[0][:200] if str(first) else ''}; "
-                f"retry via tf.function: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                f"ONNX conversion failed: {one_line(first, 200)}; "
+                f"retry via tf.function: {one_line(exc, 200)}"
             ) from None
     check(proto)
     return proto
@@ -51,7 +51,7 @@ def check(proto: Any) -> None:
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:  # noqa: BLE001
-        raise EdgetlError(f"exported ONNX model fails onnx.checker: {str(exc).splitlines()[0][:300]}") from None
+        raise EdgetlError(f"exported ONNX model fails onnx.checker: {first_line(exc, 300)}") from None
 
 
 class _Reader:
@@ -161,7 +161,7 @@ def quantize(proto: Any, calib_pixels: np.ndarray, quant: QuantizationConfig) ->
                 **cache,
             )
         except Exception as exc:  # noqa: BLE001
-            raise EdgetlError(f"ONNX int8 quantization failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}") from None
+            raise EdgetlError(f"ONNX int8 quantization failed: {one_line(exc, 300)}") from None
         out = onnx.load(str(q8))
     check(out)
     return out, notes

@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from edgetl.errors import EdgetlError
+from edgetl.errors import EdgetlError, first_line
 
 #: RMS of an error uniform over one quantization step (1/sqrt(12)): a layer that only rounds.
 ROUNDING_NOISE_STEPS = 1.0 / math.sqrt(12.0)
@@ -102,7 +102,7 @@ def _debugger(conv: Any, debug_pixels: np.ndarray, nodes: Sequence[str] | None =
             return tf.lite.experimental.QuantizationDebugger(
                 converter=conv, debug_dataset=representative_dataset(debug_pixels, affine), debug_options=options)
         except Exception as exc:  # noqa: BLE001 - converter errors are long MLIR dumps: keep one line
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            first = first_line(exc, 300)
             raise EdgetlError(f"TFLite quantization debugger failed: {type(exc).__name__}: {first}") from None
 
 
@@ -178,7 +178,7 @@ def tflite_calibrated_model(converter_factory: Callable[[], Any], calib_pixels: 
     try:
         return bytes(conv.convert())
     except Exception as exc:  # noqa: BLE001 - converter errors are long MLIR dumps: keep one line
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        first = first_line(exc, 300)
         raise EdgetlError(f"TFLite calibration failed: {type(exc).__name__}: {first}") from None
 
 
@@ -230,7 +230,7 @@ def tflite_denylisted_model(converter_factory: Callable[[], Any], nodes: Sequenc
                 conv, "_experimental_disable_per_channel_quantization_for_dense_layers", False),
         )
     except Exception as exc:  # noqa: BLE001
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        first = first_line(exc, 300)
         raise EdgetlError(f"TFLite quantization with denylisted nodes failed: {type(exc).__name__}: {first}") from None
     model = bytes(model)
     got = io_details(model)
@@ -534,7 +534,7 @@ def onnx_layer_report(fp32_model_path: str | Path, int8_model_path: str | Path, 
             fv = dict(zip(f_names, f_sess.run(None, {input_name: x})))
         except Exception as exc:  # noqa: BLE001
             raise EdgetlError(f"quantization report: ONNX Runtime failed: {type(exc).__name__}: "
-                              f"{(str(exc).splitlines() or [''])[0][:300]}") from None
+                              f"{first_line(exc, 300)}") from None
         # DequantizeLinear's own arithmetic: (q - zero_point) * scale in float32.
         dq = {k: (qv[k].astype(np.float32) - np.float32(acts[k]["zero_point"])) * np.float32(acts[k]["scale"])
               for k in int8_needed}

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from edgetl.errors import EdgetlError
+from edgetl.errors import EdgetlError, first_line
 from edgetl.quant import QuantizationConfig
 
 
@@ -93,7 +93,7 @@ def convert(model: Any, quant: QuantizationConfig, calib_pixels: np.ndarray | No
     try:
         return bytes(conv.convert())
     except Exception as exc:  # noqa: BLE001 - converter errors are long MLIR dumps: keep one line
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        first = first_line(exc, 300)
         raise EdgetlError(f"TFLite conversion ({quant.mode}) failed: {type(exc).__name__}: {first}") from None
 
 

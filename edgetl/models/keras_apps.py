@@ -23,13 +23,11 @@ def keras_cache_dir() -> Path:
 
 def keras_weights_file(spec: Any, include_top: bool) -> tuple[str, str]:
     """(file name, download URL) of the Keras ImageNet weights for ``spec``."""
+    from edgetl.models.weights import keras_weights_filename
+
+    name = keras_weights_filename(spec, include_top)
     if spec.family == "mobilenet_v2":
-        alpha = spec.options["alpha"]
-        alpha_s = {1.0: "1.0", 0.35: "0.35", 0.5: "0.5", 0.75: "0.75", 1.3: "1.3", 1.4: "1.4"}[alpha]
-        rows = spec.input_size[0]
-        name = f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha_s}_{rows}" + ("" if include_top else "_no_top") + ".h5"
         return name, f"{_KERAS_BASE_URL}/mobilenet_v2/{name}"
-    name = "efficientnetb0.h5" if include_top else "efficientnetb0_notop.h5"
     return name, f"https://storage.googleapis.com/keras-applications/{name}"
 
 

@@ -36,6 +36,8 @@ class BackboneSpec:
         options: builder-specific options (e.g. width multiplier).
         notes: shown in ``edgetl models``.
         hidden: not listed unless asked (test backbones).
+        size_range: smallest and largest input side ``--image-size`` accepts (the weights are
+            convolutional: they run at any size, and accuracy falls off far from the trained one).
     """
 
     name: str
@@ -51,10 +53,29 @@ class BackboneSpec:
     options: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
     hidden: bool = False
+    size_range: tuple[int, int] = (96, 512)
 
     @property
     def input_size(self) -> tuple[int, int]:
         return self.preprocessing.input_size
+
+    def at_size(self, size: int | tuple[int, int] | list[int] | None) -> "BackboneSpec":
+        """This backbone at another input size (``160`` or ``(160, 128)`` as height, width); None: unchanged.
+
+        Raises:
+            UsageError: a side outside ``size_range``.
+        """
+        if size is None:
+            return self
+        h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        lo, hi = self.size_range
+        if not (lo <= h <= hi and lo <= w <= hi):
+            raise UsageError(f"--image-size {h}x{w} is outside what {self.name} supports ({lo}-{hi} px per side)")
+        if (h, w) == tuple(self.input_size):
+            return self
+        from dataclasses import replace
+
+        return replace(self, preprocessing=replace(self.preprocessing, input_size=(h, w)))
 
     def builder_fn(self) -> Callable[..., Any]:
         module, _, fn = self.builder.partition(":")
@@ -99,6 +120,11 @@ def names(include_hidden: bool = False) -> list[str]:
     return [s.name for s in list_specs(include_hidden)]
 
 
+def is_backbone(name: str) -> bool:
+    """Whether ``name`` is a registered backbone name or alias (hidden test backbones included)."""
+    return _ALIASES.get(name, name) in _REGISTRY
+
+
 def get_spec(name: str) -> BackboneSpec:
     """Look a backbone up by name or alias.
 
@@ -111,7 +137,7 @@ def get_spec(name: str) -> BackboneSpec:
     return _REGISTRY[key]
 
 
-def build(name: str, weights: str | None = "imagenet", include_top: bool = False) -> Any:
+def build(name: "str | BackboneSpec", weights: str | None = "imagenet", include_top: bool = False) -> Any:
     """Build a Keras backbone.
 
     The model takes RGB pixels in [0, 255] (float32) at the spec's input size and has
@@ -120,11 +146,11 @@ def build(name: str, weights: str | None = "imagenet", include_top: bool = False
     softmax probabilities.
 
     Args:
-        name: registry name.
+        name: registry name, or a spec (e.g. ``spec.at_size(160)``).
         weights: ``"imagenet"``, ``None``/``"none"`` (random init), or a path to a weights file.
         include_top: keep the ImageNet classifier.
     """
-    spec = get_spec(name)
+    spec = name if isinstance(name, BackboneSpec) else get_spec(name)
     if weights in ("none", "None", ""):
         weights = None
     return spec.builder_fn()(spec, weights=weights, include_top=include_top)
@@ -212,5 +238,6 @@ register(
         unfreeze_blocks=1,
         notes="test backbone",
         hidden=True,
+        size_range=(16, 256),
     )
 )

@@ -23,7 +23,6 @@ import hashlib
 import importlib
 import json
 import os
-import tempfile
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgetl.errors import ModelFileError, WeightsUnavailableError
+from edgetl.report import atomic_write
 
 if TYPE_CHECKING:
     from edgetl.models.registry import BackboneSpec
@@ -68,6 +68,9 @@ def keras_models_dirs() -> list[Path]:
     return dirs
 
 
+MOBILENET_V2_SIZES = (96, 128, 160, 192, 224)
+
+
 def keras_weights_filename(spec: BackboneSpec, include_top: bool = False) -> str:
     """The file name ``keras.applications`` downloads for ``spec``.
 
@@ -76,7 +79,9 @@ def keras_weights_filename(spec: BackboneSpec, include_top: bool = False) -> str
     """
     if spec.family == "mobilenet_v2":
         alpha = float(spec.options.get("alpha", 1.0))
-        rows = spec.input_size[0]
+        # Keras publishes MobileNetV2 weights trained at 96-224 px; another --image-size starts from
+        # the nearest (the kernels do not depend on the input size)
+        rows = min(MOBILENET_V2_SIZES, key=lambda r: (abs(r - spec.input_size[0]), -r))
         stem = f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{rows}"
         return f"{stem}.h5" if include_top else f"{stem}_no_top.h5"
     if spec.family == "efficientnet":
@@ -167,18 +172,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _read_cache(npz: Path, meta_path: Path, source: dict[str, Any] | None) -> tuple[dict[str, np.ndarray] | None, str]:
     """Load the cache if it is valid: (arrays, "") or (None, why it is not usable)."""
     if not npz.is_file() and not meta_path.is_file():
@@ -237,7 +230,7 @@ def lite_weights(spec: BackboneSpec) -> dict[str, np.ndarray]:
 
     state = {k: v for k, v in load_state_dict(ckpt).items() if not k.endswith("num_batches_tracked")}
     try:
-        _atomic_write(npz, lambda f: np.savez(f, **state))
+        atomic_write(npz, lambda f: np.savez(f, **state))
         meta = {
             "format_version": CACHE_FORMAT_VERSION,
             "variant": f"efficientnet_lite{idx}",
@@ -248,7 +241,7 @@ def lite_weights(spec: BackboneSpec) -> dict[str, np.ndarray]:
             "npz_sha256": _sha256(npz),
             "num_tensors": len(state),
         }
-        _atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=2).encode()))
+        atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=2).encode()))
     except OSError as exc:
         warnings.warn(
             f"cannot write the weight cache in {npz.parent} ({exc}); converting on every load",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -19,13 +19,23 @@ from edgetl.preprocess import Preprocessing
 
 class Runner(Protocol):
     format: str  # "keras", "tflite", "onnx"
-    runtime: str  # "tensorflow", "litert", "onnxruntime"
+    runtime: str  # "tensorflow", "litert", "litert-compiled", "onnxruntime", "openvino"
     precision: str  # "fp32", "fp16", "dynamic", "int8", ...
+    device: str  # "cpu", "gpu", "npu", "cuda", ...
+    threads: int | None  # CPU threads in force (None: not a CPU setting)
     labels: list[str]
     preprocessing: Preprocessing
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, 3) -> float32 probabilities (N, C)."""
+        ...
+
+    def timer(self, pixels: np.ndarray) -> Callable[[], Any]:
+        """Set ``pixels`` up as the input once; return the zero-argument call ``bench`` times."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What a bench row records about how the file ran (runtime, threads, device, ...)."""
         ...
 
 

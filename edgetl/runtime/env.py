@@ -111,25 +111,43 @@ def onnxruntime_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
-def litert_gpu_delegate() -> tuple[bool, str]:
-    """(available, reason) for the LiteRT GPU delegate.
+GPU_DELEGATE_ENV = "EDGETL_TFLITE_GPU_DELEGATE"
+
+
+def gpu_delegate_library() -> str:
+    return os.environ.get(GPU_DELEGATE_ENV, "libtensorflowlite_gpu_delegate.so")
+
+
+def load_gpu_delegate() -> Any:
+    """The LiteRT GPU delegate, loaded (the one probe bench and the runner use).
 
     The desktop ``ai-edge-litert`` wheels ship no GPU delegate; one is only usable when a
     ``libtensorflowlite_gpu_delegate.so`` can be loaded (set ``EDGETL_TFLITE_GPU_DELEGATE``).
+
+    Raises:
+        RuntimeUnavailableError: ai-edge-litert or the delegate library cannot be loaded.
     """
-    lib = os.environ.get("EDGETL_TFLITE_GPU_DELEGATE", "libtensorflowlite_gpu_delegate.so")
+    lib = gpu_delegate_library()
     try:
         from ai_edge_litert.interpreter import load_delegate
     except Exception as exc:  # noqa: BLE001
-        return False, f"ai-edge-litert not importable ({type(exc).__name__})"
+        raise RuntimeUnavailableError(f"ai-edge-litert not importable ({type(exc).__name__})") from None
     try:
         import ctypes
 
         ctypes.CDLL(lib)  # probe first: a failed load_delegate leaves a half-built object that warns on GC
-        load_delegate(lib)
-        return True, lib
+        return load_delegate(lib)
     except Exception:  # noqa: BLE001 - ValueError/OSError when the shared library is missing
-        return False, f"no LiteRT GPU delegate library ({lib}) on this machine"
+        raise RuntimeUnavailableError(f"no LiteRT GPU delegate library ({lib}) on this machine") from None
+
+
+def litert_gpu_delegate() -> tuple[bool, str]:
+    """(available, reason) for the LiteRT GPU delegate (see :func:`load_gpu_delegate`)."""
+    try:
+        load_gpu_delegate()
+    except RuntimeUnavailableError as exc:
+        return False, str(exc)
+    return True, gpu_delegate_library()
 
 
 def gpus() -> list[str]:

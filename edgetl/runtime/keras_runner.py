@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from edgetl.errors import one_line
+
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -14,6 +16,7 @@ class KerasRunner:
     format = "keras"
     runtime = "tensorflow"
     precision = "fp32"
+    device = "cpu"
 
     def __init__(self, model: Any, labels: list[str], preprocessing: Preprocessing, batch_size: int = 32):
         self.model = model
@@ -27,6 +30,25 @@ class KerasRunner:
             return np.zeros((0, len(self.labels)), np.float32)
         out = self.model.predict(x, batch_size=self.batch_size, verbose=0)
         return np.asarray(out, dtype=np.float32)
+
+    @property
+    def threads(self) -> int | None:
+        """TensorFlow's intra-op thread setting in force (None: TensorFlow's own default)."""
+        import tensorflow as tf
+
+        return tf.config.threading.get_intra_op_parallelism_threads() or None
+
+    def timer(self, pixels: np.ndarray) -> Callable[[], Any]:
+        """The call to time: a compiled graph call on a constant batch, result fetched to the host."""
+        import tensorflow as tf
+
+        fn = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+        x = tf.constant(np.asarray(pixels, np.float32))
+        return lambda: fn(x).numpy()
+
+    def describe(self) -> dict[str, Any]:
+        return {"format": self.format, "runtime": self.runtime, "precision": self.precision, "threads": self.threads,
+                "device": "cpu"}
 
 
 def backbone_runner(name: str, weights: str | None = "imagenet") -> KerasRunner:
@@ -51,4 +73,4 @@ def load_keras_model(path: str | Path) -> Any:
     try:
         return keras.saving.load_model(p, safe_mode=True, compile=False)
     except Exception as exc:  # noqa: BLE001 - zip, h5 and deserialization errors all mean "bad file"
-        raise ModelFileError(f"{p}: not a loadable Keras model ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+        raise ModelFileError(f"{p}: not a loadable Keras model ({one_line(exc, 200)})") from None

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgetl.errors import ModelFileError
+from edgetl.errors import ModelFileError, first_line
 from edgetl.runtime.base import as_batch, default_threads
 from edgetl.runtime.env import RuntimeUnavailableError
 from edgetl.runtime.fileinfo import file_info
@@ -71,7 +71,7 @@ class CompiledModelRunner:
             if acc != "cpu":
                 raise RuntimeUnavailableError(f"LiteRT {acc.upper()} accelerator cannot run {self.path.name} here "
                                               f"(no {acc.upper()} or not every op supported)") from None
-            first = (str(exc).strip().splitlines() or [""])[-1][:200]
+            first = first_line(exc, 200, last=True)
             raise ModelFileError(f"{self.path}: LiteRT CompiledModel cannot load this model: {first}") from None
         self._inputs = self.model.create_input_buffers(0)
         self._outputs = self.model.create_output_buffers(0)

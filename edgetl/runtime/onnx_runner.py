@@ -13,11 +13,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from edgetl.errors import ModelFileError
+from edgetl.errors import ModelFileError, first_line
 from edgetl.preprocess import Preprocessing
-from edgetl.runtime import loader
 from edgetl.runtime.base import as_batch, default_threads
 from edgetl.runtime.env import RuntimeUnavailableError
+from edgetl.runtime.fileinfo import file_info
 
 PROVIDER_NAMES = {
     "cpu": "CPUExecutionProvider",
@@ -74,7 +74,7 @@ def session(model: bytes | str | Path, threads: int | None = None, **options: An
     try:
         return ort.InferenceSession(src, sess_options=session_options(threads, **options), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        first = first_line(exc, 300)
         raise ModelFileError(f"ONNX Runtime cannot load the model: {type(exc).__name__}: {first}") from None
 
 
@@ -139,7 +139,7 @@ class OnnxRunner:
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=so, providers=self.providers_requested)
         except Exception as exc:  # noqa: BLE001 - InvalidProtobuf, Fail, InvalidGraph ... all mean "bad file"
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            first = first_line(exc, 200)
             raise ModelFileError(f"{self.path}: ONNX Runtime cannot load this model (truncated or corrupt?): {first}") from None
         self.providers = list(self.session.get_providers())
         self.device = "gpu" if any(p in _AUTO_GPU for p in self.providers[:1]) else "cpu"
@@ -163,10 +163,10 @@ class OnnxRunner:
             self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         except Exception:  # noqa: BLE001
             self.metadata = {}
-        self.labels = loader.labels_from_meta(self.metadata.get("edgetl.labels"), self.num_classes) or loader.sidecar_labels(self.path, self.num_classes)
-        pre = loader.preprocessing_from_meta(self.metadata["edgetl.preprocessing"]) if "edgetl.preprocessing" in self.metadata else None
-        self.preprocessing: Preprocessing = pre or loader.sidecar_preprocessing(self.path, hw)
-        self.precision = self.metadata.get("edgetl.precision") or loader.precision_from_name(self.path) or self._guess_precision()
+        info = file_info(self.path, hw, self.num_classes, metadata=self.metadata, guess=self._guess_precision)
+        self.labels = info.labels
+        self.preprocessing: Preprocessing = info.preprocessing
+        self.precision = info.precision
 
     def _guess_precision(self) -> str:
         """Looks for quantization ops with the ``onnx`` package when it is installed; else 'unknown'."""

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgetl.errors import ModelFileError
+from edgetl.errors import ModelFileError, first_line
 from edgetl.runtime.base import as_batch, default_threads
 from edgetl.runtime.env import RuntimeUnavailableError
 from edgetl.runtime.fileinfo import file_info
@@ -85,7 +85,7 @@ class OpenVINORunner:
         try:
             self.model = self.core.read_model(str(self.path))
         except Exception as exc:  # noqa: BLE001 - the frontends raise RuntimeError with pages of text
-            first = (str(exc).strip().splitlines() or [""])[-1][:200]
+            first = first_line(exc, 200, last=True)
             raise ModelFileError(f"{self.path}: OpenVINO cannot read this model (truncated or corrupt?): {first}") from None
         if len(self.model.inputs) != 1:
             raise ModelFileError(f"{self.path}: expected one image input, found {len(self.model.inputs)}")
@@ -123,7 +123,7 @@ class OpenVINORunner:
             try:
                 compiled = self.core.compile_model(self.model, self.ov_device, config)
             except Exception as exc:  # noqa: BLE001
-                first = (str(exc).strip().splitlines() or [""])[-1][:200]
+                first = first_line(exc, 200, last=True)
                 raise RuntimeUnavailableError(f"OpenVINO {self.ov_device} cannot compile {self.path.name}: {first}") from None
             self._compiled[n] = compiled.create_infer_request()
         return self._compiled[n]

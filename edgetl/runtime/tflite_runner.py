@@ -8,20 +8,16 @@ and return float32 probabilities.
 
 from __future__ import annotations
 
-import io
-import json
-import os
-import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from edgetl.errors import ModelFileError
+from edgetl.errors import ModelFileError, first_line
 from edgetl.preprocess import Preprocessing
-from edgetl.runtime import loader
 from edgetl.runtime.base import as_batch, default_threads
 from edgetl.runtime.env import RuntimeUnavailableError
+from edgetl.runtime.fileinfo import file_info, read_edgetl_json
 
 TFLITE_IDENTIFIER = b"TFL3"
 
@@ -46,24 +42,6 @@ def feed_pixels(pixels: np.ndarray, dtype: Any, quantization: tuple[float, int])
     return x.astype(dt)
 
 
-def read_tflite_metadata(path: str | Path | bytes) -> dict[str, Any]:
-    """The ``edgetl.json`` (and ``labels.txt``) packed in the zip appended to a .tflite file (a path or
-    the file's bytes); {} when absent."""
-    out: dict[str, Any] = {}
-    try:
-        with zipfile.ZipFile(io.BytesIO(path) if isinstance(path, (bytes, bytearray)) else path) as zf:
-            names = set(zf.namelist())
-            if "edgetl.json" in names:
-                d = json.loads(zf.read("edgetl.json").decode("utf-8"))
-                if isinstance(d, dict):
-                    out.update(d)
-            if "labels.txt" in names and "labels" not in out:
-                out["labels"] = [ln.strip() for ln in zf.read("labels.txt").decode("utf-8").splitlines() if ln.strip()]
-    except (zipfile.BadZipFile, OSError, ValueError, UnicodeDecodeError, KeyError):
-        return {}
-    return out
-
-
 def check_tflite_file(p: Path) -> None:
     """Cheap checks before handing the file to LiteRT: exists, non-empty, TFLite flatbuffer identifier."""
     if not p.is_file():
@@ -84,7 +62,7 @@ def io_details(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         it = Interpreter(model_path=str(path))
     except (ValueError, RuntimeError) as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        first = first_line(exc, 200)
         raise ModelFileError(f"{path}: LiteRT cannot read this model (truncated or corrupt?): {first}") from None
     return it.get_input_details()[0], it.get_output_details()[0]
 
@@ -104,7 +82,7 @@ def inspect_interpreter(model_bytes: bytes) -> Any:
     try:
         return Interpreter(model_content=bytes(model_bytes))
     except (ValueError, RuntimeError) as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        first = first_line(exc, 200)
         raise ModelFileError(f"LiteRT cannot read this model: {first}") from None
 
 
@@ -131,27 +109,22 @@ class TFLiteRunner:
             check_tflite_file(self.path)
         elif len(content) < 16 or content[4:8] != TFLITE_IDENTIFIER:
             raise ModelFileError("not a TFLite model (no 'TFL3' flatbuffer identifier)")
-        Interpreter, load_delegate = _interpreter_class()
+        Interpreter, _ = _interpreter_class()
         self.threads = int(threads) if threads else default_threads()
         delegates = []
         self.device = "cpu"
         self.delegate = "xnnpack"
         if use_gpu:
-            lib = os.environ.get("EDGETL_TFLITE_GPU_DELEGATE", "libtensorflowlite_gpu_delegate.so")
-            try:
-                import ctypes
+            from edgetl.runtime.env import load_gpu_delegate
 
-                ctypes.CDLL(lib)  # probe first: a failed load_delegate leaves an object that warns on GC
-                delegates.append(load_delegate(lib))
-            except Exception:  # noqa: BLE001
-                raise RuntimeUnavailableError(f"LiteRT GPU delegate not available ({lib} cannot be loaded)") from None
+            delegates.append(load_gpu_delegate())
             self.device, self.delegate = "gpu", "gpu"
         try:
             source = {"model_content": content} if content is not None else {"model_path": str(self.path)}
             self.interpreter = Interpreter(**source, num_threads=self.threads, experimental_delegates=delegates or None)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            first = first_line(exc, 200)
             raise ModelFileError(f"{self.path}: LiteRT cannot load this model (truncated or corrupt?): {first}") from None
         ins = self.interpreter.get_input_details()
         outs = self.interpreter.get_output_details()
@@ -169,11 +142,12 @@ class TFLiteRunner:
         self.input_dtype = np.dtype(self._in["dtype"])
         self.output_dtype = np.dtype(self._out["dtype"])
         self.num_classes = int(self._out["shape"][-1])
-        self.metadata = read_tflite_metadata(content if content is not None else self.path)
-        self.labels = loader.labels_from_meta(self.metadata.get("labels"), self.num_classes) or loader.sidecar_labels(self.path, self.num_classes)
-        pre = loader.preprocessing_from_meta(self.metadata.get("preprocessing")) if self.metadata.get("preprocessing") else None
-        self.preprocessing: Preprocessing = pre or loader.sidecar_preprocessing(self.path, (shape[1], shape[2]))
-        self.precision = str(self.metadata.get("precision") or loader.precision_from_name(self.path) or self._guess_precision())
+        info = file_info(self.path, (shape[1], shape[2]), self.num_classes,
+                         metadata=read_edgetl_json(content) if content is not None else None, guess=self._guess_precision)
+        self.metadata = info.metadata
+        self.labels = info.labels
+        self.preprocessing: Preprocessing = info.preprocessing
+        self.precision = info.precision
         self.io_type = self.input_dtype.name
 
     # ------------------------------------------------------------------ internals
