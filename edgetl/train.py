@@ -766,63 +766,152 @@ def _resumed_config(run_dir: Path, given: TrainConfig) -> TrainConfig:
     return cfg.replace(resume=True, overwrite=False, verbose=given.verbose, out=str(run_dir), workers=given.workers)
 
 
+@dataclass
+class _Run:
+    """One training run's shared state, filled step by step by :func:`_train`'s named steps."""
+
+    cfg: TrainConfig
+    spec: Any
+    run_dir: Path
+    extra_callbacks: Sequence[Any]
+    warnings: list[str] = field(default_factory=list)
+    t_start: float = field(default_factory=time.perf_counter)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    # devices and checkpoints (_setup)
+    plan: Any = None
+    strategy: Any = None
+    device_doc: dict[str, Any] = field(default_factory=dict)
+    ckpt: Any = None
+    resume_state: Any = None
+    # data (_load_data)
+    ds: Any = None
+    xtr: Any = None
+    ytr: Any = None
+    xva: Any = None
+    yva: Any = None
+    classes: list[str] = field(default_factory=list)
+    cw: dict[int, float] | None = None
+    decode_seconds: float = 0.0
+    config_doc: dict[str, Any] = field(default_factory=dict)
+    # graphs (_build_graphs)
+    base: Any = None
+    full: Any = None
+    head: Any = None
+    tail: Any = None
+    extractor: Any = None
+    boundary: Any = None
+    unfrozen: set[str] = field(default_factory=set)
+    fine_tune: bool = False
+    k: int = 0
+    feat_dim: int = 0
+    n_views: int = 1
+    cache_bytes: int = 0
+    # embeddings (_embed_views)
+    augmenter: Any = None
+    forward: Any = None
+    mode: str = "off"
+    emb_tr: Any = None
+    act_tr: Any = None
+    emb_va: Any = None
+    act_va: Any = None
+    y_views: Any = None
+    view_seconds: list[float] = field(default_factory=list)
+    embed_seconds: float = 0.0
+    n_embedded: int = 0
+    # phases
+    head_epochs_run: int = 0
+    ft_epochs_run: int = 0
+    ft_mode: str | None = None
+    ft_train_seconds: float = 0.0
+    ft_images: int = 0
+    ft_cb: Any = None
+    ft_model: Any = None
+    head_only_w: list[np.ndarray] | None = None  # the head-only candidate's weights (known unless resumed mid-phase)
+    head_only_doc: dict[str, Any] | None = None  # its val loss/accuracy, as the keep/restore rule saw them
+    agree: float = 0.0
+    fine_tune_doc: dict[str, Any] | None = None
+
+    @property
+    def n_cls(self) -> int:
+        return len(self.classes)
+
+    @property
+    def resumed_phase(self) -> str | None:
+        return self.resume_state[0]["phase"] if self.resume_state else None
+
+
 def _train(cfg: TrainConfig, spec: Any, run_dir: Path, extra_callbacks: Sequence[Any], *,
            distribute: str = "auto", role: WorkerRole | None = None) -> TrainResult:
+    """The training steps in order; each step reads and fills the shared :class:`_Run`."""
     quiet.quiet_env()
+    r = _Run(cfg, spec, run_dir, extra_callbacks)
+    _setup(r, distribute, role)
+    _load_data(r)
+    _build_graphs(r)
+    _embed_views(r)
+    _fit_head(r)
+    if r.fine_tune:
+        _fit_fine_tune(r)
+    _evaluate(r)
+    return _write_run(r)
+
+
+def _setup(r: _Run, distribute: str, role: WorkerRole | None) -> None:
+    """Device plan, distribution strategy, precision, seed, checkpoints (and the state to resume)."""
     import keras
     import tensorflow as tf
 
-    from edgetl.data import load_dataset, summarize_skipped
-    from edgetl.models import build
-    from edgetl.tfdata import build_augmenter, pixel_batches, pixels_dataset, training_dataset
-
     tf.get_logger().setLevel("ERROR")  # retracing notices from predicting several views
-    warnings_out: list[str] = []
-    t_start = time.perf_counter()
-    plan = plan_devices(tf.config.list_physical_devices("GPU"), distribute, role)
+    r.plan = plan_devices(tf.config.list_physical_devices("GPU"), distribute, role)
     # Before any other TensorFlow op: MultiWorkerMirroredStrategy configures the collective ops at start-up.
-    strategy = _make_strategy(plan)
-    _set_precision(plan)
-    if strategy is not None:
+    r.strategy = _make_strategy(r.plan)
+    _set_precision(r.plan)
+    if r.strategy is not None:
         where = f", {role.describe()}" if role is not None else ""
-        _log(cfg, f"distributed training: {type(strategy).__name__}, {strategy.num_replicas_in_sync} replicas in sync{where}")
-    device_doc = {**plan.to_dict(), "replicas": strategy.num_replicas_in_sync if strategy is not None else 1,
-                  "task": role.describe() if role is not None else None}
-    keras.utils.set_random_seed(cfg.seed)
-    ckpt = _Checkpoints(run_dir / CHECKPOINT_DIR, strategy)
-    resume_state = ckpt.latest() if cfg.resume else None
+        _log(r.cfg, f"distributed training: {type(r.strategy).__name__}, {r.strategy.num_replicas_in_sync} replicas in sync{where}")
+    r.device_doc = {**r.plan.to_dict(), "replicas": r.strategy.num_replicas_in_sync if r.strategy is not None else 1,
+                    "task": role.describe() if role is not None else None}
+    keras.utils.set_random_seed(r.cfg.seed)
+    r.ckpt = _Checkpoints(r.run_dir / CHECKPOINT_DIR, r.strategy)
+    r.resume_state = r.ckpt.latest() if r.cfg.resume else None
+    if r.resume_state:
+        r.history.extend(r.resume_state[0].get("history", []))
 
-    # ---- data: decode + resize once
+
+def _load_data(r: _Run) -> None:
+    """Decode + resize every image once; class weights; the run's ``config.json`` (status running)."""
+    from edgetl.data import load_dataset, summarize_skipped
+
+    cfg = r.cfg
     _log(cfg, f"loading images from {cfg.data_dir} ...")
     t0 = time.perf_counter()
-    ds = load_dataset(cfg.data_dir, val_split=cfg.val_split, seed=cfg.seed, max_pixels=cfg.max_pixels or None,
-                      preprocessing=spec.preprocessing, workers=cfg.workers)
-    decode_seconds = time.perf_counter() - t0
+    r.ds = ds = load_dataset(cfg.data_dir, val_split=cfg.val_split, seed=cfg.seed, max_pixels=cfg.max_pixels or None,
+                             preprocessing=r.spec.preprocessing, workers=cfg.workers)
+    r.decode_seconds = time.perf_counter() - t0
     msg = summarize_skipped(ds.skipped)
     if msg:
-        _warn(cfg, msg, warnings_out)
-    xtr, ytr = ds.arrays("train")
-    xva, yva = ds.arrays("val")
-    classes = ds.classes
-    n_cls = len(classes)
+        _warn(cfg, msg, r.warnings)
+    r.xtr, r.ytr = ds.arrays("train")
+    r.xva, r.yva = ds.arrays("val")
+    r.classes = classes = ds.classes
     fingerprint = ds.fingerprint()
-    if resume_state:
-        old = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8")).get("data", {})
+    if r.resume_state:
+        old = json.loads((r.run_dir / CONFIG_FILE).read_text(encoding="utf-8")).get("data", {})
         if old.get("files_sha256") != fingerprint["files_sha256"]:
-            raise EdgetlError(f"cannot resume {run_dir}: the images in {cfg.data_dir} changed since the run started")
+            raise EdgetlError(f"cannot resume {r.run_dir}: the images in {cfg.data_dir} changed since the run started")
     counts = [int(c) for c in ds.train.counts().values()]
-    cw = class_weights_for(counts, cfg.class_weights, cfg.imbalance_ratio)
+    r.cw = cw = class_weights_for(counts, cfg.class_weights, cfg.imbalance_ratio)
     if cw:
         _log(cfg, "unbalanced classes " + ", ".join(f"{c}={n}" for c, n in zip(classes, counts))
              + "; class weights " + ", ".join(f"{classes[i]}={w:.3f}" for i, w in cw.items()))
-    _log(cfg, f"{len(ytr)} train / {len(yva)} val images, {n_cls} classes, decoded in {decode_seconds:.1f} s")
-
-    config_doc: dict[str, Any] = {
+    _log(cfg, f"{len(r.ytr)} train / {len(r.yva)} val images, {r.n_cls} classes, decoded in {r.decode_seconds:.1f} s")
+    r.config_doc = {
         "edgetl_version": __version__,
-        "backbone": spec.name,
-        "preprocessing": spec.preprocessing.to_dict(),
+        "backbone": r.spec.name,
+        "preprocessing": r.spec.preprocessing.to_dict(),
         "labels": classes,
-        "num_classes": n_cls,
+        "num_classes": r.n_cls,
         "data_dir": str(Path(cfg.data_dir).resolve()),
         "val_split": cfg.val_split,
         "seed": cfg.seed,
@@ -831,314 +920,369 @@ def _train(cfg: TrainConfig, spec: Any, run_dir: Path, extra_callbacks: Sequence
         "weights": cfg.weights,
         "train_config": cfg.to_dict(),
         "versions": _versions(),
-        "device_plan": device_doc,
+        "device_plan": r.device_doc,
         "class_weights": {classes[i]: w for i, w in cw.items()} if cw else None,
         "num_skipped": len(ds.skipped),
         "status": "running",
     }
-    if not resume_state:
-        write_json(run_dir / CONFIG_FILE, config_doc)
+    if not r.resume_state:
+        write_json(r.run_dir / CONFIG_FILE, r.config_doc)
 
-    # ---- models
-    with _scope(strategy):
-        base = build(spec, weights=cfg.weights, include_top=False)
+
+def _head_layers(keras: Any, x: Any, cfg: TrainConfig, n_cls: int) -> Any:
+    """Dropout + Dense softmax classifier on ``x`` (the same L2 penalty in both phases: a no-op for
+    inference and export). Built once on the pooled features and once on cached embeddings."""
+    reg = keras.regularizers.L2(cfg.head_l2) if cfg.head_l2 > 0 else None
+    dropped = keras.layers.Dropout(cfg.dropout, name="head_dropout")(x)
+    return keras.layers.Dense(n_cls, activation="softmax", dtype="float32", name="probs", kernel_regularizer=reg)(dropped)
+
+
+def _build_graphs(r: _Run) -> None:
+    """The one-graph classifier, the head on embeddings, the frozen extractor, and (fine-tuning on
+    cached activations) the trainable tail after the frozen part."""
+    import keras
+
+    from edgetl.models import build
+
+    cfg, spec = r.cfg, r.spec
+    with _scope(r.strategy):
+        r.base = base = build(spec, weights=cfg.weights, include_top=False)
         layer_names = [layer.name for layer in base.layers]
-        k = spec.unfreeze_blocks if cfg.unfreeze is None else cfg.unfreeze
-        fine_tune = cfg.strategy == "fine-tune" and cfg.fine_tune_epochs > 0 and k > 0
-        unfrozen = unfrozen_layer_names(layer_names, k) if fine_tune else set()
-        if fine_tune and not unfrozen:
+        r.k = spec.unfreeze_blocks if cfg.unfreeze is None else cfg.unfreeze
+        r.fine_tune = cfg.strategy == "fine-tune" and cfg.fine_tune_epochs > 0 and r.k > 0
+        r.unfrozen = unfrozen_layer_names(layer_names, r.k) if r.fine_tune else set()
+        if r.fine_tune and not r.unfrozen:
             raise EdgetlError(f"backbone {spec.name} has no block{{N}}_ / top_ layers to unfreeze")
         base.trainable = False
         pooled = keras.layers.GlobalAveragePooling2D(name="head_pool")(base.output)
-        dropped = keras.layers.Dropout(cfg.dropout, name="head_dropout")(pooled)
-        # The same L2 penalty on the classifier in both phases (a no-op for inference and export).
-        reg = (lambda: keras.regularizers.L2(cfg.head_l2)) if cfg.head_l2 > 0 else (lambda: None)
-        probs = keras.layers.Dense(n_cls, activation="softmax", dtype="float32", name="probs",
-                                   kernel_regularizer=reg())(dropped)
-        full = keras.Model(base.input, probs, name=f"{spec.name}_classifier")
-
-        feat_dim = int(pooled.shape[-1])
-        emb_in = keras.Input((feat_dim,), name="embedding")
-        head = keras.Model(emb_in, keras.layers.Dense(n_cls, activation="softmax", dtype="float32", name="probs",
-                                                      kernel_regularizer=reg())(
-            keras.layers.Dropout(cfg.dropout, name="head_dropout")(emb_in)), name="head")
+        r.full = keras.Model(base.input, _head_layers(keras, pooled, cfg, r.n_cls), name=f"{spec.name}_classifier")
+        r.feat_dim = int(pooled.shape[-1])
+        emb_in = keras.Input((r.feat_dim,), name="embedding")
+        r.head = keras.Model(emb_in, _head_layers(keras, emb_in, cfg, r.n_cls), name="head")
 
         # Fine-tuning on cached activations: only when the frozen part ends cleanly at one tensor.
-        boundary = _boundary_tensor(base, unfrozen) if fine_tune else None
-        tail = None
-        if boundary is not None:
+        r.boundary = _boundary_tensor(base, r.unfrozen) if r.fine_tune else None
+        r.tail = None
+        if r.boundary is not None:
             try:
-                tail = keras.Model(boundary, full.output, name="tail")
-                extra = {layer.name for layer in tail.layers if not isinstance(layer, keras.layers.InputLayer)} - unfrozen - {
+                r.tail = keras.Model(r.boundary, r.full.output, name="tail")
+                extra = {layer.name for layer in r.tail.layers if not isinstance(layer, keras.layers.InputLayer)} - r.unfrozen - {
                     "head_pool", "head_dropout", "probs"}
                 if extra:
-                    tail = None
+                    r.tail = None
             except Exception:  # noqa: BLE001 - any graph the split cannot express falls back to images
-                tail = None
-        n_views = 1 + (cfg.augment.views if cfg.augment.enabled else 0)
-        cache_bytes = 0
-        if tail is not None:
-            cache_bytes = int(np.prod(boundary.shape[1:])) * 2 * (n_views * len(ytr) + len(yva))
-            if cache_bytes > cfg.cache_limit_mb * 2**20:
-                _log(cfg, f"activation cache would need {cache_bytes / 2**20:.0f} MB > {cfg.cache_limit_mb} MB: fine-tuning on images")
-                tail = None
-        outputs = [pooled] + ([boundary] if tail is not None else [])
-        extractor = keras.Model(base.input, outputs, name="extractor")
-    if plan.distribute == "multi-worker":
-        for m in (head, full, tail):
+                r.tail = None
+        r.n_views = 1 + (cfg.augment.views if cfg.augment.enabled else 0)
+        if r.tail is not None:
+            r.cache_bytes = int(np.prod(r.boundary.shape[1:])) * 2 * (r.n_views * len(r.ytr) + len(r.yva))
+            if r.cache_bytes > cfg.cache_limit_mb * 2**20:
+                _log(cfg, f"activation cache would need {r.cache_bytes / 2**20:.0f} MB > {cfg.cache_limit_mb} MB: fine-tuning on images")
+                r.tail = None
+        outputs = [pooled] + ([r.boundary] if r.tail is not None else [])
+        r.extractor = keras.Model(base.input, outputs, name="extractor")
+    if r.plan.distribute == "multi-worker":
+        for m in (r.head, r.full, r.tail):
             if m is not None:
-                _multi_worker_build_fix(m, strategy)
+                _multi_worker_build_fix(m, r.strategy)
 
-    # ---- one forward pass of the frozen base per view
-    augmenter = build_augmenter(cfg.augment, cfg.seed)
+
+def _extract(r: _Run, x: np.ndarray, aug: Any | None, view: int, label: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """One forward pass of the frozen base over ``x``: (embeddings, float16 tail activations or None)."""
+    import keras
+
+    from edgetl.tfdata import pixel_batches, pixels_dataset
+
+    bs = max(r.cfg.batch_size, 32)
+    tp = time.perf_counter()
+    embs: list[np.ndarray] = []
+    acts: list[np.ndarray] = []
+    with quiet.to_console() if r.mode == "bars" else contextlib.nullcontext():
+        bar = keras.utils.Progbar(int(np.ceil(len(x) / bs))) if r.mode == "bars" else None
+        if r.forward.engine == "onnxruntime":  # uses every core: no TF work alongside it
+            batches = pixel_batches(x, bs, aug, view)
+        else:
+            batches = (b.numpy() for b in pixels_dataset(x, bs, aug, view=view))
+        for i, b in enumerate(batches):
+            out = r.forward(b)
+            embs.append(out[0])
+            if len(out) > 1:
+                acts.append(out[1].astype(np.float16))
+            if bar is not None:
+                bar.update(i + 1)
+    if r.mode == "lines":
+        _log(r.cfg, f"frozen-base pass {label}: {len(x)} images in {time.perf_counter() - tp:.1f} s")
+    emb = np.concatenate(embs) if embs else np.zeros((0, r.feat_dim), np.float32)
+    return emb, (np.concatenate(acts) if acts else None)
+
+
+def _embed_views(r: _Run) -> None:
+    """The frozen base runs once per view: clean + augmented train views, then val."""
+    from edgetl.tfdata import build_augmenter
+
+    cfg = r.cfg
+    r.augmenter = build_augmenter(cfg.augment, cfg.seed)
     t0 = time.perf_counter()
-    forward = frozen_forward(extractor, cfg.embed_engine, gpu=bool(plan.gpus))
+    r.forward = forward = frozen_forward(r.extractor, cfg.embed_engine, gpu=bool(r.plan.gpus))
     for note in forward.notes:
-        _warn(cfg, note, warnings_out)
+        _warn(cfg, note, r.warnings)
     n_notes = len(forward.notes)
-    _log(cfg, f"embedding {len(ytr)} train images x {n_views} view(s) + {len(yva)} val images with the frozen {spec.name} "
+    _log(cfg, f"embedding {len(r.ytr)} train images x {r.n_views} view(s) + {len(r.yva)} val images with the frozen {r.spec.name} "
               f"({forward.engine}{f', converted in {forward.convert_seconds:.1f} s' if forward.convert_seconds else ''}) ...")
-
-    mode = progress_mode(cfg.verbose)
-    n_passes = 2 + (cfg.augment.views if augmenter is not None else 0)
-
-    def run_extractor(x: np.ndarray, aug: Any | None, view: int, label: str) -> tuple[np.ndarray, np.ndarray | None]:
-        bs = max(cfg.batch_size, 32)
-        tp = time.perf_counter()
-        embs: list[np.ndarray] = []
-        acts: list[np.ndarray] = []
-        with quiet.to_console() if mode == "bars" else contextlib.nullcontext():
-            bar = keras.utils.Progbar(int(np.ceil(len(x) / bs))) if mode == "bars" else None
-            if forward.engine == "onnxruntime":  # uses every core: no TF work alongside it
-                batches = pixel_batches(x, bs, aug, view)
-            else:
-                batches = (b.numpy() for b in pixels_dataset(x, bs, aug, view=view))
-            for i, b in enumerate(batches):
-                out = forward(b)
-                embs.append(out[0])
-                if len(out) > 1:
-                    acts.append(out[1].astype(np.float16))
-                if bar is not None:
-                    bar.update(i + 1)
-        if mode == "lines":
-            _log(cfg, f"frozen-base pass {label}: {len(x)} images in {time.perf_counter() - tp:.1f} s")
-        emb = np.concatenate(embs) if embs else np.zeros((0, feat_dim), np.float32)
-        return emb, (np.concatenate(acts) if acts else None)
-
-    view_seconds: list[float] = []
+    r.mode = progress_mode(cfg.verbose)
+    n_passes = 2 + (cfg.augment.views if r.augmenter is not None else 0)
     tr_parts = []
     for view in range(0, n_passes - 1):
         tv = time.perf_counter()
         label = f"{view + 1}/{n_passes} (train, " + (f"augmented view {view})" if view else "clean)")
-        tr_parts.append(run_extractor(xtr, augmenter if view else None, view, label))
-        view_seconds.append(time.perf_counter() - tv)
+        tr_parts.append(_extract(r, r.xtr, r.augmenter if view else None, view, label))
+        r.view_seconds.append(time.perf_counter() - tv)
     tv = time.perf_counter()
-    emb_va, act_va = run_extractor(xva, None, 0, f"{n_passes}/{n_passes} (val)")
-    view_seconds.append(time.perf_counter() - tv)
-    emb_tr = np.concatenate([p[0] for p in tr_parts])
-    act_tr = np.concatenate([p[1] for p in tr_parts]) if tail is not None else None
-    y_views = np.tile(ytr, len(tr_parts))
-    embed_seconds = time.perf_counter() - t0
-    n_embedded = len(emb_tr) + len(emb_va)
+    r.emb_va, r.act_va = _extract(r, r.xva, None, 0, f"{n_passes}/{n_passes} (val)")
+    r.view_seconds.append(time.perf_counter() - tv)
+    r.emb_tr = np.concatenate([p[0] for p in tr_parts])
+    r.act_tr = np.concatenate([p[1] for p in tr_parts]) if r.tail is not None else None
+    r.y_views = np.tile(r.ytr, len(tr_parts))
+    r.embed_seconds = time.perf_counter() - t0
+    r.n_embedded = len(r.emb_tr) + len(r.emb_va)
     for note in forward.notes[n_notes:]:  # a fallback decided on the first batch
-        _warn(cfg, note, warnings_out)
-    _log(cfg, f"embedded {n_embedded} views in {embed_seconds:.1f} s ({n_embedded / embed_seconds:.1f} images/s, {forward.engine}"
+        _warn(cfg, note, r.warnings)
+    _log(cfg, f"embedded {r.n_embedded} views in {r.embed_seconds:.1f} s ({r.n_embedded / r.embed_seconds:.1f} images/s, {forward.engine}"
               + (f", max |difference| vs TensorFlow {forward.max_abs_diff:.1e}" if forward.max_abs_diff is not None else "") + ")")
 
-    sw = np.array([cw[int(c)] for c in y_views], np.float32) if cw else None
-    yva_1h = tf.one_hot(yva, n_cls)
-    history: list[dict[str, Any]] = []
-    resumed_phase = resume_state[0]["phase"] if resume_state else None
-    if resume_state:
-        history.extend(resume_state[0].get("history", []))
 
-    # ---- phase 1: head on cached embeddings
-    head_epochs_run = 0
-    head_state = resume_state if resumed_phase == "head" else None
+def _sample_weights(r: _Run, y: np.ndarray) -> np.ndarray | None:
+    return np.array([r.cw[int(c)] for c in y], np.float32) if r.cw else None
+
+
+def _fit_phase(r: _Run, phase: str, model: Any, train_ds: Any, val: Any, epochs: int, epoch_offset: int, n_train: int,
+               state: Any, best_w: Any, start: int, prepare: Any = None) -> Any:
+    """``model.fit`` for one phase with its checkpoint/early-stopping callback; returns the callback.
+    ``prepare(cb)`` runs before fitting (the fine-tune phase seeds the callback with the head's val loss)."""
+    cb = _make_phase_callback(phase, epochs, epoch_offset, r.cfg.patience, r.ckpt, r.history, n_train,
+                              state[0] if state else None, best_w)
+    if prepare is not None:
+        prepare(cb)
+    lines = [_epoch_lines(r.cfg, phase, epochs)] if r.mode == "lines" else []
+    with quiet.to_console() if r.mode == "bars" else contextlib.nullcontext():
+        model.fit(train_ds, validation_data=val, epochs=epochs, initial_epoch=start,
+                  callbacks=[cb, *lines, *r.extra_callbacks], verbose=1 if r.mode == "bars" else 0, shuffle=False)
+    return cb
+
+
+def _resume_point(r: _Run, phase: str, model: Any) -> tuple[Any, Any, int]:
+    """(checkpoint state of ``phase`` or None, its best weights restored into ``model``, first epoch)."""
+    state = r.resume_state if r.resumed_phase == phase else None
+    if not state:
+        return None, None, 0
+    best_w = r.ckpt.restore(model, state[1])
+    start = int(state[0]["epoch"])
+    if phase != "head" or not state[0].get("done"):
+        _log(r.cfg, f"resuming the {phase} phase after epoch {start}")
+    return state, best_w, start
+
+
+def _fit_head(r: _Run) -> None:
+    """Phase 1: the classifier on the cached embeddings (then copied into the one-graph model)."""
+    import tensorflow as tf
+
+    from edgetl.tfdata import training_dataset
+
+    cfg = r.cfg
     # The head's steps are tiny (one Dense layer): 32 steps per graph call removes the per-step
     # Python overhead (2-3x faster head epochs on 2 CPU cores, same updates, same results).
     # Under a tf.distribute strategy Keras 3.15's multi-step loop fails ("You must feed a value for
     # placeholder tensor ..."): one step per call there.
-    with _scope(strategy):  # the optimizer belongs to the strategy it is created under
-        _compile(head, cfg.lr, cfg, jit=False, steps_per_execution=32 if strategy is None else 1)
-    if resumed_phase == "fine-tune":
-        head_epochs_run = sum(1 for r in history if r["phase"] == "head")
-    elif head_state and head_state[0].get("done"):
-        best = ckpt.restore(head, head_state[1])
-        if best is not None:
-            head.set_weights(best)
-        head_epochs_run = int(head_state[0]["epoch"])
+    with _scope(r.strategy):  # the optimizer belongs to the strategy it is created under
+        _compile(r.head, cfg.lr, cfg, jit=False, steps_per_execution=32 if r.strategy is None else 1)
+    if r.resumed_phase == "fine-tune":
+        r.head_epochs_run = sum(1 for h in r.history if h["phase"] == "head")
     else:
-        start = 0
-        best_w = None
-        if head_state:
-            best_w = ckpt.restore(head, head_state[1])
-            start = int(head_state[0]["epoch"])
-            _log(cfg, f"resuming the head phase after epoch {start}")
-        cb = _make_phase_callback("head", cfg.epochs, 0, cfg.patience, ckpt, history, len(emb_tr),
-                                  head_state[0] if head_state else None, best_w)
-        train_ds = training_dataset(emb_tr, y_views, n_cls, cfg.batch_size, cfg.seed, sample_weight=sw)
-        _log(cfg, f"training the head for up to {cfg.epochs} epochs on {len(emb_tr)} embeddings")
-        lines = [_epoch_lines(cfg, "head", cfg.epochs)] if mode == "lines" else []
-        with quiet.to_console() if mode == "bars" else contextlib.nullcontext():
-            head.fit(train_ds, validation_data=(emb_va, yva_1h), epochs=cfg.epochs, initial_epoch=start,
-                     callbacks=[cb, *lines, *extra_callbacks], verbose=1 if mode == "bars" else 0, shuffle=False)
-        head_epochs_run = sum(1 for r in history if r["phase"] == "head")
-    full.get_layer("probs").set_weights(head.get_layer("probs").get_weights())
-
-    # ---- phase 2: fine-tune the top blocks
-    ft_epochs_run = 0
-    ft_mode = None
-    ft_train_seconds = 0.0
-    ft_images = 0
-    ft_cb = None
-    head_only_w: list[np.ndarray] | None = None  # the head-only candidate's weights (known unless resumed mid-phase)
-    head_only_doc: dict[str, Any] | None = None  # its val loss/accuracy, as the keep/restore rule saw them
-    if fine_tune:
-        base.trainable = True  # resets every layer; the choice below is applied after it
-        for layer in base.layers:
-            layer.trainable = layer.name in unfrozen and not isinstance(layer, keras.layers.BatchNormalization)
-        model = tail if tail is not None else full
-        ft_mode = "cached-activations" if tail is not None else "images"
-        if tail is not None:
-            ft_x, ft_y, ft_w = act_tr, y_views, sw
-            ft_val = (act_va, yva_1h)
-            ft_ds = training_dataset(ft_x, ft_y, n_cls, cfg.batch_size, cfg.seed + 1, sample_weight=ft_w)
+        state, best_w, start = _resume_point(r, "head", r.head)
+        if state and state[0].get("done"):
+            if best_w is not None:
+                r.head.set_weights(best_w)
+            r.head_epochs_run = int(state[0]["epoch"])
         else:
-            ft_x, ft_y = xtr, ytr
-            ft_w = np.array([cw[int(c)] for c in ytr], np.float32) if cw else None
-            ft_ds = training_dataset(xtr, ytr, n_cls, cfg.batch_size, cfg.seed + 1, sample_weight=ft_w, augmenter=augmenter)
-            ft_val = tf.data.Dataset.from_tensor_slices((xva, yva_1h)).batch(cfg.batch_size).map(
-                lambda a, b: (tf.cast(a, tf.float32), b)).prefetch(2)
-        steps = int(np.ceil(len(ft_y) / cfg.batch_size)) * cfg.fine_tune_epochs
-        warm = int(steps * cfg.warmup_fraction)
-        peak = cfg.resolved_fine_tune_lr
-        schedule = keras.optimizers.schedules.CosineDecay(0.0 if warm else peak, max(steps - warm, 1), alpha=0.0,
-                                                          warmup_target=peak if warm else None, warmup_steps=warm)
-        with _scope(strategy):  # a fresh scope object: one cannot be entered twice
-            _compile(model, schedule, cfg, jit=plan.jit_compile)
-        start = 0
-        best_w = None
-        ft_state = resume_state if resumed_phase == "fine-tune" else None
-        if ft_state:
-            best_w = ckpt.restore(model, ft_state[1])
-            start = int(ft_state[0]["epoch"])
-            _log(cfg, f"resuming the fine-tune phase after epoch {start}")
-        if not (ft_state and ft_state[0].get("done")):
-            n_trainable = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
-            _log(cfg, f"fine-tuning {k} top block(s) ({n_trainable:,} weights, BatchNorm frozen) for up to "
-                      f"{cfg.fine_tune_epochs} epochs, peak lr {peak:g}, on {ft_mode}")
-            ft_cb = _make_phase_callback("fine-tune", cfg.fine_tune_epochs, head_epochs_run, cfg.patience, ckpt, history,
-                                         len(ft_y), ft_state[0] if ft_state else None, best_w)
-            start_loss = None
-            if not ft_state:
-                # Early stopping counts the starting point (the best head) as epoch 0: when no
-                # fine-tune epoch lowers the val loss, the restore keeps the head unchanged.
-                ev = model.evaluate(*ft_val, verbose=0) if isinstance(ft_val, tuple) else model.evaluate(ft_val, verbose=0)
-                start_loss = float(ev[0] if isinstance(ev, (list, tuple)) else ev)
-                start_acc = float(ev[1]) if isinstance(ev, (list, tuple)) and len(ev) > 1 else None
-                ft_cb.best, ft_cb.best_weights = start_loss, model.get_weights()
-                head_only_w = ft_cb.best_weights
-                ft_cb.extra_state["head_only"] = {"val_loss": start_loss, "val_accuracy": start_acc}
-            lines = [_epoch_lines(cfg, "fine-tune", cfg.fine_tune_epochs)] if mode == "lines" else []
-            with quiet.to_console() if mode == "bars" else contextlib.nullcontext():
-                model.fit(ft_ds, validation_data=ft_val, epochs=cfg.fine_tune_epochs, initial_epoch=start,
-                          callbacks=[ft_cb, *lines, *extra_callbacks], verbose=1 if mode == "bars" else 0, shuffle=False)
-            if start_loss is not None and ft_cb.best >= start_loss:
-                _log(cfg, f"no fine-tune epoch lowered the val loss below the head's ({start_loss:.4f}): kept the head")
-            ft_train_seconds = float(sum(ft_cb.train_seconds))
-            ft_images = len(ft_y) * len(ft_cb.train_seconds)
-        elif best_w is not None:
-            model.set_weights(best_w)
-        ft_epochs_run = sum(1 for r in history if r["phase"] == "fine-tune")
-        head_only_doc = ft_cb.extra_state.get("head_only") if ft_cb is not None else (
-            (ft_state[0].get("extra") or {}).get("head_only") if ft_state else None)
+            train_ds = training_dataset(r.emb_tr, r.y_views, r.n_cls, cfg.batch_size, cfg.seed,
+                                        sample_weight=_sample_weights(r, r.y_views))
+            _log(cfg, f"training the head for up to {cfg.epochs} epochs on {len(r.emb_tr)} embeddings")
+            _fit_phase(r, "head", r.head, train_ds, (r.emb_va, tf.one_hot(r.yva, r.n_cls)), cfg.epochs, 0, len(r.emb_tr),
+                       state, best_w, start)
+            r.head_epochs_run = sum(1 for h in r.history if h["phase"] == "head")
+    r.full.get_layer("probs").set_weights(r.head.get_layer("probs").get_weights())
 
-    # ---- evaluate (the fast path, then a check that the one-graph model agrees)
-    def predict_val() -> np.ndarray:
-        if fine_tune and tail is not None:
-            probs = tail.predict(act_va.astype(np.float32), batch_size=256, verbose=0)
-        elif fine_tune:
-            probs = _predict(full, xva, cfg.batch_size)
-        else:
-            probs = head.predict(emb_va, batch_size=256, verbose=0)
-        return np.asarray(probs, np.float32)
 
-    val_probs = predict_val()
-    n_check = min(32, len(xva))
-    full_probs = np.asarray(_predict(full, xva[:n_check], cfg.batch_size), np.float32)
-    agree = float(np.max(np.abs(full_probs - val_probs[:n_check]))) if n_check else 0.0
-    if agree > 1e-2:
-        raise EdgetlError(f"internal check failed: the saved graph and the training path disagree by {agree:.4f}")
-    metrics: dict[str, Any] = {"val": classification_metrics(val_probs, yva, classes)}
-    if ds.test is not None:
-        xte, yte = ds.arrays("test")
-        metrics["test"] = classification_metrics(np.asarray(_predict(full, xte, cfg.batch_size), np.float32), yte, classes)
-    fine_tune_doc = None
-    if fine_tune:
-        fine_tune_doc = fine_tune_choice(history, head_only_doc, cfg)
-        kept = fine_tune_doc["kept"]
-        if kept is not None:
-            # The saved model is one candidate; the other is evaluated with its own weights (val, and
-            # test for reporting only), then the saved model's weights are put back unchanged.
-            phase_w = ft_cb.phase_best_weights if ft_cb is not None and ft_cb.phase_best == fine_tune_doc[
-                "fine_tuned"]["val_loss"] else None
-            other, other_w = ("head_only", head_only_w) if kept else ("fine_tuned", phase_w)
-            _add_candidate_metrics(fine_tune_doc["fine_tuned" if kept else "head_only"], metrics["val"], metrics.get("test"))
-            if other_w is not None:
-                final_w = model.get_weights()
-                model.set_weights(other_w)
-                try:
-                    o_val = classification_metrics(predict_val(), yva, classes)
-                    o_test = classification_metrics(np.asarray(_predict(full, xte, cfg.batch_size), np.float32), yte,
-                                                    classes) if ds.test is not None else None
-                finally:
-                    model.set_weights(final_w)
-                _add_candidate_metrics(fine_tune_doc[other], o_val, o_test)
-    wall = time.perf_counter() - t_start
+def _fine_tune_data(r: _Run) -> tuple[Any, Any, int]:
+    """(training dataset, validation data, training examples): cached activations, or images."""
+    import tensorflow as tf
 
-    # ---- write the run
+    from edgetl.tfdata import training_dataset
+
+    cfg = r.cfg
+    yva_1h = tf.one_hot(r.yva, r.n_cls)
+    if r.tail is not None:
+        ft_ds = training_dataset(r.act_tr, r.y_views, r.n_cls, cfg.batch_size, cfg.seed + 1,
+                                 sample_weight=_sample_weights(r, r.y_views))
+        return ft_ds, (r.act_va, yva_1h), len(r.y_views)
+    ft_ds = training_dataset(r.xtr, r.ytr, r.n_cls, cfg.batch_size, cfg.seed + 1, sample_weight=_sample_weights(r, r.ytr),
+                             augmenter=r.augmenter)
+    ft_val = tf.data.Dataset.from_tensor_slices((r.xva, yva_1h)).batch(cfg.batch_size).map(
+        lambda a, b: (tf.cast(a, tf.float32), b)).prefetch(2)
+    return ft_ds, ft_val, len(r.ytr)
+
+
+def _fit_fine_tune(r: _Run) -> None:
+    """Phase 2: the top ``k`` blocks (BatchNorm frozen) at a low learning rate with warm-up and cosine
+    decay; the head-only model is epoch 0, so a fine-tune that does not lower the val loss is undone."""
+    import keras
+
+    cfg = r.cfg
+    r.base.trainable = True  # resets every layer; the choice below is applied after it
+    for layer in r.base.layers:
+        layer.trainable = layer.name in r.unfrozen and not isinstance(layer, keras.layers.BatchNormalization)
+    r.ft_model = model = r.tail if r.tail is not None else r.full
+    r.ft_mode = "cached-activations" if r.tail is not None else "images"
+    ft_ds, ft_val, n_train = _fine_tune_data(r)
+    steps = int(np.ceil(n_train / cfg.batch_size)) * cfg.fine_tune_epochs
+    warm = int(steps * cfg.warmup_fraction)
+    peak = cfg.resolved_fine_tune_lr
+    schedule = keras.optimizers.schedules.CosineDecay(0.0 if warm else peak, max(steps - warm, 1), alpha=0.0,
+                                                      warmup_target=peak if warm else None, warmup_steps=warm)
+    with _scope(r.strategy):  # a fresh scope object: one cannot be entered twice
+        _compile(model, schedule, cfg, jit=r.plan.jit_compile)
+    state, best_w, start = _resume_point(r, "fine-tune", model)
+    if not (state and state[0].get("done")):
+        n_trainable = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+        _log(cfg, f"fine-tuning {r.k} top block(s) ({n_trainable:,} weights, BatchNorm frozen) for up to "
+                  f"{cfg.fine_tune_epochs} epochs, peak lr {peak:g}, on {r.ft_mode}")
+        start_loss: list[float] = []
+
+        def seed_with_head(cb: Any) -> None:
+            if state:
+                return
+            # Early stopping counts the starting point (the best head) as epoch 0: when no
+            # fine-tune epoch lowers the val loss, the restore keeps the head unchanged.
+            ev = model.evaluate(*ft_val, verbose=0) if isinstance(ft_val, tuple) else model.evaluate(ft_val, verbose=0)
+            loss = float(ev[0] if isinstance(ev, (list, tuple)) else ev)
+            acc = float(ev[1]) if isinstance(ev, (list, tuple)) and len(ev) > 1 else None
+            cb.best, cb.best_weights = loss, model.get_weights()
+            r.head_only_w = cb.best_weights
+            cb.extra_state["head_only"] = {"val_loss": loss, "val_accuracy": acc}
+            start_loss.append(loss)
+
+        r.ft_cb = cb = _fit_phase(r, "fine-tune", model, ft_ds, ft_val, cfg.fine_tune_epochs, r.head_epochs_run, n_train,
+                                  state, best_w, start, prepare=seed_with_head)
+        if start_loss and cb.best >= start_loss[0]:
+            _log(cfg, f"no fine-tune epoch lowered the val loss below the head's ({start_loss[0]:.4f}): kept the head")
+        r.ft_train_seconds = float(sum(cb.train_seconds))
+        r.ft_images = n_train * len(cb.train_seconds)
+    elif best_w is not None:
+        model.set_weights(best_w)
+    r.ft_epochs_run = sum(1 for h in r.history if h["phase"] == "fine-tune")
+    r.head_only_doc = r.ft_cb.extra_state.get("head_only") if r.ft_cb is not None else (
+        (state[0].get("extra") or {}).get("head_only") if state else None)
+
+
+def _predict_val(r: _Run) -> np.ndarray:
+    """Val probabilities on the fast path (tail on cached activations, head on embeddings)."""
+    if r.fine_tune and r.tail is not None:
+        probs = r.tail.predict(r.act_va.astype(np.float32), batch_size=256, verbose=0)
+    elif r.fine_tune:
+        probs = _predict(r.full, r.xva, r.cfg.batch_size)
+    else:
+        probs = r.head.predict(r.emb_va, batch_size=256, verbose=0)
+    return np.asarray(probs, np.float32)
+
+
+def _evaluate(r: _Run) -> None:
+    """Val (fast path, then a check that the one-graph model agrees) and test metrics; for a fine-tune,
+    both candidates (fine-tuned, head-only) are evaluated and the keep/restore decision recorded."""
+    cfg, classes = r.cfg, r.classes
+    val_probs = _predict_val(r)
+    n_check = min(32, len(r.xva))
+    full_probs = np.asarray(_predict(r.full, r.xva[:n_check], cfg.batch_size), np.float32)
+    r.agree = float(np.max(np.abs(full_probs - val_probs[:n_check]))) if n_check else 0.0
+    if r.agree > 1e-2:
+        raise EdgetlError(f"internal check failed: the saved graph and the training path disagree by {r.agree:.4f}")
+    r.metrics["val"] = classification_metrics(val_probs, r.yva, classes)
+    test = r.ds.arrays("test") if r.ds.test is not None else None
+
+    def test_metrics() -> dict[str, Any] | None:
+        if test is None:
+            return None
+        return classification_metrics(np.asarray(_predict(r.full, test[0], cfg.batch_size), np.float32), test[1], classes)
+
+    if test is not None:
+        r.metrics["test"] = test_metrics()
+    if not r.fine_tune:
+        return
+    r.fine_tune_doc = doc = fine_tune_choice(r.history, r.head_only_doc, cfg)
+    kept = doc["kept"]
+    if kept is None:
+        return
+    # The saved model is one candidate; the other is evaluated with its own weights (val, and
+    # test for reporting only), then the saved model's weights are put back unchanged.
+    cb = r.ft_cb
+    phase_w = cb.phase_best_weights if cb is not None and cb.phase_best == doc["fine_tuned"]["val_loss"] else None
+    other, other_w = ("head_only", r.head_only_w) if kept else ("fine_tuned", phase_w)
+    _add_candidate_metrics(doc["fine_tuned" if kept else "head_only"], r.metrics["val"], r.metrics.get("test"))
+    if other_w is not None:
+        final_w = r.ft_model.get_weights()
+        r.ft_model.set_weights(other_w)
+        try:
+            o_val = classification_metrics(_predict_val(r), r.yva, classes)
+            o_test = test_metrics()
+        finally:
+            r.ft_model.set_weights(final_w)
+        _add_candidate_metrics(doc[other], o_val, o_test)
+
+
+def _write_run(r: _Run) -> TrainResult:
+    """model.keras, labels.txt, history.csv, metrics.json, config.json (status complete) and the plots."""
+    cfg, run_dir, classes = r.cfg, r.run_dir, r.classes
+    wall = time.perf_counter() - r.t_start
     tmp_model = run_dir / f".{MODEL_FILE}.tmp.keras"
-    full.save(tmp_model)
+    r.full.save(tmp_model)
     os.replace(tmp_model, run_dir / MODEL_FILE)
     atomic_write_text(run_dir / LABELS_FILE, "\n".join(classes) + "\n")
-    atomic_write_text(run_dir / "history.csv", csv_text(history, HISTORY_COLUMNS + ["train_images_per_s"]))
-    ft_rows = [r for r in history if r["phase"] == "fine-tune" and r.get("train_images_per_s")]
-    ips = ft_images / ft_train_seconds if ft_train_seconds > 0 else (
-        float(np.mean([r["train_images_per_s"] for r in ft_rows])) if ft_rows else None)
+    atomic_write_text(run_dir / "history.csv", csv_text(r.history, HISTORY_COLUMNS + ["train_images_per_s"]))
+    ft_rows = [h for h in r.history if h["phase"] == "fine-tune" and h.get("train_images_per_s")]
+    ips = r.ft_images / r.ft_train_seconds if r.ft_train_seconds > 0 else (
+        float(np.mean([h["train_images_per_s"] for h in ft_rows])) if ft_rows else None)
+    metrics = r.metrics
     metrics.update({
         "strategy": cfg.strategy,
-        "backbone": spec.name,
+        "backbone": r.spec.name,
         "val_accuracy": metrics["val"]["accuracy"],
         "val_loss": metrics["val"]["loss"],
         "train_wall_seconds": wall,
-        "decode_seconds": decode_seconds,
-        "embed_seconds": embed_seconds,
-        "embed_images_per_s": n_embedded / embed_seconds if embed_seconds > 0 else None,
-        "embed_engine": forward.to_dict(),
-        "embed_seconds_per_pass": {"train_clean": view_seconds[0],
-                                   "train_augmented": view_seconds[1:-1], "val": view_seconds[-1]},
-        "views_per_train_image": n_views,
-        "fine_tune_mode": ft_mode,
+        "decode_seconds": r.decode_seconds,
+        "embed_seconds": r.embed_seconds,
+        "embed_images_per_s": r.n_embedded / r.embed_seconds if r.embed_seconds > 0 else None,
+        "embed_engine": r.forward.to_dict(),
+        "embed_seconds_per_pass": {"train_clean": r.view_seconds[0],
+                                   "train_augmented": r.view_seconds[1:-1], "val": r.view_seconds[-1]},
+        "views_per_train_image": r.n_views,
+        "fine_tune_mode": r.ft_mode,
         "fine_tune_images_per_s": ips,
-        "fine_tune_train_seconds": ft_train_seconds or None,
-        "fine_tune_unfrozen_blocks": k if fine_tune else 0,
-        "activation_cache_mb": round(cache_bytes / 2**20, 1) if ft_mode == "cached-activations" else None,
-        "epochs_run": {"head": head_epochs_run, "fine_tune": ft_epochs_run},
-        "fine_tune": fine_tune_doc,
-        "class_weights": {classes[i]: w for i, w in cw.items()} if cw else None,
-        "num_skipped": len(ds.skipped),
-        "skipped": [p for p, _ in ds.skipped],
-        "graph_check_max_abs_diff": agree,
-        "resumed": bool(resume_state),
-        "device_plan": device_doc,
+        "fine_tune_train_seconds": r.ft_train_seconds or None,
+        "fine_tune_unfrozen_blocks": r.k if r.fine_tune else 0,
+        "activation_cache_mb": round(r.cache_bytes / 2**20, 1) if r.ft_mode == "cached-activations" else None,
+        "epochs_run": {"head": r.head_epochs_run, "fine_tune": r.ft_epochs_run},
+        "fine_tune": r.fine_tune_doc,
+        "class_weights": {classes[i]: w for i, w in r.cw.items()} if r.cw else None,
+        "num_skipped": len(r.ds.skipped),
+        "skipped": [p for p, _ in r.ds.skipped],
+        "graph_check_max_abs_diff": r.agree,
+        "resumed": bool(r.resume_state),
+        "device_plan": r.device_doc,
     })
     write_json(run_dir / "metrics.json", metrics)
-    config_doc["status"] = "complete"
-    write_json(run_dir / CONFIG_FILE, config_doc)
+    r.config_doc["status"] = "complete"
+    write_json(run_dir / CONFIG_FILE, r.config_doc)
     from edgetl.plots import plot_confusion, plot_curves
 
-    plot_curves(history, run_dir / "curves.png")
+    plot_curves(r.history, run_dir / "curves.png")
     plot_confusion(metrics["val"]["confusion_matrix"], classes, run_dir / "confusion_matrix.png")
     # The CLI prints result.summary() once, on stdout; the API returns it.
-    return TrainResult(run_dir, metrics, history, cfg, warnings_out, bool(resume_state))
+    return TrainResult(run_dir, metrics, r.history, cfg, r.warnings, bool(r.resume_state))
