@@ -185,10 +185,7 @@ def bench(
     from edgetl.bench import BenchSettings, run_bench
     from edgetl.bench_report import terminal_report, write_reports
 
-    try:
-        thread_list = tuple(int(t) for t in threads.split(",") if t.strip())
-    except ValueError:
-        raise UsageError(f"--threads must be comma-separated integers, got {threads!r}") from None
+    thread_list = _thread_list(threads)
     for t in targets:
         if t.is_file() and t.suffix.lower() not in (".tflite", ".onnx", ".keras"):
             raise UsageError(f"unsupported model file {t}: expected a run directory or a .tflite, .onnx or .keras file")
@@ -234,6 +231,17 @@ def bench(
 
 
 # --------------------------------------------------------------------------- train
+
+
+def _thread_list(text: str) -> tuple[int, ...]:
+    """``"1,2,4"`` -> (1, 2, 4); UsageError unless positive integers."""
+    try:
+        out = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise UsageError(f"--threads must be comma-separated integers, got {text!r}") from None
+    if not out or min(out) < 1:
+        raise UsageError(f"--threads must be positive integers, got {text!r}")
+    return out
 
 
 def _parse_image_size(text: str | None) -> tuple[int, int] | None:
@@ -447,12 +455,7 @@ def demo(
     from edgetl.locking import check_output_dir
 
     check_output_dir(out)
-    try:
-        thread_list = tuple(int(t) for t in threads.split(",") if t.strip())
-    except ValueError:
-        raise UsageError(f"--threads must be comma-separated integers, got {threads!r}") from None
-    if not thread_list or min(thread_list) < 1:
-        raise UsageError(f"--threads must be positive integers, got {threads!r}")
+    thread_list = _thread_list(threads)
     with _capture("demo", verbose):
         _quiet_tf()
         res = run_demo(

@@ -69,6 +69,29 @@ class RunInfo:
         return ds
 
 
+def write_config(run_dir: str | Path, doc: dict[str, Any]) -> None:
+    """Write the run's ``config.json`` (atomically): ``edgetl train`` at the start and at the end."""
+    from edgetl.report import write_json
+
+    write_json(Path(run_dir) / CONFIG_FILE, doc)
+
+
+def read_config(run_dir: str | Path) -> dict[str, Any]:
+    """The run's ``config.json`` as a dict.
+
+    Raises:
+        EdgetlError: missing or not a JSON object.
+    """
+    p = Path(run_dir) / CONFIG_FILE
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise EdgetlError(f"{p} is missing or unreadable ({type(exc).__name__})") from None
+    if not isinstance(doc, dict):
+        raise EdgetlError(f"{p} is not a JSON object")
+    return doc
+
+
 def read_labels(path: Path) -> list[str]:
     return [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 

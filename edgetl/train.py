@@ -36,7 +36,7 @@ from edgetl.errors import EdgetlError, UsageError
 from edgetl.locking import LOCK_NAME, DirLock, check_output_dir
 from edgetl.models.registry import block_index
 from edgetl.report import atomic_write_text, csv_text, write_json
-from edgetl.run import CONFIG_FILE, LABELS_FILE, MODEL_FILE
+from edgetl.run import CONFIG_FILE, LABELS_FILE, MODEL_FILE, read_config, write_config
 
 CHECKPOINT_DIR = "checkpoints"
 HISTORY_COLUMNS = ["phase", "epoch", "phase_epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "train_seconds", "epoch_seconds"]
@@ -758,9 +758,9 @@ def _test_hooks() -> list[Any]:
 
 def _resumed_config(run_dir: Path, given: TrainConfig) -> TrainConfig:
     try:
-        saved = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))["train_config"]
+        saved = read_config(run_dir)["train_config"]
         cfg = TrainConfig.from_dict(saved)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (EdgetlError, ValueError, KeyError, TypeError) as exc:
         raise EdgetlError(f"cannot resume {run_dir}: {CONFIG_FILE} is missing or unreadable ({type(exc).__name__})") from None
     # The saved settings win (same run); only how it is shown may change.
     return cfg.replace(resume=True, overwrite=False, verbose=given.verbose, out=str(run_dir), workers=given.workers)
@@ -897,7 +897,7 @@ def _load_data(r: _Run) -> None:
     r.classes = classes = ds.classes
     fingerprint = ds.fingerprint()
     if r.resume_state:
-        old = json.loads((r.run_dir / CONFIG_FILE).read_text(encoding="utf-8")).get("data", {})
+        old = read_config(r.run_dir).get("data", {})
         if old.get("files_sha256") != fingerprint["files_sha256"]:
             raise EdgetlError(f"cannot resume {r.run_dir}: the images in {cfg.data_dir} changed since the run started")
     counts = [int(c) for c in ds.train.counts().values()]
@@ -926,7 +926,7 @@ def _load_data(r: _Run) -> None:
         "status": "running",
     }
     if not r.resume_state:
-        write_json(r.run_dir / CONFIG_FILE, r.config_doc)
+        write_config(r.run_dir, r.config_doc)
 
 
 def _head_layers(keras: Any, x: Any, cfg: TrainConfig, n_cls: int) -> Any:
@@ -1279,7 +1279,7 @@ def _write_run(r: _Run) -> TrainResult:
     })
     write_json(run_dir / "metrics.json", metrics)
     r.config_doc["status"] = "complete"
-    write_json(run_dir / CONFIG_FILE, r.config_doc)
+    write_config(run_dir, r.config_doc)
     from edgetl.plots import plot_confusion, plot_curves
 
     plot_curves(r.history, run_dir / "curves.png")

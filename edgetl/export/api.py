@@ -20,7 +20,7 @@ from edgetl.errors import EdgetlError, UsageError, one_line
 from edgetl.formats import DEFAULT_FORMATS, INT8_FORMATS, ExportFormat, parse_formats
 from edgetl.export.metadata import LABELS_NAME, ModelFacts
 from edgetl.export.verify import Verification, accuracy, compare, run_file
-from edgetl.quant import IO_TYPES, QuantizationConfig
+from edgetl.quant import QuantizationConfig
 from edgetl.report import atomic_write_bytes, atomic_write_text, write_json
 
 EXPORT_JSON = "export.json"
@@ -100,11 +100,7 @@ class ExportConfig:
         Raises:
             UsageError: an unknown name (the message lists the valid ones) or a bad option value.
         """
-        if self.io_type not in IO_TYPES:
-            raise UsageError(f"--io-type must be one of {', '.join(IO_TYPES)}, got {self.io_type!r}")
-        self.int8_quant()  # --rounding / --rounding-samples checked here
-        if self.calib_samples < 1:
-            raise UsageError(f"--calib-samples must be at least 1, got {self.calib_samples}")
+        self.int8_quant()  # --io-type, --calib-samples, --rounding, --rounding-samples: checked by QuantizationConfig
         if self.verify_samples is not None and self.verify_samples < 1:
             raise UsageError(f"--verify-samples must be at least 1, got {self.verify_samples}")
         if self.max_drop < 0:
