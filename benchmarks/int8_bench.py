@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import math
 import os
 import platform
 import sys
@@ -33,6 +32,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
+from benchmarks.splits import wilson  # noqa: E402 - one definition, shared by the benchmarks
+
 #: (op, value) per row, from ../shared/TARGETS.md
 TARGETS = {
     "agreement_pct": (">=", 99.0),
@@ -42,17 +43,6 @@ TARGETS = {
     "shipped_over_fp32_p50": ("<=", 1.25),
     "export_int8_s": ("<=", 360.0),
 }
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of k successes in n, in percent."""
-    if n == 0:
-        return (0.0, 0.0)
-    p = k / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (round(100 * (mid - half), 2), round(100 * (mid + half), 2))
 
 
 def _met(key: str, value: float | None) -> bool | None:
