@@ -110,8 +110,10 @@ def test_head_only_model_restored_when_fine_tuning_hurts_val(folder_with_test, t
     # is the val loss Keras measured for the head-only model before the first fine-tune step
     penalty = res.config.head_l2 * float(np.sum(saved.get_layer("probs").get_weights()[0].astype(np.float64) ** 2))
     assert m["val"]["loss"] + penalty == pytest.approx(ft["head_only"]["val_loss"], rel=1e-4)
-    # the discarded candidate was measured with its own weights (much worse here)
-    assert ft["fine_tuned"]["val_cross_entropy"] > ft["head_only"]["val_cross_entropy"]
+    # the discarded candidate was measured with its own weights, not the saved model's: its val loss
+    # (with its L2 term, the rule's measure) is worse; its cross-entropy alone differs, and can be lower
+    # (lr 10 blows the classifier weights up: near-certain predictions, a huge L2 term), so only !=
+    assert ft["fine_tuned"]["val_cross_entropy"] != pytest.approx(ft["head_only"]["val_cross_entropy"], rel=1e-3)
 
 
 def test_choice_rule_without_training():
