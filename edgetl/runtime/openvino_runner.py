@@ -23,6 +23,8 @@ from edgetl.errors import ModelFileError, first_line
 from edgetl.runtime.base import as_batch, default_threads
 from edgetl.runtime.env import RuntimeUnavailableError
 from edgetl.runtime.fileinfo import file_info
+from edgetl.runtime.onnx_runner import check_onnx_file
+from edgetl.runtime.tflite_runner import check_tflite_file, dequantize, feed_pixels, io_details
 
 DEVICES = ("CPU", "GPU", "NPU", "AUTO")
 
@@ -71,15 +73,11 @@ class OpenVINORunner:
         # thread count only applies to the CPU plugin; other devices record None
         self.threads = (int(threads) if threads else default_threads()) if dev == "CPU" else None
         if self.format == "tflite":
-            from edgetl.runtime.tflite_runner import check_tflite_file, io_details
-
             check_tflite_file(self.path)
             in_d, out_d = io_details(self.path)
             self._in_q = tuple(in_d["quantization"])
             self._out_q = tuple(out_d["quantization"])
         else:
-            from edgetl.runtime.onnx_runner import check_onnx_file
-
             check_onnx_file(self.path)
             self._in_q = self._out_q = (0.0, 0)
         try:
@@ -129,14 +127,10 @@ class OpenVINORunner:
         return self._compiled[n]
 
     def _feed(self, pixels: np.ndarray) -> np.ndarray:
-        from edgetl.runtime.tflite_runner import feed_pixels
-
         x = feed_pixels(pixels, self.input_dtype, self._in_q)
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if self.channels_first else np.ascontiguousarray(x)
 
     def _output(self, req: Any) -> np.ndarray:
-        from edgetl.runtime.tflite_runner import dequantize
-
         y = np.array(req.get_output_tensor(0).data, copy=True)
         return dequantize(y, self.output_dtype, self._out_q) if self.format == "tflite" else y.astype(np.float32, copy=False)
 
