@@ -38,9 +38,10 @@ def run_edgetl(data: Path, strategy: str, out: Path, quick: bool) -> dict:
     res = train(TrainConfig(data_dir=str(data), strategy=strategy, out=str(out), overwrite=True, verbose=2, **kw))
     wall = time.perf_counter() - t0
     m = res.metrics
+    rep = m.get("test") or m["val"]
     return {
-        "dataset": data.name, "method": f"edgetl {strategy}", "strategy": strategy,
-        "val_accuracy": m["val"]["accuracy"], "correct": m["val"]["correct"], "total": m["val"]["total"],
+        "dataset": data.name, "method": f"edgetl {strategy}", "strategy": strategy, "split": "test" if m.get("test") else "val",
+        "accuracy": rep["accuracy"], "correct": rep["correct"], "total": rep["total"], "val_accuracy": m["val"]["accuracy"],
         "val_loss": m["val"]["loss"], "wall_seconds": wall, "decode_seconds": m["decode_seconds"],
         "embed_seconds": m["embed_seconds"], "embed_images_per_s": m["embed_images_per_s"],
         "fine_tune_images_per_s": m["fine_tune_images_per_s"], "fine_tune_mode": m["fine_tune_mode"],
@@ -71,60 +72,122 @@ def _plain_model(n_classes: int, unfreeze: int = 0, peer: bool = False):
 
 
 def _tutorial_datasets(data: Path, batch: int = 32, seed: int = 0):
+    """(train, val, test or None), the tutorials' ``image_dataset_from_directory`` at 224 px."""
     import keras
     import tensorflow as tf
 
-    kw = dict(image_size=(224, 224), batch_size=batch, label_mode="int", seed=seed, verbose=False)
+    kw = dict(image_size=(224, 224), batch_size=batch, label_mode="int", seed=seed, verbose=False, follow_links=True)
     tr = keras.utils.image_dataset_from_directory(data / "train", shuffle=True, **kw).prefetch(tf.data.AUTOTUNE)
     va = keras.utils.image_dataset_from_directory(data / "val", shuffle=False, **kw).prefetch(tf.data.AUTOTUNE)
-    return tr, va
+    te = (keras.utils.image_dataset_from_directory(data / "test", shuffle=False, **kw).prefetch(tf.data.AUTOTUNE)
+          if (data / "test").is_dir() else None)
+    return tr, va, te
+
+
+def _selection_callback(heads: dict[str, str]):
+    """Best-epoch restore per head on the selection split (edgetl's rule: the lowest val loss), and the
+    time ``model.fit`` spends validating (``on_test_begin`` .. ``on_test_end``, every epoch).
+
+    ``heads`` maps a head layer's name to its val-loss key in the logs. Only the heads train (the base
+    is frozen), so keeping a head's weights at its best epoch is keeping that model's best epoch."""
+    import keras
+
+    class Selection(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.best = {h: (float("inf"), None, None) for h in heads}  # loss, epoch, weights
+            self.val_seconds: list[float] = []
+            self._t = 0.0
+
+        def on_test_begin(self, logs=None):
+            self._t = time.perf_counter()
+
+        def on_test_end(self, logs=None):
+            self.val_seconds.append(time.perf_counter() - self._t)
+
+        def on_epoch_end(self, epoch, logs=None):
+            for head, key in heads.items():
+                loss = float((logs or {}).get(key, float("inf")))
+                if loss < self.best[head][0]:
+                    self.best[head] = (loss, epoch + 1, self.model.get_layer(head).get_weights())
+
+        def restore(self) -> dict[str, int | None]:
+            for head, (_, _, w) in self.best.items():
+                if w is not None:
+                    self.model.get_layer(head).set_weights(w)
+            return {h: b[1] for h, b in self.best.items()}
+
+    return Selection()
+
+
+def _accuracy(model, ds, output: int | None = None) -> tuple[int, int, "np.ndarray"]:
+    """(correct, total, labels) of ``model`` on ``ds``; ``output`` picks one of several outputs."""
+    import numpy as np
+
+    ys = np.concatenate([y.numpy() for _, y in ds])
+    probs = model.predict(ds.map(lambda x, y: x), verbose=0)
+    if output is not None:
+        probs = probs[output]
+    return int((np.asarray(probs).argmax(1) == ys).sum()), int(len(ys)), ys
 
 
 def run_baseline(data: Path, epochs: int, peer: bool = True, seed: int = 0) -> list[dict]:
     """The tutorial recipe: the frozen base runs on every image in every epoch.
 
+    Selection as edgetl's (issue 13): every epoch is validated on ``val/``, the epoch with the lowest
+    val loss is restored, and accuracy is reported on ``test/`` when the folder has one (the same
+    test images as edgetl's). The time spent validating is measured separately, so the row also gives
+    the wall time of the same recipe validating once at the end (``wall_seconds_validate_once``:
+    the fit's wall time minus the per-epoch validation passes plus one of them).
+
     With ``peer``, the same ``model.fit`` also trains the other head tutorials use on the same frozen
     base, ``Flatten`` + ``Dense`` (issue 6's peer), as a second output: the heads share the frozen
     base's forward pass and get independent gradients (the loss is their sum, Adam is per weight), so
-    each is trained exactly as it would be alone. The Flatten head adds ~125k multiply-adds per image to
-    the base's ~400M (< 0.1 %), so the baseline's wall time is unaffected within noise. The peer's model
-    is then converted the default way (``optimizations=[DEFAULT]``, no representative data: dynamic
-    range) and that ``.tflite`` is run on the val set with LiteRT.
+    each is trained exactly as it would be alone, and each gets its own best epoch. The Flatten head
+    adds ~125k multiply-adds per image to the base's ~400M (< 0.1 %), so the baseline's wall time is
+    unaffected within noise. The peer's model is then converted the default way
+    (``optimizations=[DEFAULT]``, no representative data: dynamic range) and that ``.tflite`` is run
+    on the test images (val when there is no test split) with LiteRT.
     """
     import keras
-    import numpy as np
 
     keras.utils.set_random_seed(seed)
     t0 = time.perf_counter()
-    tr, va = _tutorial_datasets(data, seed=seed)
+    tr, va, te = _tutorial_datasets(data, seed=seed)
     if peer:
         model, peer_model = _plain_model(2, peer=True)
-        tr2 = tr.map(lambda x, y: (x, (y, y)))
+        tr = tr.map(lambda x, y: (x, (y, y)))
         va2 = va.map(lambda x, y: (x, (y, y)))
         model.compile(keras.optimizers.Adam(1e-3), ["sparse_categorical_crossentropy"] * 2, metrics=[["accuracy"], ["accuracy"]])
-        hist = model.fit(tr2, validation_data=va2, epochs=epochs, verbose=2)
+        sel = _selection_callback({"gap_head": "val_gap_head_loss", "peer_head": "val_peer_head_loss"})
+        model.fit(tr, validation_data=va2, epochs=epochs, verbose=2, callbacks=[sel])
     else:
         model = _plain_model(2)
         model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
-        hist = model.fit(tr, validation_data=va, epochs=epochs, verbose=2)
+        sel = _selection_callback({"gap_head": "val_loss"})
+        model.fit(tr, validation_data=va, epochs=epochs, verbose=2, callbacks=[sel])
     wall = time.perf_counter() - t0
-    ys = np.concatenate([y.numpy() for _, y in va])
-
-    def _val_acc(output: str | None) -> float:
-        keys = [k for k in hist.history if k.startswith("val_") and k.endswith("accuracy") and (output is None or output in k)]
-        return float(hist.history[keys[0]][-1])
-
-    acc = _val_acc("gap_head" if peer else None)
-    out = [{"dataset": data.name, "method": f"plain model.fit, frozen base, {epochs} epochs", "strategy": "baseline",
-            "val_accuracy": acc, "correct": int(round(acc * len(ys))), "total": int(len(ys)), "wall_seconds": wall,
-            "trained_with_peer_head": peer, "seed": seed}]
+    best = sel.restore()
+    val_s = float(sum(sel.val_seconds))
+    once = wall - val_s + (val_s / len(sel.val_seconds) if sel.val_seconds else 0.0)
+    report = te if te is not None else va
+    split = "test" if te is not None else "val"
+    v_correct, v_total, _ = _accuracy(model, va, 0 if peer else None)
+    correct, total, ys = _accuracy(model, report, 0 if peer else None)
+    out = [{"dataset": data.name, "method": f"plain model.fit, frozen base, {epochs} epochs, best val-loss epoch restored",
+            "strategy": "baseline", "split": split, "accuracy": correct / total, "correct": correct, "total": total,
+            "val_accuracy": v_correct / v_total, "val_correct": v_correct, "val_total": v_total, "best_epoch": best["gap_head"],
+            "wall_seconds": wall, "validation_seconds": round(val_s, 1), "validation_passes": len(sel.val_seconds),
+            "wall_seconds_validate_once": round(once, 1), "trained_with_peer_head": peer, "seed": seed}]
     if peer:
-        out.append(run_peer_tflite(data, peer_model, va, ys, _val_acc("peer_head"), wall, epochs))
+        p_correct, _, _ = _accuracy(model, report, 1)
+        out.append(run_peer_tflite(data, peer_model, report, ys, p_correct / total, wall, epochs, split, best["peer_head"]))
     return out
 
 
-def run_peer_tflite(data: Path, peer_model, va, ys, float_acc: float, fit_seconds: float, epochs: int) -> dict:
-    """Default TFLite conversion of the tutorial Flatten/Dense model and its val accuracy under LiteRT (2 threads)."""
+def run_peer_tflite(data: Path, peer_model, ds, ys, float_acc: float, fit_seconds: float, epochs: int,
+                    split: str = "val", best_epoch: int | None = None) -> dict:
+    """Default TFLite conversion of the tutorial Flatten/Dense model and its accuracy under LiteRT (2 threads)."""
     import numpy as np
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
@@ -150,7 +213,7 @@ def run_peer_tflite(data: Path, peer_model, va, ys, float_acc: float, fit_second
     interp.allocate_tensors()
     preds = []
     t0 = time.perf_counter()
-    for xb, _ in va:
+    for xb, _ in ds:
         for img in xb.numpy().astype(np.float32):
             interp.set_tensor(inp["index"], img[None])
             interp.invoke()
@@ -159,13 +222,14 @@ def run_peer_tflite(data: Path, peer_model, va, ys, float_acc: float, fit_second
     preds = np.asarray(preds)
     correct = int((preds == ys).sum())
     n_params = int(peer_model.count_params())
-    return {"dataset": data.name, "method": f"peer: tutorial Flatten/Dense head, model.fit {epochs} epochs (float)",
-            "strategy": "peer", "val_accuracy": float_acc, "correct": int(round(float_acc * len(ys))), "total": int(len(ys)),
+    return {"dataset": data.name, "method": f"peer: tutorial Flatten/Dense head, model.fit {epochs} epochs (float), best val-loss epoch restored",
+            "strategy": "peer", "split": split, "best_epoch": best_epoch, "accuracy": float_acc,
+            "correct": int(round(float_acc * len(ys))), "total": int(len(ys)),
             "wall_seconds": fit_seconds, "wall_seconds_note": "the model.fit shared with the baseline row",
             "params": n_params, "float32_size_mb": round(n_params * 4 / 1e6, 2),
             "tflite_converter": how, "tflite_optimizations": "DEFAULT (dynamic range, no representative data)",
             "tflite_size_mb": round(len(blob) / 1e6, 2), "tflite_convert_seconds": round(convert_s, 1),
-            "tflite_val_accuracy": correct / len(ys), "tflite_correct": correct,
+            "tflite_accuracy": correct / len(ys), "tflite_correct": correct,
             "tflite_eval_threads": threads, "tflite_eval_ms_per_image": round(1000 * eval_s / len(ys), 2)}
 
 
@@ -175,7 +239,7 @@ def run_plain_ft_throughput(data: Path, steps: int) -> dict:
 
     from edgetl.models import get_spec
 
-    tr, _ = _tutorial_datasets(data)
+    tr, _, _ = _tutorial_datasets(data)
     tr = tr.repeat()
     model = _plain_model(2, get_spec("efficientnet_lite0").unfreeze_blocks)
     model.compile(keras.optimizers.Adam(1e-4), "sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -195,7 +259,7 @@ def markdown(results: list[dict]) -> str:
     plain_ips = {r["dataset"]: r["fine_tune_images_per_s"] for r in results if r["strategy"] == "plain-ft-throughput"}
     for r in results:
         row = {"dataset": r["dataset"], "method": r["method"],
-               "val accuracy": f"{r['val_accuracy']:.2%} ({r['correct']}/{r['total']})" if "val_accuracy" in r else "-",
+               "accuracy": f"{r['accuracy']:.2%} ({r['correct']}/{r['total']}, {r.get('split', 'val')})" if "accuracy" in r else "-",
                "target": f">= {r['target']:.1%}" if r.get("target") else "-",
                "wall s": round(r["wall_seconds"], 1),
                "ratio vs baseline": round(r["wall_seconds"] / base[r["dataset"]], 3) if r["strategy"] == "feature-extraction" and r["dataset"] in base else None,
@@ -206,13 +270,13 @@ def markdown(results: list[dict]) -> str:
     for r, row in zip(results, rows):
         row["images vs baseline"] = (f"{r['correct'] - base_correct[r['dataset']]:+d}"
                                      if r["strategy"] in ("feature-extraction", "fine-tune", "peer") and r["dataset"] in base_correct else None)
-    cols = ["dataset", "method", "val accuracy", "target", "images vs baseline", "wall s", "ratio vs baseline",
+    cols = ["dataset", "method", "accuracy", "target", "images vs baseline", "wall s", "ratio vs baseline",
             "fine-tune img/s", "img/s vs plain"]
     text = markdown_table(rows, cols)
     peers = [r for r in results if r["strategy"] == "peer"]
     if peers:
-        prow = [{"dataset": r["dataset"], "float val accuracy": f"{r['val_accuracy']:.2%} ({r['correct']}/{r['total']})",
-                 "TFLite (DEFAULT) val accuracy": f"{r['tflite_val_accuracy']:.2%} ({r['tflite_correct']}/{r['total']})",
+        prow = [{"dataset": r["dataset"], "float accuracy": f"{r['accuracy']:.2%} ({r['correct']}/{r['total']}, {r['split']})",
+                 "TFLite (DEFAULT) accuracy": f"{r['tflite_accuracy']:.2%} ({r['tflite_correct']}/{r['total']})",
                  "training s (shared fit)": round(r["wall_seconds"], 1), "params": r["params"],
                  "float32 MB": r["float32_size_mb"], "TFLite MB": r["tflite_size_mb"],
                  "convert s": r["tflite_convert_seconds"], "ms/image (LiteRT, 2 threads)": r["tflite_eval_ms_per_image"]}
