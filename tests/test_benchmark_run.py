@@ -27,7 +27,7 @@ def _row(model, runtime, precision, correct, agreement, threads=1, status="ok"):
 
 
 def test_int8_rows_are_checked_on_the_test_split_and_can_fail():
-    res = _bench([_row("model.keras", "tensorflow", "fp32", 302, 100.0),
+    res = _bench([_row("model.keras", "tensorflow", "fp32", 302, 100.0, threads=2),  # Keras runs with 2 threads
                   _row("m_int8.tflite", "litert", "int8", 303, 99.36),
                   _row("m_int8.onnx", "onnxruntime", "int8", 290, 95.0),
                   _row("m_int8.onnx", "onnxruntime", "int8", 10, 5.0, threads=2),  # a 2-thread row is not a second check
