@@ -60,12 +60,15 @@ class BenchSettings:
     gpu: bool | None = None  # LiteRT GPU delegate: None = when available, True = always try (skipped row if absent)
     runtimes: tuple[str, ...] | None = None  # "litert", "openvino:gpu" ...; None: every runtime installed here
     min_accuracy: float | None = None  # top-1 floor in percent for "best"; None: reference top-1 - 1 point
+    min_agreement: float = 99.0  # and top-1 agreement with the float reference, in percent (export's default budget)
 
     def __post_init__(self) -> None:
         if not self.threads or any(int(t) < 1 for t in self.threads):
             raise UsageError("--threads must be a list of positive integers, e.g. 1,2,4")
         if self.batch < 1:
             raise UsageError("--batch must be >= 1")
+        if not 0.0 <= self.min_agreement <= 100.0:
+            raise UsageError(f"--min-agreement is a percentage between 0 and 100, got {self.min_agreement}")
         if self.min_runs < 1 or self.warmup_runs < 0:
             raise UsageError("--min-runs must be >= 1 and --warmup-runs >= 0")
         if min(self.warmup_time, self.min_time) < 0 or self.max_time <= 0:
@@ -768,9 +771,13 @@ def run_bench(items: Sequence[str | Path], settings: BenchSettings = BenchSettin
 
     ref_names = sorted({v[0] for v in state.ref.values()})
     notes = state.notes + speed_notes(rows, env)
-    floor, best = choose_best(rows, settings.min_accuracy, [v[2] for v in state.ref.values()])
+    floor, best = choose_best(rows, settings.min_accuracy, [v[2] for v in state.ref.values()], settings.min_agreement)
     if best is None and any(r.ok for r in rows):
-        notes.append(f"no artifact reaches the top-1 floor of {floor:.2f} %" if floor is not None else "no artifact has both accuracy and latency")
+        notes.append(f"no artifact reaches the top-1 floor of {floor:.2f} % with >= {settings.min_agreement:g} % agreement"
+                     if floor is not None else "no artifact has both accuracy and latency")
+    low = sorted({f"{r.model} on {r.runtime}" for r in rows if r.ok and r.agreement is not None and r.agreement < settings.min_agreement})
+    if low:
+        notes.append(f"not recommended, top-1 agreement with the float model under {settings.min_agreement:g} %: {', '.join(low)}")
     state.data_info["floor_top1"] = floor
     return BenchResult(rows, env, settings, state.data_info, ", ".join(ref_names) or None, best, notes)
 
@@ -862,11 +869,16 @@ def _precision_hint(t: Target) -> str:
     return precision_from_name(t.path) or ("fp32" if t.format == "keras" else "unknown")
 
 
-def choose_best(rows: Sequence[BenchRow], min_accuracy: float | None, ref_top1: Sequence[float | None] = ()) -> tuple[float | None, dict[str, Any] | None]:
-    """The fastest p50 among rows meeting the top-1 floor (percent; a value <= 1 is read as a fraction).
+def choose_best(rows: Sequence[BenchRow], min_accuracy: float | None, ref_top1: Sequence[float | None] = (),
+                min_agreement: float | None = None) -> tuple[float | None, dict[str, Any] | None]:
+    """The fastest p50 among rows meeting the top-1 floor (percent; a value <= 1 is read as a fraction)
+    and, when given, agreeing with the float reference's top-1 on at least ``min_agreement`` % of the
+    images (a row without a reference to compare with is not excluded by it).
 
-    Without ``min_accuracy`` the floor is the reference's top-1 minus one point; with no accuracy at all,
-    the fastest row (and the floor is None).
+    Top-1 alone is not enough: a file can score as well as the float model while disagreeing with it
+    on several images (OpenVINO's int8 kernels on AVX2 gave 80 % agreement); it is not the model
+    that was verified. Without ``min_accuracy`` the floor is the reference's top-1 minus one point;
+    with no accuracy at all, the fastest row (and the floor is None).
     """
     floor = None
     if min_accuracy is not None:
@@ -875,6 +887,8 @@ def choose_best(rows: Sequence[BenchRow], min_accuracy: float | None, ref_top1: 
         known = [r for r in ref_top1 if r is not None]
         floor = (min(known) - 1.0) if known else None
     ok = [r for r in rows if r.ok and r.p50_ms is not None]
+    if min_agreement is not None:
+        ok = [r for r in ok if r.agreement is None or r.agreement + 1e-9 >= min_agreement]
     if floor is not None:
         ok = [r for r in ok if r.top1 is not None and r.top1 + 1e-9 >= floor]
     elif any(r.top1 is not None for r in ok):
@@ -883,7 +897,8 @@ def choose_best(rows: Sequence[BenchRow], min_accuracy: float | None, ref_top1: 
         return floor, None
     b = min(ok, key=lambda r: (r.p50_ms, -(r.top1 or 0)))
     return floor, {"model": b.model, "path": b.path, "format": b.format, "runtime": b.runtime, "precision": b.precision,
-                   "threads": b.threads, "device": b.device, "p50_ms": b.p50_ms, "top1": b.top1, "floor_top1": floor}
+                   "threads": b.threads, "device": b.device, "p50_ms": b.p50_ms, "top1": b.top1, "floor_top1": floor,
+                   "agreement": b.agreement, "min_agreement": min_agreement}
 
 
 def speed_notes(rows: Sequence[BenchRow], env: dict[str, Any]) -> list[str]:

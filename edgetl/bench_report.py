@@ -58,6 +58,8 @@ def best_line(result: BenchResult) -> str | None:
     if not b:
         return None
     floor = f"top-1 >= {b['floor_top1']:.2f} %" if b.get("floor_top1") is not None else "no accuracy floor"
+    if b.get("min_agreement") is not None:
+        floor += f", agreement >= {b['min_agreement']:g} %"
     acc = f", top-1 {b['top1']:.2f} %" if b.get("top1") is not None else ""
     th = f", {b['threads']} thread(s)" if b.get("threads") else ""
     return f"best ({floor}, fastest p50): {b['model']} on {b['runtime']}{th}: p50 {b['p50_ms']:.3g} ms{acc}"

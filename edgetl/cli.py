@@ -176,6 +176,7 @@ def bench(
     gpu: Optional[bool] = typer.Option(None, "--gpu/--no-gpu", help="LiteRT GPU delegate rows (default: only when available)."),
     runtimes: Optional[str] = typer.Option(None, "--runtimes", help="Runtimes to run, comma-separated NAME or NAME:DEVICE: tensorflow, litert[:gpu], litert-compiled[:gpu|:npu], onnxruntime[:cuda|:tensorrt|:openvino], openvino[:cpu|:gpu|:npu|:auto]. Default: every runtime installed here."),
     min_accuracy: Optional[float] = typer.Option(None, "--min-accuracy", help="Top-1 floor (percent) for naming the best artifact; default: float top-1 - 1 point."),
+    min_agreement: float = typer.Option(99.0, "--min-agreement", help="... and the smallest top-1 agreement with the float model (percent) it may have."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for bench.json/csv/md/png (default: RUN_DIR/bench or ./bench)."),
     json_out: bool = typer.Option(False, "--json", help="Print bench.json to stdout instead of the table."),
     seed: int = typer.Option(0, "--seed", help="Seed for --samples."),
@@ -208,7 +209,7 @@ def bench(
         threads=thread_list, batch=batch, warmup_runs=warmup_runs, warmup_time=warmup_time, min_runs=min_runs,
         min_time=min_time, max_time=max_time, samples=samples, seed=seed, keras=not no_keras,
         providers=tuple(p.strip() for p in providers.split(",") if p.strip()) if providers else None,
-        gpu=gpu, min_accuracy=min_accuracy,
+        gpu=gpu, min_accuracy=min_accuracy, min_agreement=min_agreement,
         runtimes=tuple(r.strip() for r in runtimes.split(",") if r.strip()) if runtimes is not None else None,
     )
 

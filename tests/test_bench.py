@@ -90,6 +90,21 @@ def _row(precision, p50, top1, threads=1, fmt="tflite"):
                     threads=threads, p50_ms=p50, top1=top1)
 
 
+def test_best_needs_agreement_not_only_top1():
+    """A file that scores like the float model but disagrees with it on many images is not recommended."""
+    fast = _row("int8", 5.0, 99.0, fmt="onnx")
+    fast.agreement = 80.0  # OpenVINO's int8 kernels on AVX2: same top-1 band, 80 % agreement
+    slow = _row("int8", 9.0, 98.9)
+    slow.agreement = 99.5
+    _, best = choose_best([fast, slow], None, [99.0], min_agreement=99.0)
+    assert best["model"] == "m_int8.tflite" and best["agreement"] == 99.5 and best["min_agreement"] == 99.0
+    _, best = choose_best([fast, slow], None, [99.0], min_agreement=None)  # top-1 alone would pick the fast one
+    assert best["model"] == "m_int8.onnx"
+    assert choose_best([fast], None, [99.0], min_agreement=99.0)[1] is None
+    unknown = _row("fp32", 4.0, 99.0)  # no reference to compare with: not excluded by the agreement floor
+    assert choose_best([unknown, slow], None, [99.0], min_agreement=99.0)[1]["p50_ms"] == 4.0
+
+
 def test_best_and_honest_int8_notes():
     rows = [_row("fp32", 10.0, 99.0), _row("int8", 9.7, 98.9), _row("dynamic", 15.0, 99.0)]
     floor, best = choose_best(rows, None, [99.0])

@@ -133,6 +133,7 @@ def _cli_cases():
         ("bench-data-missing", ["bench", "{run}", "--data", "{missing}"], "{missing}"),
         ("bench-data-file", ["bench", "{run}", "--data", "{file}"], "{file}"),
         ("bench-min-accuracy", ["bench", "{run}", "--min-accuracy", "150"], "--min-accuracy"),
+        ("bench-min-agreement", ["bench", "{run}", "--min-agreement", "101"], "--min-agreement"),
         ("bench-out-file", ["bench", "{run}", "--no-keras", "--out", "{file}"], "not a folder"),
         ("bench-unsupported-file", ["bench", "{file}"], "unsupported"),
         # predict
