@@ -22,6 +22,7 @@ different backbone or size means different embeddings).
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -268,10 +269,16 @@ def _measure(cfg: SweepConfig, backbone: str, size: tuple[int, int], out: Path, 
     return c
 
 
-def _one_image(data_dir: str) -> Any:
+@functools.lru_cache(maxsize=4)
+def _scan(data_dir: str) -> Any:
+    """The data folder's listing, read once per sweep (not once per candidate)."""
     from edgetl.data import load_dataset
 
-    ds = load_dataset(data_dir, validate=False)
+    return load_dataset(data_dir, validate=False)
+
+
+def _one_image(data_dir: str) -> Any:
+    ds = _scan(data_dir)
     return ds.val.paths[0] if ds.val.paths else ds.train.paths[0]
 
 
@@ -279,11 +286,10 @@ def _test_accuracy(tflite: Path, data_dir: str) -> float | None:
     """Accuracy (percent) of the int8 file on the ``test/`` split; None when there is none."""
     import numpy as np
 
-    from edgetl.data import load_dataset
     from edgetl.preprocess import prepare_batch
     from edgetl.runtime.tflite_runner import TFLiteRunner
 
-    ds = load_dataset(data_dir, validate=False)
+    ds = _scan(data_dir)
     if ds.test is None or not ds.test.paths:
         return None
     r = TFLiteRunner(tflite, threads=None)
@@ -327,6 +333,7 @@ def run_sweep(cfg: SweepConfig, say: Callable[[str], None] = print) -> dict[str,
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     state = _load_state(out) if cfg.resume else {}
+    _scan.cache_clear()  # one listing per sweep: a later sweep in this process sees the folder as it is then
     grid = cfg.resolved_grid()
     t_start = time.perf_counter()
     for i, (backbone, size) in enumerate(grid):
