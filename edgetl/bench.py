@@ -377,7 +377,7 @@ def eval_set_for(labels: Sequence[str], data: str | Path | None, run: Any, sampl
 
     With ``data``: ``data/val/<class>/`` when present, else ``data/<class>/``; class folders are matched to
     the model's labels by name (models without labels, i.e. ``class_0..``, take the sorted folder names).
-    Without it: the run's own validation split. None when there is neither.
+    Without it: the run's own test split when its data has one, else its validation split. None when there is neither.
     """
     from edgetl.data import Sample, scan_folder, stratified_sample
 
@@ -386,8 +386,13 @@ def eval_set_for(labels: Sequence[str], data: str | Path | None, run: Any, sampl
     if data is None:
         if run is None or list(run.labels) != labels:
             return None
-        split = run.dataset().val
-        source = f"{run.config.get('data_dir') or (run.config.get('data') or {}).get('root')} (the run's validation split)"
+        # Every choice of the run (early stopping, keeping the fine-tuned weights, the doctor) looked at
+        # val; a test split, when the data has one, is what no choice saw: report on it.
+        ds = run.dataset()
+        use_test = ds.test is not None and bool(ds.test.samples)
+        split = ds.test if use_test else ds.val
+        source = (f"{run.config.get('data_dir') or (run.config.get('data') or {}).get('root')} "
+                  f"(the run's {'test' if use_test else 'validation'} split)")
     else:
         root, folders = _data_classes(data, labels)
         classes = labels
@@ -742,7 +747,7 @@ def run_bench(items: Sequence[str | Path], settings: BenchSettings = BenchSettin
     Args:
         items: run directories (their Keras model and every export) and/or model files.
         settings: threads, batch, timing budget, sample count, accuracy floor.
-        data: labelled images (``DIR/<class>/`` or ``DIR/val/<class>/``); default: the run's validation split.
+        data: labelled images (``DIR/<class>/`` or ``DIR/val/<class>/``); default: the run's test split, else its validation split.
         progress: called as ``progress(i, n, label)`` before each row (for a progress indicator).
     """
     from edgetl.runtime.env import environment

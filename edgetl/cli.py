@@ -162,7 +162,7 @@ def predict(
 @app.command()
 def bench(
     targets: List[Path] = typer.Argument(..., help="Run directories (Keras model + every export/ artifact) and/or .tflite/.onnx/.keras files."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Labelled images DIR/<class>/ (or DIR/val/<class>/); default: the run's validation split."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Labelled images DIR/<class>/ (or DIR/val/<class>/); default: the run's test split when its data has one (no choice saw it), else its validation split."),
     samples: Optional[int] = typer.Option(None, "--samples", min=1, help="Use a stratified subset of N images for accuracy."),
     threads: str = typer.Option("1", "--threads", help="Comma-separated thread counts, one row each (e.g. 1,2,4)."),
     batch: int = typer.Option(1, "--batch", min=1, help="Batch size for latency."),

@@ -288,3 +288,27 @@ def test_bench_cli(artifacts, tmp_path, capsys):  # noqa: F811
     assert all(r["n_images"] == 6 for r in d["rows"])
     assert main(["bench", str(artifacts["onnx_fp32"]), "--threads", "x"]) == 2
     assert main(["bench", str(tmp_path / "nope.tflite")]) == 2
+
+
+def test_default_data_is_the_runs_test_split_when_it_has_one(tmp_path):
+    """Without --data, bench reports on the split no choice saw (test) when the run's data has one (issue 13)."""
+    from conftest import make_image_folder
+
+    from edgetl.bench import eval_set_for
+    from edgetl.data import load_dataset
+
+    class _FakeRun:
+        labels = ["alpha", "beta"]
+
+        def __init__(self, folder):
+            self.folder, self.config = folder, {"data_dir": str(folder)}
+
+        def dataset(self):
+            return load_dataset(str(self.folder))
+
+    with_test = make_image_folder(tmp_path / "t", n_train=3, n_val=2, n_test=4, size=16)
+    es = eval_set_for(["alpha", "beta"], None, _FakeRun(with_test), None, 0)
+    assert len(es.paths) == 8 and all("/test/" in str(p) for p in es.paths) and "test split" in es.source
+    without = make_image_folder(tmp_path / "v", n_train=3, n_val=2, size=16)
+    es = eval_set_for(["alpha", "beta"], None, _FakeRun(without), None, 0)
+    assert len(es.paths) == 4 and all("/val/" in str(p) for p in es.paths) and "validation split" in es.source
