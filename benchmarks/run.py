@@ -1,7 +1,7 @@
 """One command, the whole results table: every TARGETS.md row, end to end through the public CLI.
 
-    python -m benchmarks.run --data ../shared/datasets                          # cats_dogs + hymenoptera (about 60 min on 2 cores)
-    python -m benchmarks.run --data ../shared/datasets --datasets sign_digits   # the int8 hard case (about 25 min)
+    python -m benchmarks.run --data ../shared/datasets                          # cats_dogs + hymenoptera (81 min on a 2-core AMD EPYC)
+    python -m benchmarks.run --data ../shared/datasets --datasets sign_digits   # the int8 hard case
     python -m benchmarks.run --data ../shared/datasets --quick                  # reduced (a few minutes)
 
 Every choice a run makes (early stopping, keeping the fine-tuned weights, the doctor's pick) uses
