@@ -120,15 +120,14 @@ def _selection_callback(heads: dict[str, str]):
     return Selection()
 
 
-def _accuracy(model, ds, output: int | None = None) -> tuple[int, int, "np.ndarray"]:
-    """(correct, total, labels) of ``model`` on ``ds``; ``output`` picks one of several outputs."""
+def _accuracy(model, ds) -> tuple[list[int], int, "np.ndarray"]:
+    """(correct per output, total, labels) of ``model`` on ``ds``: one pass over the images, every output."""
     import numpy as np
 
     ys = np.concatenate([y.numpy() for _, y in ds])
     probs = model.predict(ds.map(lambda x, y: x), verbose=0)
-    if output is not None:
-        probs = probs[output]
-    return int((np.asarray(probs).argmax(1) == ys).sum()), int(len(ys)), ys
+    outputs = probs if isinstance(probs, (list, tuple)) else [probs]
+    return [int((np.asarray(p).argmax(1) == ys).sum()) for p in outputs], int(len(ys)), ys
 
 
 def run_baseline(data: Path, epochs: int, peer: bool = True, seed: int = 0) -> list[dict]:
@@ -172,16 +171,15 @@ def run_baseline(data: Path, epochs: int, peer: bool = True, seed: int = 0) -> l
     once = wall - val_s + (val_s / len(sel.val_seconds) if sel.val_seconds else 0.0)
     report = te if te is not None else va
     split = "test" if te is not None else "val"
-    v_correct, v_total, _ = _accuracy(model, va, 0 if peer else None)
-    correct, total, ys = _accuracy(model, report, 0 if peer else None)
+    (v_correct, *_), v_total, _ = _accuracy(model, va)
+    (correct, *p_correct), total, ys = _accuracy(model, report)  # the peer head's count, when there is one
     out = [{"dataset": data.name, "method": f"plain model.fit, frozen base, {epochs} epochs, best val-loss epoch restored",
             "strategy": "baseline", "split": split, "accuracy": correct / total, "correct": correct, "total": total,
             "val_accuracy": v_correct / v_total, "val_correct": v_correct, "val_total": v_total, "best_epoch": best["gap_head"],
             "wall_seconds": wall, "validation_seconds": round(val_s, 1), "validation_passes": len(sel.val_seconds),
             "wall_seconds_validate_once": round(once, 1), "trained_with_peer_head": peer, "seed": seed}]
     if peer:
-        p_correct, _, _ = _accuracy(model, report, 1)
-        out.append(run_peer_tflite(data, peer_model, report, ys, p_correct / total, wall, epochs, split, best["peer_head"]))
+        out.append(run_peer_tflite(data, peer_model, report, ys, p_correct[0] / total, wall, epochs, split, best["peer_head"]))
     return out
 
 
