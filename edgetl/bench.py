@@ -61,6 +61,7 @@ class BenchSettings:
     runtimes: tuple[str, ...] | None = None  # "litert", "openvino:gpu" ...; None: every runtime installed here
     min_accuracy: float | None = None  # top-1 floor in percent for "best"; None: reference top-1 - 1 point
     min_agreement: float = 99.0  # and top-1 agreement with the float reference, in percent (export's default budget)
+    accept_changed_data: bool = False  # go on (warning in bench.json) when the run's folder no longer gives its split
 
     def __post_init__(self) -> None:
         if not self.threads or any(int(t) < 1 for t in self.threads):
@@ -370,25 +371,33 @@ class EvalSet:
     classes: list[str]
     source: str
     note: str | None = None
+    split_sha256: str | None = None  # of the whole split the images come from (data.split_sha256 in config.json)
+    warning: str | None = None
 
 
-def eval_set_for(labels: Sequence[str], data: str | Path | None, run: Any, samples: int | None, seed: int) -> EvalSet | None:
+def eval_set_for(labels: Sequence[str], data: str | Path | None, run: Any, samples: int | None, seed: int,
+                 accept_changed: bool = False) -> EvalSet | None:
     """Labelled validation images for a model with ``labels``.
 
     With ``data``: ``data/val/<class>/`` when present, else ``data/<class>/``; class folders are matched to
     the model's labels by name (models without labels, i.e. ``class_0..``, take the sorted folder names).
-    Without it: the run's own test split when its data has one, else its validation split. None when there is neither.
+    Without it: the run's own test split when its data has one, else its validation split, rebuilt
+    exactly as training built it and checked against config.json. None when there is neither.
+
+    Raises:
+        DataChangedError: the run's folder no longer gives the recorded split (unless ``accept_changed``).
     """
-    from edgetl.data import Sample, scan_folder, stratified_sample
+    from edgetl.data import scan_folder, split_sha256, stratified_sample
 
     labels = list(labels)
-    note = None
+    note = warning = None
     if data is None:
         if run is None or list(run.labels) != labels:
             return None
         # Every choice of the run (early stopping, keeping the fine-tuned weights, the doctor) looked at
         # val; a test split, when the data has one, is what no choice saw: report on it.
-        ds = run.dataset()
+        ds, warning = run.checked_dataset(accept_changed=accept_changed)
+        root = ds.root
         use_test = ds.test is not None and bool(ds.test.samples)
         split = ds.test if use_test else ds.val
         source = (f"{run.config.get('data_dir') or (run.config.get('data') or {}).get('root')} "
@@ -412,7 +421,8 @@ def eval_set_for(labels: Sequence[str], data: str | Path | None, run: Any, sampl
     samples_ = stratified_sample(split.samples, samples, seed=seed) if samples else list(split.samples)
     if not samples_:
         raise EdgetlError(f"no labelled images for bench in {source}")
-    return EvalSet([s.path for s in samples_], np.array([s.label for s in samples_], dtype=np.int64), labels, source, note)
+    return EvalSet([s.path for s in samples_], np.array([s.label for s in samples_], dtype=np.int64), labels, source, note,
+                   split_sha256(split, root), warning)
 
 
 class LabelMismatchError(EdgetlError):
@@ -708,16 +718,19 @@ class _BenchState:
         key = tuple(labels)
         if key not in self.eval_sets:
             try:
-                es = eval_set_for(labels, self.data, self.run, self.settings.samples, self.settings.seed)
+                es = eval_set_for(labels, self.data, self.run, self.settings.samples, self.settings.seed,
+                                  self.settings.accept_changed_data)
             except EdgetlError as exc:  # the same data problem for every model with these labels: found once
                 self.eval_sets[key] = exc
                 raise
             self.eval_sets[key] = es
             if es is not None:
                 self.data_info.setdefault("sources", []).append(
-                    {"source": es.source, "images": len(es.paths), "classes": es.classes, "note": es.note})
-                if es.note:
-                    self.notes.append(es.note)
+                    {"source": es.source, "images": len(es.paths), "classes": es.classes, "note": es.note,
+                     "split_sha256": es.split_sha256, **({"warning": es.warning} if es.warning else {})})
+                for line in (es.warning, es.note):
+                    if line:
+                        self.notes.append(line)
         es = self.eval_sets[key]
         if isinstance(es, EdgetlError):
             raise es
@@ -758,6 +771,15 @@ def run_bench(items: Sequence[str | Path], settings: BenchSettings = BenchSettin
     jobs = plan_jobs(targets, settings)
     env = environment()
     state = _BenchState(settings, data, run)
+    if data is None and run is not None:
+        from edgetl.data import DataChangedError
+
+        try:  # the run's own split, checked against config.json before anything is measured
+            state.eval_set(list(run.labels))
+        except DataChangedError:
+            raise
+        except EdgetlError:
+            pass  # a row reports it
     if settings.runtimes is None and any(t.format in ("tflite", "onnx") for t in targets) \
             and not any(j.runtime == "openvino" for j in jobs):
         state.notes.append("OpenVINO rows: OpenVINO is not installed (pip install 'edgetl[openvino]' adds them)")

@@ -36,6 +36,8 @@ app = typer.Typer(
 _STATE = {"debug": False, "verbose": False}
 
 VERBOSE_HELP = "Show TensorFlow's and the converters' own output (hidden by default; shown anyway when a step crashes)."
+ACCEPT_CHANGED_HELP = ("Go on when the run's data folder no longer gives the split recorded in config.json (by default an error): "
+                       "measured on the new split, with a warning recorded in the output.")
 
 
 def _version(value: bool) -> None:
@@ -177,6 +179,7 @@ def bench(
     runtimes: Optional[str] = typer.Option(None, "--runtimes", help="Runtimes to run, comma-separated NAME or NAME:DEVICE: tensorflow, litert[:gpu], litert-compiled[:gpu|:npu], onnxruntime[:cuda|:tensorrt|:openvino], openvino[:cpu|:gpu|:npu|:auto]. Default: every runtime installed here."),
     min_accuracy: Optional[float] = typer.Option(None, "--min-accuracy", help="Top-1 floor (percent) for naming the best artifact; default: float top-1 - 1 point."),
     min_agreement: float = typer.Option(99.0, "--min-agreement", help="... and the smallest top-1 agreement with the float model (percent) it may have."),
+    accept_changed_data: bool = typer.Option(False, "--accept-changed-data", help=ACCEPT_CHANGED_HELP),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for bench.json/csv/md/png (default: RUN_DIR/bench or ./bench)."),
     json_out: bool = typer.Option(False, "--json", help="Print bench.json to stdout instead of the table."),
     seed: int = typer.Option(0, "--seed", help="Seed for --samples."),
@@ -209,7 +212,7 @@ def bench(
         threads=thread_list, batch=batch, warmup_runs=warmup_runs, warmup_time=warmup_time, min_runs=min_runs,
         min_time=min_time, max_time=max_time, samples=samples, seed=seed, keras=not no_keras,
         providers=tuple(p.strip() for p in providers.split(",") if p.strip()) if providers else None,
-        gpu=gpu, min_accuracy=min_accuracy, min_agreement=min_agreement,
+        gpu=gpu, min_accuracy=min_accuracy, min_agreement=min_agreement, accept_changed_data=accept_changed_data,
         runtimes=tuple(r.strip() for r in runtimes.split(",") if r.strip()) if runtimes is not None else None,
     )
 
@@ -347,6 +350,7 @@ def export(
     doctor: Optional[bool] = typer.Option(None, "--doctor/--no-doctor", help="Try quantization remedies (default: only when int8 misses the budget)."),
     doctor_time: Optional[float] = typer.Option(None, "--doctor-time", help="Seconds the doctor may spend before it starts no new remedy (default: 120 when automatic, no limit with --doctor)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Image folder to use instead of the one recorded in the run."),
+    accept_changed_data: bool = typer.Option(False, "--accept-changed-data", help=ACCEPT_CHANGED_HELP),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RUN_DIR/export)."),
     opset: int = typer.Option(17, "--opset", min=13, help="ONNX opset."),
     qat_epochs: int = typer.Option(1, "--qat-epochs", min=1, help="Epochs of quantization-aware fine-tuning."),
@@ -368,7 +372,7 @@ def export(
             int8=int8, fp16=fp16, dynamic=dynamic, qat=qat, io_type=io_type, calib_samples=calib_samples,
             verify_samples=verify_samples, max_drop=max_drop, min_agreement=min_agreement, strict=strict, doctor=doctor, doctor_time=doctor_time,
             data_dir=str(data) if data else None, out_dir=str(out) if out else None, opset=opset, qat_epochs=qat_epochs, quant_report=quant_report,
-            rounding=rounding, rounding_samples=rounding_samples,
+            rounding=rounding, rounding_samples=rounding_samples, accept_changed_data=accept_changed_data,
         )
         config.resolve_formats()  # bad names and values fail here, before any conversion
         result = export_run(run_dir, config, progress=quiet.say)

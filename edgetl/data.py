@@ -18,7 +18,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from edgetl.errors import EdgetlError, UsageError
 from edgetl.preprocess import DEFAULT_MAX_PIXELS, Preprocessing, is_image_file, load_rgb, resize_rgb
@@ -104,7 +104,64 @@ class Dataset:
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
             "num_skipped": len(self.skipped),
             "files_sha256": h.hexdigest(),
+            "split_sha256": self.split_hashes(),
         }
+
+    def split_hashes(self) -> dict[str, str]:
+        """``{split: sha256}`` of each split's sorted (relative path, size) list (see :func:`split_sha256`)."""
+        out = {"train": split_sha256(self.train, self.root), "val": split_sha256(self.val, self.root)}
+        if self.test is not None:
+            out["test"] = split_sha256(self.test, self.root)
+        return out
+
+
+def split_sha256(split: Split, root: str | Path) -> str:
+    """sha256 of the sorted ``relative path <TAB> size`` lines of a split's files: the same images
+    (by name and size, wherever the folder now lives) give the same hash."""
+    lines = sorted(f"{os.path.relpath(s.path, root)}\t{_size(s.path)}" for s in split.samples)
+    return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+class DataChangedError(EdgetlError):
+    """The data folder no longer gives the split a run was trained on."""
+
+
+def split_changes(ds: Dataset, recorded: dict[str, Any]) -> str | None:
+    """What differs between ``ds`` and a run's recorded ``data`` fingerprint, in one line; None when
+    every recorded split hash matches (or nothing was recorded: runs from before split hashes)."""
+    want = recorded.get("split_sha256") or {}
+    have = ds.split_hashes()
+    parts = []
+    for name in SPLITS:
+        if name not in want and name not in have:
+            continue
+        if want.get(name) is not None and want.get(name) == have.get(name):
+            continue
+        if name not in want:
+            if not recorded.get("split_sha256"):
+                continue  # an old run: nothing to compare with
+            parts.append(f"{name}: {len(getattr(ds, name).samples)} images now, no such split at training")
+            continue
+        if name not in have:
+            parts.append(f"{name}: gone (recorded {sum((recorded.get('counts') or {}).get(name, {}).values())} images)")
+            continue
+        old = (recorded.get("counts") or {}).get(name) or {}
+        new = getattr(ds, name).counts()
+        n_old, n_new = sum(old.values()), sum(new.values())
+        diff = [f"{c} {old.get(c, 0)}->{new.get(c, 0)}" for c in sorted(set(old) | set(new)) if old.get(c, 0) != new.get(c, 0)]
+        if n_new > n_old:
+            what = f"{n_new - n_old} image(s) added"
+        elif n_new < n_old:
+            what = f"{n_old - n_new} image(s) removed"
+        else:
+            what = "same count, files renamed, replaced or changed in size"
+        parts.append(f"{name}: {n_new} images now vs {n_old} at training ({what}" + (f"; {', '.join(diff[:6])}" if diff else "") + ")")
+    if not parts:
+        return None
+    skipped = recorded.get("num_skipped")
+    if skipped is not None and skipped != len(ds.skipped):
+        parts.append(f"undecodable files {len(ds.skipped)} now vs {skipped} at training")
+    return "; ".join(parts)
 
 
 def _size(path: str) -> int:
@@ -154,30 +211,51 @@ def _decode_one(path: Path, max_pixels: int | None, pre: Preprocessing | None) -
     return (resize_rgb(im, pre) if pre is not None else None), None
 
 
-def _scan_classes(folder: Path, classes: Sequence[str], validate: bool, max_pixels: int | None,
-                  pre: Preprocessing | None = None, pixels: dict[str, Any] | None = None,
-                  workers: int | None = None) -> Split:
-    candidates: list[tuple[Path, int]] = []
+def _candidates(folder: Path, classes: Sequence[str]) -> list[tuple[Path, int]]:
+    out: list[tuple[Path, int]] = []
     for label, name in enumerate(classes):
         cdir = folder / name
         if cdir.is_dir():
-            candidates += [(p, label) for p in _walk_images(cdir)]
+            out += [(p, label) for p in _walk_images(cdir)]
+    return out
+
+
+def _decode_all(groups: list[list[tuple[Path, int]]], classes: Sequence[str], validate: bool, max_pixels: int | None,
+                pre: Preprocessing | None = None, pixels: dict[str, Any] | None = None, workers: int | None = None,
+                progress: Callable[[int, int], None] | None = None) -> list[Split]:
+    """One :class:`Split` per group of (file, label) candidates, decoded in one thread pool (one
+    progress count over every group): undecodable files are moved to ``skipped``."""
     if not (validate or pre is not None):
-        return Split([Sample(str(p), lab) for p, lab in candidates], list(classes), [])
+        return [Split([Sample(str(p), lab) for p, lab in g], list(classes), []) for g in groups]
+    flat = [c for g in groups for c in g]
     # Pillow releases the GIL while decoding and resizing, so threads use every core.
     n = workers or os.cpu_count() or 1
+    results = []
     with ThreadPoolExecutor(max_workers=n) as pool:
-        results = list(pool.map(lambda c: _decode_one(c[0], max_pixels, pre), candidates))
-    samples: list[Sample] = []
-    skipped: list[tuple[str, str]] = []
-    for (p, label), (arr, reason) in zip(candidates, results):
-        if reason is None:
-            samples.append(Sample(str(p), label))
-            if pixels is not None and arr is not None:
-                pixels[str(p)] = arr
-        else:
-            skipped.append((str(p), reason))
-    return Split(samples, list(classes), skipped)
+        for i, r in enumerate(pool.map(lambda c: _decode_one(c[0], max_pixels, pre), flat)):
+            results.append(r)
+            if progress is not None:
+                progress(i + 1, len(flat))
+    out, k = [], 0
+    for g in groups:
+        samples: list[Sample] = []
+        skipped: list[tuple[str, str]] = []
+        for (p, label), (arr, reason) in zip(g, results[k:k + len(g)]):
+            if reason is None:
+                samples.append(Sample(str(p), label))
+                if pixels is not None and arr is not None:
+                    pixels[str(p)] = arr
+            else:
+                skipped.append((str(p), reason))
+        k += len(g)
+        out.append(Split(samples, list(classes), skipped))
+    return out
+
+
+def _scan_classes(folder: Path, classes: Sequence[str], validate: bool, max_pixels: int | None,
+                  pre: Preprocessing | None = None, pixels: dict[str, Any] | None = None,
+                  workers: int | None = None) -> Split:
+    return _decode_all([_candidates(folder, classes)], classes, validate, max_pixels, pre, pixels, workers)[0]
 
 
 def scan_folder(folder: str | Path, classes: Sequence[str], validate: bool = True,
@@ -206,7 +284,7 @@ def _stratified_split(samples: list[Sample], n_classes: int, val_split: float, s
 
 def load_dataset(data_dir: str | Path, val_split: float = 0.2, seed: int = 0, validate: bool = True,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, preprocessing: Preprocessing | None = None,
-                 workers: int | None = None) -> Dataset:
+                 workers: int | None = None, progress: Callable[[int, int], None] | None = None) -> Dataset:
     """Scan ``data_dir`` into train/val(/test) splits.
 
     Args:
@@ -214,6 +292,7 @@ def load_dataset(data_dir: str | Path, val_split: float = 0.2, seed: int = 0, va
             thread pool) and the uint8 model inputs are kept in ``Dataset.pixels``; the
             decode doubles as the validation, so the splits are identical to ``validate=True``.
         workers: decoding threads (default: CPU count).
+        progress: called as ``progress(done, total)`` after each decoded file.
 
     Raises:
         UsageError: the folder does not exist or is not a folder.
@@ -227,7 +306,7 @@ def load_dataset(data_dir: str | Path, val_split: float = 0.2, seed: int = 0, va
     if not 0.0 < val_split < 1.0:
         raise UsageError(f"--val-split must be between 0 and 1 (exclusive), got {val_split}")
     pixels: dict[str, Any] | None = {} if preprocessing is not None else None
-    kw = dict(pre=preprocessing, pixels=pixels, workers=workers)
+    kw = dict(pre=preprocessing, pixels=pixels, workers=workers, progress=progress)
     top = _list_class_dirs(root)
     top_names = {p.name for p in top}
     if "train" in top_names and ("val" in top_names or "validation" in top_names):
@@ -235,17 +314,19 @@ def load_dataset(data_dir: str | Path, val_split: float = 0.2, seed: int = 0, va
         val_name = "val" if "val" in top_names else "validation"
         classes = [p.name for p in _list_class_dirs(root / "train")]
         _check_classes(classes, root / "train")
-        train = _scan_classes(root / "train", classes, validate, max_pixels, **kw)
-        val = _scan_classes(root / val_name, classes, validate, max_pixels, **kw)
         extra = sorted({p.name for p in _list_class_dirs(root / val_name)} - set(classes))
         if extra:
             raise EdgetlError(f"{root / val_name} has classes not in train/: {', '.join(extra)}")
-        test = _scan_classes(root / "test", classes, validate, max_pixels, **kw) if "test" in top_names else None
+        groups = [_candidates(root / "train", classes), _candidates(root / val_name, classes)]
+        if "test" in top_names:
+            groups.append(_candidates(root / "test", classes))
+        train, val, *rest = _decode_all(groups, classes, validate, max_pixels, **kw)
+        test = rest[0] if rest else None
     else:
         layout = "class-folders"
         classes = [p.name for p in top]
         _check_classes(classes, root)
-        everything = _scan_classes(root, classes, validate, max_pixels, **kw)
+        (everything,) = _decode_all([_candidates(root, classes)], classes, validate, max_pixels, **kw)
         tr, va = _stratified_split(everything.samples, len(classes), val_split, seed)
         train = Split(tr, classes, everything.skipped)
         val = Split(va, classes, [])

@@ -331,3 +331,73 @@ class Capture:
         err.write(head + "\n" + "\n".join(tail) + "\n--- end of captured output ---\n")
         err.flush()
 
+
+
+class Progress:
+    """Counts, rate and time left of a step that may take more than a few seconds.
+
+    Nothing is printed for a step that ends within ``after`` seconds. On a terminal the line is
+    redrawn in place (``\\r``, at most 5 times a second); anywhere else (a log, CI, ``| tee``) it is
+    a plain line at most every ``every`` seconds, and a last one when the count is complete.
+
+    Args:
+        what: what is being counted (``"checking images"``, ``"GPTQ layers"``).
+        say: where plain lines go (default :func:`say`); a custom ``say`` always gets plain lines.
+        terminal: redraw in place (default: when ``say`` is the default and the console is a terminal).
+        clock: seconds (tests pass a fake clock).
+    """
+
+    def __init__(self, what: str, say: Any = None, *, terminal: bool | None = None, after: float = 2.0,
+                 every: float = 10.0, clock: Any = None):
+        import time
+
+        self.what = what
+        default = say is None or say is globals()["say"]
+        self._say = say or globals()["say"]
+        if terminal is None:
+            try:
+                terminal = default and bool(console("err").isatty())
+            except (AttributeError, ValueError, OSError):
+                terminal = False
+        self.terminal = terminal
+        self.after, self.every = after, every
+        self.clock = clock or time.monotonic
+        self.start: float | None = None
+        self.last: float | None = None
+        self.shown = False
+
+    def line(self, done: int, total: int | None, now: float) -> str:
+        """``what: done/total (rate/s, about N s left)``."""
+        elapsed = max(now - (self.start or now), 1e-9)
+        rate = done / elapsed
+        text = f"{self.what}: {done}" + (f"/{total}" if total else "")
+        text += f" ({rate:.1f}/s" if rate >= 1 else f" ({elapsed / max(done, 1):.1f} s each"
+        if total and done < total and done > 0:
+            text += f", about {_duration((total - done) / rate)} left"
+        elif total and done >= total:
+            text += f", {_duration(elapsed)}"
+        return text + ")"
+
+    def update(self, done: int, total: int | None = None) -> None:
+        now = self.clock()
+        if self.start is None:
+            self.start = now
+        finished = bool(total) and done >= total
+        if now - self.start < self.after and not (finished and self.shown):
+            return
+        if self.terminal:
+            if finished or self.last is None or now - self.last >= 0.2:
+                out = console("err")
+                out.write("\r" + self.line(done, total, now) + ("\n" if finished else ""))
+                out.flush()
+                self.last, self.shown = now, True
+        elif finished and self.shown or self.last is None or now - self.last >= self.every:
+            self._say(self.line(done, total, now))
+            self.last, self.shown = now, True
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min"

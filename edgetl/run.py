@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetl.errors import EdgetlError, UsageError
-from edgetl.preprocess import Preprocessing
+from edgetl.preprocess import DEFAULT_MAX_PIXELS, Preprocessing
 
 MODEL_FILE = "model.keras"
 LABELS_FILE = "labels.txt"
@@ -50,23 +50,57 @@ class RunInfo:
 
         return load_keras_model(self.model_path)
 
-    def dataset(self, validate: bool = True):
-        """Re-scan the run's data folder with the run's own split settings."""
+    def dataset(self, validate: bool = True, data_dir: str | Path | None = None, progress: Any = None):
+        """Re-scan the run's data folder (or ``data_dir``) with the run's own split settings.
+
+        With ``validate`` (the default) every file is decoded as training decoded it (same
+        ``max_pixels``), so files that fail are dropped before the seeded split, as in training.
+        """
         from edgetl.data import load_dataset
 
-        data = self.config.get("data") or {}
-        # config.json records the folder as given (data.root, maybe relative to where train ran) and
-        # resolved (data_dir): a relative path must not break export/bench run from another folder.
-        given = [r for r in (self.config.get("data_dir"), data.get("root")) if r]
-        root = next((r for r in given if Path(r).is_absolute() and Path(r).is_dir()), given[0] if given else None)
-        if not root:
-            raise EdgetlError(f"{self.path / CONFIG_FILE} does not record the data folder; pass --data")
-        if not Path(root).is_dir():
-            raise EdgetlError(f"the run's data folder {root} is gone; pass --data DIR")
-        ds = load_dataset(root, val_split=float(self.config.get("val_split", 0.2)), seed=int(self.config.get("seed", 0)), validate=validate)
+        root: str | Path | None = data_dir
+        if root is None:
+            data = self.config.get("data") or {}
+            # config.json records the folder as given (data.root, maybe relative to where train ran) and
+            # resolved (data_dir): a relative path must not break export/bench run from another folder.
+            given = [r for r in (self.config.get("data_dir"), data.get("root")) if r]
+            root = next((r for r in given if Path(r).is_absolute() and Path(r).is_dir()), given[0] if given else None)
+            if not root:
+                raise EdgetlError(f"{self.path / CONFIG_FILE} does not record the data folder; pass --data")
+            if not Path(root).is_dir():
+                raise EdgetlError(f"the run's data folder {root} is gone; pass --data DIR")
+        max_pixels = (self.config.get("train_config") or {}).get("max_pixels", DEFAULT_MAX_PIXELS)
+        ds = load_dataset(root, val_split=float(self.config.get("val_split", 0.2)), seed=int(self.config.get("seed", 0)),
+                          validate=validate, max_pixels=max_pixels or None, progress=progress)
         if ds.classes != self.labels:
             raise EdgetlError(f"classes in {root} ({', '.join(ds.classes)}) differ from the run's labels ({', '.join(self.labels)})")
         return ds
+
+    def checked_dataset(self, data_dir: str | Path | None = None, accept_changed: bool = False,
+                        progress: Any = None) -> tuple[Any, str | None]:
+        """(dataset, warning): the split rebuilt exactly as training built it, checked against the
+        ``data.split_sha256`` that ``config.json`` recorded.
+
+        Returns a warning (for the output files) instead of raising when ``accept_changed`` is set,
+        or when the run records no split hashes (made before they existed).
+
+        Raises:
+            DataChangedError: the folder no longer gives the recorded split (one line: what changed).
+        """
+        from edgetl.data import DataChangedError, split_changes
+
+        ds = self.dataset(validate=True, data_dir=data_dir, progress=progress)
+        recorded = self.config.get("data") or {}
+        if not recorded.get("split_sha256"):
+            return ds, "config.json records no split hashes (a run from an older edgetl): the split was not checked"
+        changed = split_changes(ds, recorded)
+        if changed is None:
+            return ds, None
+        where = data_dir or ds.root
+        if not accept_changed:
+            raise DataChangedError(f"{where} no longer gives the split this run was trained on: {changed} "
+                                   "(--accept-changed-data to go on with the new split)")
+        return ds, (f"DATA CHANGED since training, measured on the new split anyway (--accept-changed-data): {changed}")
 
 
 def write_config(run_dir: str | Path, doc: dict[str, Any]) -> None:

@@ -303,8 +303,8 @@ def test_default_data_is_the_runs_test_split_when_it_has_one(tmp_path):
         def __init__(self, folder):
             self.folder, self.config = folder, {"data_dir": str(folder)}
 
-        def dataset(self):
-            return load_dataset(str(self.folder))
+        def checked_dataset(self, accept_changed=False):
+            return load_dataset(str(self.folder)), None
 
     with_test = make_image_folder(tmp_path / "t", n_train=3, n_val=2, n_test=4, size=16)
     es = eval_set_for(["alpha", "beta"], None, _FakeRun(with_test), None, 0)

@@ -59,6 +59,8 @@ class ExportConfig:
         threads: threads of the runtimes during verification (default: all cores).
         quant_report: write the per-layer quantization report of every int8 file
             (``quant_report_<format>.json`` and ``.png``).
+        accept_changed_data: go on (with a loud warning in export.json) when the data folder no longer
+            gives the split recorded in config.json; otherwise that is an error.
         doctor_time: seconds the doctor may spend (shared fairly by the int8 files it treats; no
             remedy starts once a file's share is used up, and the untried ones are listed).
             None: ``AUTO_DOCTOR_TIME`` in automatic mode, no limit with ``doctor=True``.
@@ -87,6 +89,7 @@ class ExportConfig:
     rounding: str = "gptq"
     rounding_samples: int = 64
     doctor_time: float | None = None
+    accept_changed_data: bool = False
 
     def doctor_seconds(self) -> float | None:
         """The doctor's time limit in seconds (None: unlimited)."""
@@ -193,6 +196,7 @@ class ExportResult:
     doctor: list[dict[str, Any]] = field(default_factory=list)
     total_s: float = 0.0
     json_path: str | None = None
+    verified_on: dict[str, Any] | None = None
 
     @property
     def failed(self) -> list[Artifact]:
@@ -229,6 +233,7 @@ class ExportResult:
             "keras_accuracy": self.keras_accuracy,
             "n_verify": self.n_verify,
             "n_calib": self.n_calib,
+            "verified_on": self.verified_on,
             "max_drop": self.max_drop,
             "min_agreement": self.min_agreement,
             "artifacts": [a.to_dict() for a in self.artifacts],
@@ -535,20 +540,32 @@ def prepare_images(samples: list[Any], pre: Any) -> tuple[np.ndarray, np.ndarray
     return pixels, np.array(labels, dtype=np.int64), bad
 
 
-def _load_data(run: Any, config: ExportConfig) -> tuple[Any | None, str | None]:
-    from edgetl.data import load_dataset
+def _load_data(run: Any, config: ExportConfig, say: Callable[[str], None]) -> tuple[Any | None, str | None, str | None]:
+    """(dataset, why it is missing, data-changed warning): the split rebuilt exactly as training built it.
+
+    Files are decoded and validated as in training: a file that fails to decode and stayed in the
+    list would shift the seeded split (val images that were training images).
+
+    Raises:
+        DataChangedError: the folder no longer gives the split recorded in config.json
+            (unless ``config.accept_changed_data``).
+    """
+    from edgetl.data import DataChangedError
 
     try:
-        if config.data_dir:
-            ds = load_dataset(config.data_dir, val_split=float(run.config.get("val_split", 0.2)),
-                              seed=int(run.config.get("seed", 0)), validate=False)
-            if ds.classes != run.labels:
-                raise EdgetlError(f"classes in {config.data_dir} ({', '.join(ds.classes)}) differ from the run's labels ({', '.join(run.labels)})")
-            return ds, None
-        # No decode check while scanning (thousands of images): prepare_images skips bad files instead.
-        return run.dataset(validate=False), None
+        ds, warn = run.checked_dataset(config.data_dir, accept_changed=config.accept_changed_data,
+                                       progress=_decode_progress(say))
+        return ds, None, warn
+    except DataChangedError:
+        raise
     except EdgetlError as exc:
-        return None, str(exc)
+        return None, str(exc), None
+
+
+def _decode_progress(say: Callable[[str], None]) -> Callable[[int, int], None]:
+    from edgetl.quiet import Progress
+
+    return Progress("checking images", say=say).update
 
 
 def export_run(run_dir: str | Path, config: ExportConfig | None = None,
@@ -598,7 +615,9 @@ def _export_run(run_dir: str | Path, config: ExportConfig | None = None,
     warnings: list[str] = []
 
     need_calib = any(f.needs_calibration for f in fmts)
-    ds, data_err = _load_data(run, config)
+    ds, data_err, changed = _load_data(run, config, say)
+    if changed:
+        warnings.append(changed)
     if ds is None:
         if need_calib:
             raise EdgetlError(f"int8 calibration needs the run's training images: {data_err}")
@@ -645,7 +664,7 @@ def _export_run(run_dir: str | Path, config: ExportConfig | None = None,
 
     result = ExportResult(str(run.path), str(out_dir), run.backbone, list(run.labels), keras_acc, len(val_px),
                           0 if calib_px is None else len(calib_px), config.max_drop, artifacts, warnings,
-                          min_agreement=config.min_agreement)
+                          min_agreement=config.min_agreement, verified_on=_verified_on(run, ds, len(val_px), changed))
 
     # The quantization doctor: explicit, or automatic when an int8 artifact misses the budget.
     targets = [a for a in artifacts if a.format in ("tflite_int8", "onnx_int8") and a.error is None]
@@ -681,6 +700,21 @@ def _export_run(run_dir: str | Path, config: ExportConfig | None = None,
     except OSError as exc:
         raise EdgetlError(f"cannot write {out_dir}: {exc.strerror or exc}") from None
     return result
+
+
+def _verified_on(run: Any, ds: Any, n: int, changed: str | None) -> dict[str, Any] | None:
+    """What the artifacts were verified on: the val split's hash (as config.json records it) and image count."""
+    if ds is None:
+        return None
+    from edgetl.data import split_sha256
+
+    recorded = ((run.config.get("data") or {}).get("split_sha256") or {}).get("val")
+    out = {"split": "val", "root": ds.root, "split_sha256": split_sha256(ds.val, ds.root), "split_images": len(ds.val.samples),
+           "images": n, "recorded_split_sha256": recorded}
+    out["matches_training"] = None if recorded is None else out["split_sha256"] == recorded
+    if changed:
+        out["warning"] = changed
+    return out
 
 
 def layer_report(ctx: _Context, art: Artifact) -> list[dict[str, Any]]:
