@@ -59,7 +59,7 @@ class BenchSettings:
     providers: tuple[str, ...] | None = None  # ONNX Runtime EPs; None: CPU (+ CUDA/TensorRT when present)
     gpu: bool | None = None  # LiteRT GPU delegate: None = when available, True = always try (skipped row if absent)
     runtimes: tuple[str, ...] | None = None  # "litert", "openvino:gpu" ...; None: every runtime installed here
-    min_accuracy: float | None = None  # top-1 floor in percent for "best"; None: reference top-1 - 1 point
+    min_accuracy: float | None = None  # top-1 floor in percent (1 means 1 %) for "best"; None: reference top-1 - 1 point
     min_agreement: float = 99.0  # and top-1 agreement with the float reference, in percent (export's default budget)
     accept_changed_data: bool = False  # go on (warning in bench.json) when the run's folder no longer gives its split
 
@@ -70,6 +70,8 @@ class BenchSettings:
             raise UsageError("--batch must be >= 1")
         if not 0.0 <= self.min_agreement <= 100.0:
             raise UsageError(f"--min-agreement is a percentage between 0 and 100, got {self.min_agreement}")
+        if self.min_accuracy is not None and not 0.0 <= self.min_accuracy <= 100.0:
+            raise UsageError(f"--min-accuracy is a top-1 percentage between 0 and 100 (1 means 1 %), got {self.min_accuracy}")
         if self.min_runs < 1 or self.warmup_runs < 0:
             raise UsageError("--min-runs must be >= 1 and --warmup-runs >= 0")
         if min(self.warmup_time, self.min_time) < 0 or self.max_time <= 0:
@@ -158,13 +160,18 @@ class BenchResult:
     notes: list[str]
 
     def failure(self) -> str | None:
-        """One line when the run measured nothing because its rows failed (every row an error or skipped,
-        at least one error); None otherwise. ``edgetl bench`` then exits non-zero."""
-        errors = [r for r in self.rows if r.status.startswith("error")]
-        if not errors or any(r.ok for r in self.rows):
+        """One line when the run measured nothing (no row ok: every row an error or skipped);
+        None otherwise. ``edgetl bench`` then exits non-zero: nothing measured, nothing passed."""
+        if any(r.ok for r in self.rows):
             return None
-        first = f"{errors[0].model} [{errors[0].device}]: {errors[0].status[len('error:'):].strip()}"
         n = len(self.rows)
+        if n == 0:
+            return "no bench row to run: no model or runtime matched"
+        errors = [r for r in self.rows if r.status.startswith("error")]
+        if not errors:
+            first = f"{self.rows[0].model} [{self.rows[0].runtime}:{self.rows[0].device}]: {self.rows[0].status}"
+            return f"all {n} bench row(s) were skipped, nothing was measured; first: {first}"
+        first = f"{errors[0].model} [{errors[0].device}]: {errors[0].status[len('error:'):].strip()}"
         if len(errors) == n:
             return f"all {n} bench row(s) failed, nothing was measured; first error: {first}"
         return (f"no bench row measured anything ({len(errors)} of {n} failed, the others were skipped); "
@@ -798,10 +805,9 @@ def run_bench(items: Sequence[str | Path], settings: BenchSettings = BenchSettin
 
     ref_names = sorted({v[0] for v in state.ref.values()})
     notes = state.notes + speed_notes(rows, env)
-    floor, best = choose_best(rows, settings.min_accuracy, [v[2] for v in state.ref.values()], settings.min_agreement)
+    floor, best, why = choose_best(rows, settings.min_accuracy, [v[2] for v in state.ref.values()], settings.min_agreement)
     if best is None and any(r.ok for r in rows):
-        notes.append(f"no artifact reaches the top-1 floor of {floor:.2f} % with >= {settings.min_agreement:g} % agreement"
-                     if floor is not None else "no artifact has both accuracy and latency")
+        notes.append(why)
     low = sorted({f"{r.model} on {r.runtime}" for r in rows if r.ok and r.agreement is not None and r.agreement < settings.min_agreement})
     if low:
         notes.append(f"not recommended, top-1 agreement with the float model under {settings.min_agreement:g} %: {', '.join(low)}")
@@ -897,35 +903,40 @@ def _precision_hint(t: Target) -> str:
 
 
 def choose_best(rows: Sequence[BenchRow], min_accuracy: float | None, ref_top1: Sequence[float | None] = (),
-                min_agreement: float | None = None) -> tuple[float | None, dict[str, Any] | None]:
-    """The fastest p50 among rows meeting the top-1 floor (percent; a value <= 1 is read as a fraction)
-    and, when given, agreeing with the float reference's top-1 on at least ``min_agreement`` % of the
-    images (a row without a reference to compare with is not excluded by it).
+                min_agreement: float | None = None) -> tuple[float | None, dict[str, Any] | None, str | None]:
+    """(floor, best, why not): the fastest p50 among rows that meet the top-1 floor (percent) and
+    agree with the float reference's top-1 on at least ``min_agreement`` % of the images.
 
     Top-1 alone is not enough: a file can score as well as the float model while disagreeing with it
     on several images (OpenVINO's int8 kernels on AVX2 gave 80 % agreement); it is not the model
-    that was verified. Without ``min_accuracy`` the floor is the reference's top-1 minus one point;
-    with no accuracy at all, the fastest row (and the floor is None).
+    that was verified. So nothing is recommended without a float reference, and a row whose
+    agreement is unknown is never picked; ``why not`` says why when nothing is. Without
+    ``min_accuracy`` the floor is the reference's top-1 minus one point.
     """
-    floor = None
-    if min_accuracy is not None:
-        floor = min_accuracy * 100.0 if min_accuracy <= 1.0 else float(min_accuracy)
-    else:
-        known = [r for r in ref_top1 if r is not None]
-        floor = (min(known) - 1.0) if known else None
-    ok = [r for r in rows if r.ok and r.p50_ms is not None]
+    known = [r for r in ref_top1 if r is not None]
+    floor = float(min_accuracy) if min_accuracy is not None else ((min(known) - 1.0) if known else None)
+    timed = [r for r in rows if r.ok and r.p50_ms is not None]
+    if not timed:
+        return floor, None, "no row was measured"
+    if not known:
+        return floor, None, ("no recommendation: no float reference (the Keras model or an fp32 file) was measured on "
+                             "labelled images, so no row's agreement with the float model is known")
+    ok = [r for r in timed if r.agreement is not None and r.top1 is not None]
+    unknown = sorted({f"{r.model} on {r.runtime}" for r in timed if r.agreement is None or r.top1 is None})
     if min_agreement is not None:
-        ok = [r for r in ok if r.agreement is None or r.agreement + 1e-9 >= min_agreement]
+        ok = [r for r in ok if r.agreement + 1e-9 >= min_agreement]
     if floor is not None:
-        ok = [r for r in ok if r.top1 is not None and r.top1 + 1e-9 >= floor]
-    elif any(r.top1 is not None for r in ok):
-        ok = [r for r in ok if r.top1 is not None]
+        ok = [r for r in ok if r.top1 + 1e-9 >= floor]
     if not ok:
-        return floor, None
+        why = f"no row reaches the top-1 floor of {floor:.2f} %" + (
+            f" with >= {min_agreement:g} % agreement" if min_agreement is not None else "")
+        if unknown:
+            why += f" (agreement unknown, never recommended: {', '.join(unknown[:6])})"
+        return floor, None, why
     b = min(ok, key=lambda r: (r.p50_ms, -(r.top1 or 0)))
     return floor, {"model": b.model, "path": b.path, "format": b.format, "runtime": b.runtime, "precision": b.precision,
                    "threads": b.threads, "device": b.device, "p50_ms": b.p50_ms, "top1": b.top1, "floor_top1": floor,
-                   "agreement": b.agreement, "min_agreement": min_agreement}
+                   "agreement": b.agreement, "min_agreement": min_agreement}, None
 
 
 def speed_notes(rows: Sequence[BenchRow], env: dict[str, Any]) -> list[str]:

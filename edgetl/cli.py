@@ -177,7 +177,7 @@ def bench(
     providers: Optional[str] = typer.Option(None, "--providers", help="ONNX Runtime EPs, comma-separated (cpu,cuda,tensorrt); default: CPU plus GPU EPs present."),
     gpu: Optional[bool] = typer.Option(None, "--gpu/--no-gpu", help="LiteRT GPU delegate rows (default: only when available)."),
     runtimes: Optional[str] = typer.Option(None, "--runtimes", help="Runtimes to run, comma-separated NAME or NAME:DEVICE: tensorflow, litert[:gpu], litert-compiled[:gpu|:npu], onnxruntime[:cuda|:tensorrt|:openvino], openvino[:cpu|:gpu|:npu|:auto]. Default: every runtime installed here."),
-    min_accuracy: Optional[float] = typer.Option(None, "--min-accuracy", help="Top-1 floor (percent) for naming the best artifact; default: float top-1 - 1 point."),
+    min_accuracy: Optional[float] = typer.Option(None, "--min-accuracy", help="Top-1 floor in percent (0-100; 1 means 1 %) for naming the best artifact; default: float top-1 - 1 point."),
     min_agreement: float = typer.Option(99.0, "--min-agreement", help="... and the smallest top-1 agreement with the float model (percent) it may have."),
     accept_changed_data: bool = typer.Option(False, "--accept-changed-data", help=ACCEPT_CHANGED_HELP),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for bench.json/csv/md/png (default: RUN_DIR/bench or ./bench)."),
@@ -194,8 +194,6 @@ def bench(
         if t.is_file() and t.suffix.lower() not in (".tflite", ".onnx", ".keras"):
             raise UsageError(f"unsupported model file {t}: expected a run directory or a .tflite, .onnx or .keras file")
     _existing_dir(data, "--data")
-    if min_accuracy is not None and not 0.0 <= min_accuracy <= 100.0:
-        raise UsageError(f"--min-accuracy is a top-1 percentage between 0 and 100, got {min_accuracy}")
     if providers:
         from edgetl.runtime.onnx_runner import PROVIDER_NAMES
 

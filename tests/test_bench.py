@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from edgetl.bench import BenchRow, BenchSettings, accuracy_metrics, choose_best, latency_stats, run_bench, speed_notes, timed_runs
+from edgetl.errors import UsageError
 from test_runtime import artifacts, build_artifacts  # noqa: F401 - shared session fixture
 
 FAST = dict(warmup_runs=1, warmup_time=0.0, min_runs=5, min_time=0.0, max_time=5.0)
@@ -96,24 +97,32 @@ def test_best_needs_agreement_not_only_top1():
     fast.agreement = 80.0  # OpenVINO's int8 kernels on AVX2: same top-1 band, 80 % agreement
     slow = _row("int8", 9.0, 98.9)
     slow.agreement = 99.5
-    _, best = choose_best([fast, slow], None, [99.0], min_agreement=99.0)
+    _, best, _ = choose_best([fast, slow], None, [99.0], min_agreement=99.0)
     assert best["model"] == "m_int8.tflite" and best["agreement"] == 99.5 and best["min_agreement"] == 99.0
-    _, best = choose_best([fast, slow], None, [99.0], min_agreement=None)  # top-1 alone would pick the fast one
+    _, best, _ = choose_best([fast, slow], None, [99.0], min_agreement=None)  # top-1 alone would pick the fast one
     assert best["model"] == "m_int8.onnx"
     assert choose_best([fast], None, [99.0], min_agreement=99.0)[1] is None
-    unknown = _row("fp32", 4.0, 99.0)  # no reference to compare with: not excluded by the agreement floor
-    assert choose_best([unknown, slow], None, [99.0], min_agreement=99.0)[1]["p50_ms"] == 4.0
+    unknown = _row("fp32", 4.0, 99.0)  # agreement unknown: never recommended, however fast
+    assert choose_best([unknown, slow], None, [99.0], min_agreement=99.0)[1]["p50_ms"] == 9.0
+    floor, best, why = choose_best([unknown], None, [99.0], min_agreement=99.0)
+    assert best is None and "agreement unknown" in why and "m_fp32.tflite" in why
+    floor, best, why = choose_best([slow], None, [], min_agreement=99.0)  # no float reference: no floor, no pick
+    assert best is None and floor is None and "no float reference" in why
 
 
 def test_best_and_honest_int8_notes():
     rows = [_row("fp32", 10.0, 99.0), _row("int8", 9.7, 98.9), _row("dynamic", 15.0, 99.0)]
-    floor, best = choose_best(rows, None, [99.0])
+    for r in rows:
+        r.agreement = 100.0
+    floor, best, _ = choose_best(rows, None, [99.0])
     assert floor == pytest.approx(98.0) and best["precision"] == "int8"
-    _, best = choose_best(rows, 98.95, [99.0])
+    _, best, _ = choose_best(rows, 98.95, [99.0])
     assert best["precision"] == "fp32"
-    _, best = choose_best(rows, 0.9895, [99.0])  # a fraction is read as one
-    assert best["precision"] == "fp32"
+    floor, best, _ = choose_best(rows, 1, [99.0])  # a percent: 1 means 1 %, not 100 %
+    assert floor == 1.0 and best["precision"] == "int8"
     assert choose_best(rows, 99.5, [99.0])[1] is None
+    with pytest.raises(UsageError, match="1 means 1 %"):
+        BenchSettings(min_accuracy=150)
     no_vnni = {"cpu": {"flags": {"avx2": True}, "vnni_or_dotprod": False}}
     notes = speed_notes(rows, no_vnni)
     assert len(notes) == 1 and "not meaningfully faster" in notes[0] and "VNNI" in notes[0] and "x faster than" not in notes[0]

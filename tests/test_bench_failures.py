@@ -147,8 +147,22 @@ def test_failure_line_rules():
         return BenchResult(rows, {}, BenchSettings(), {}, None, None, [])
 
     assert result("ok", "error: boom").failure() is None
-    assert result("skipped: no GPU").failure() is None  # nothing failed (left as before)
+    assert result("skipped: no GPU").failure() == (  # nothing measured, nothing passed
+        "all 1 bench row(s) were skipped, nothing was measured; first: m0 [litert:cpu]: skipped: no GPU")
     assert result("error: boom", "error: bang").failure() == (
         "all 2 bench row(s) failed, nothing was measured; first error: m0 [cpu]: boom")
     assert result("skipped: no GPU", "error: boom").failure().startswith(
         "no bench row measured anything (1 of 2 failed, the others were skipped); first error: m1 [cpu]: boom")
+
+
+def test_every_row_skipped_exits_nonzero(artifacts, tmp_path, capsys):  # noqa: F811
+    """Nothing measured, nothing passed: an NPU-only bench on a machine without an NPU exits 1 (issue 23)."""
+    out = tmp_path / "npu"
+    code = main(["bench", str(artifacts["tflite_fp32"]), "--data", str(artifacts["data"]), "--out", str(out),
+                 "--runtimes", "litert-compiled:npu", "--no-keras", *FAST])
+    cap = capsys.readouterr()
+    rows = json.loads((out / "bench.json").read_text())["rows"]
+    if any(r["status"] == "ok" for r in rows):
+        pytest.skip("this machine has an NPU that LiteRT can compile for")
+    assert code == 1, cap
+    assert _err_line(cap.err).startswith("error: all 1 bench row(s) were skipped, nothing was measured")

@@ -404,7 +404,7 @@ def build_artifact_bytes(ctx: _Context, fmt: ExportFormat, quant: QuantizationCo
                          f"zero point {affine.uint8_zero_point}): raw pixels in, no normalization op")
         qd = quant.to_dict()
         qd["calib_samples_used"] = 0 if calib is None else int(len(calib))
-        qd["model_sha256"] = sha
+        qd["graph_sha256"] = sha  # the converted graph before metadata: equal for two remedies that made the same model
         return data, {"quantization": qd, "io": io}, notes, warns
     # ONNX
     from edgetl.export import onnx as onnx_export
@@ -427,7 +427,7 @@ def build_artifact_bytes(ctx: _Context, fmt: ExportFormat, quant: QuantizationCo
         qd = quant.to_dict()
         qd["io_type"] = "float32"
         qd["calib_samples_used"] = int(len(calib))
-        qd["model_sha256"] = hashlib.sha256(proto.SerializeToString()).hexdigest()
+        qd["graph_sha256"] = hashlib.sha256(proto.SerializeToString()).hexdigest()
     if fmt.precision != "fp32":
         import json
 
@@ -453,6 +453,7 @@ def make_artifact(ctx: _Context, fmt: ExportFormat, path: Path, quant: Quantizat
         art.warnings += warns
         atomic_write_bytes(path, data)  # with the usual (umask) permissions: files are meant to be copied
         art.size_bytes = len(data)
+        art.quantization["model_sha256"] = hashlib.sha256(data).hexdigest()  # the file as shipped, metadata included
     except EdgetlError as exc:
         art.error = str(exc)
         art.path = None

@@ -179,7 +179,7 @@ def run_doctor(ctx: Any, result: Any, art: Any, deadline: float | None = None) -
         "winner": None,
     }
     scratch = Path(tempfile.mkdtemp(prefix=".doctor-", dir=ctx.out_dir))
-    seen: dict[str, str] = {art.quantization.get("model_sha256", ""): "original"}
+    seen: dict[str, str] = {art.quantization.get("graph_sha256", ""): "original"}
     try:
         _timing(ctx, art)
         report["original"]["p50_ms"] = art.latency["p50_ms"] if art.latency else None
@@ -214,7 +214,7 @@ def run_doctor(ctx: Any, result: Any, art: Any, deadline: float | None = None) -
                          "size_bytes": cand.size_bytes, "float_nodes": list(quant.float_nodes) if quant else [],
                          "accuracy": cand.verification.accuracy if cand.verification else None,
                          "agreement": cand.verification.agreement if cand.verification else None}
-                sha = cand.quantization.get("model_sha256")
+                sha = cand.quantization.get("graph_sha256")
                 if sha and sha in seen:
                     entry["identical_to"] = seen[sha]
                     ctx.say(f"  doctor: {remedy}: the same model as {seen[sha]} (no change)")

@@ -1,4 +1,4 @@
-"""Export and bench measure on the split training used, and say so when the folder changed (issue 23, item 2)."""
+"""Numbers a user can trust (issue 23): the split export and bench measure on, the shipped file's hash."""
 
 from __future__ import annotations
 
@@ -95,3 +95,19 @@ def test_bench_records_the_split_it_measured_on(tiny_run, tmp_path):
     res = run_bench([str(run)], BenchSettings(runtimes=("tensorflow",), min_runs=1, min_time=0, warmup_runs=0, warmup_time=0))
     (src,) = res.data["sources"]
     assert src["split_sha256"] == json.loads((run / "config.json").read_text())["data"]["split_sha256"]["val"]
+
+
+def test_model_sha256_is_the_shipped_file(tiny_run, tmp_path):
+    """export.json's model_sha256 is hashed after the metadata is written: it matches the file on disk."""
+    import hashlib
+
+    from edgetl.export.api import ExportConfig, export_run
+
+    res = export_run(tiny_run, ExportConfig(formats=("tflite_fp32", "tflite_int8", "onnx_int8"), calib_samples=8,
+                                            doctor=False, quant_report=False, rounding="nearest", out_dir=str(tmp_path)))
+    for art in res.artifacts:
+        assert art.error is None, art.error
+        shipped = hashlib.sha256(Path(art.path).read_bytes()).hexdigest()
+        assert art.quantization["model_sha256"] == shipped, art.format
+        if "graph_sha256" in art.quantization:  # the converted graph before metadata: another hash
+            assert art.quantization["graph_sha256"] != shipped
