@@ -24,7 +24,6 @@ TensorFlow is imported only for Keras rows.
 from __future__ import annotations
 
 import gc
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 from edgetl.errors import EdgetlError, ModelFileError, UsageError, one_line
 from edgetl.runtime.env import RuntimeUnavailableError
 from edgetl.runtime.fileinfo import onnx_metadata
+from edgetl.runtime.timing import latency_stats, quick_latency, timed_runs  # noqa: F401 - the one timer (re-exported)
 
 PRECISION_ORDER = {"fp32": 0, "fp16": 1, "dynamic": 2, "int16x8": 3, "int8": 4, "qat_int8": 5}
 FORMAT_ORDER = {"keras": 0, "tflite": 1, "onnx": 2}
@@ -187,66 +187,6 @@ class BenchResult:
 # --------------------------------------------------------------------------- statistics
 
 
-def latency_stats(times_ns: Sequence[int], batch: int = 1) -> dict[str, float]:
-    """p50/p90/p99 (linear interpolation), mean, population std, min, max in ms; fps = batch / mean."""
-    if len(times_ns) == 0:
-        raise ValueError("no timed runs")
-    ms = np.asarray(times_ns, dtype=np.float64) / 1e6
-    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-    mean = float(ms.mean())
-    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "mean_ms": mean, "std_ms": float(ms.std()),
-            "min_ms": float(ms.min()), "max_ms": float(ms.max()), "runs": int(len(ms)),
-            "fps": float(batch / (mean / 1e3)) if mean > 0 else math.inf}
-
-
-def timed_runs(fn: Callable[[], Any], warmup_runs: int, warmup_time: float, min_runs: int, min_time: float,
-               max_time: float, clock: Callable[[], int] = time.perf_counter_ns) -> tuple[int, list[int]]:
-    """Warm up, then time ``fn`` until both ``min_runs`` and ``min_time`` are met (or ``max_time`` passes).
-
-    Warm-up stops when both ``warmup_runs`` and ``warmup_time`` are met (also capped by ``max_time``).
-    Times are in ``clock`` units (ns). Returns (warm-up count, per-run times). At least one run is
-    always timed. The loop body is kept to two clock reads, the call and an append.
-    """
-    max_ns = int(max_time * 1e9)
-    warm_ns = int(warmup_time * 1e9)
-    start = clock()
-    n_warm = 0
-    now = start
-    while (n_warm < warmup_runs or now - start < warm_ns) and now - start < max_ns:
-        fn()
-        n_warm += 1
-        now = clock()
-    times: list[int] = []
-    append = times.append
-    min_ns = int(min_time * 1e9)
-    start = clock()
-    while True:
-        t0 = clock()
-        fn()
-        t1 = clock()
-        append(t1 - t0)
-        if (len(times) >= min_runs and t1 - start >= min_ns) or t1 - start >= max_ns:
-            break
-    return n_warm, times
-
-
-def quick_latency(path: str | Path, pixels: np.ndarray, threads: int = 1, min_runs: int = 15,
-                  min_time: float = 0.5, max_time: float = 5.0) -> dict[str, float]:
-    """A short latency measurement of one model file with the same runner and timer as ``edgetl bench``.
-
-    For choosing between candidates (the quantization doctor); a full ``edgetl bench`` run is the
-    number to report. ``pixels`` are real images; one batch of ``len(pixels)`` is timed.
-    """
-    from edgetl.runtime.loader import runner_for
-
-    runner = runner_for(path, threads=threads)
-    _, times = timed_runs(runner.timer(pixels), warmup_runs=3, warmup_time=0.1, min_runs=min_runs,
-                          min_time=min_time, max_time=max_time)
-    out = latency_stats(times, batch=len(pixels))
-    out["threads"] = threads
-    return out
-
-
 def accuracy_metrics(probs: np.ndarray, y: np.ndarray, labels: Sequence[str],
                      ref_probs: np.ndarray | None = None) -> dict[str, Any]:
     """Top-1 (and top-5 when > 5 classes) in percent, per-class recall, confusion matrix, agreement with a reference."""
@@ -383,7 +323,7 @@ class EvalSet:
 
 
 def eval_set_for(labels: Sequence[str], data: str | Path | None, run: Any, samples: int | None, seed: int,
-                 accept_changed: bool = False) -> EvalSet | None:
+                 accept_changed: bool = False, decode_progress: Callable[[int, int], None] | None = None) -> EvalSet | None:
     """Labelled validation images for a model with ``labels``.
 
     With ``data``: ``data/val/<class>/`` when present, else ``data/<class>/``; class folders are matched to
@@ -403,7 +343,7 @@ def eval_set_for(labels: Sequence[str], data: str | Path | None, run: Any, sampl
             return None
         # Every choice of the run (early stopping, keeping the fine-tuned weights, the doctor) looked at
         # val; a test split, when the data has one, is what no choice saw: report on it.
-        ds, warning = run.checked_dataset(accept_changed=accept_changed)
+        ds, warning = run.checked_dataset(accept_changed=accept_changed, **({"progress": decode_progress} if decode_progress else {}))
         root = ds.root
         use_test = ds.test is not None and bool(ds.test.samples)
         split = ds.test if use_test else ds.val
@@ -719,6 +659,7 @@ class _BenchState:
     pixels: dict[tuple, np.ndarray] = field(default_factory=dict)  # (labels, size, resize) -> uint8 images
     accuracy: dict[tuple, dict[str, Any]] = field(default_factory=dict)  # (file, runtime, device) -> metrics
     ref: dict[tuple, tuple[str, np.ndarray, float | None]] = field(default_factory=dict)  # labels -> (name, probs, top1)
+    decode_progress: Callable[[int, int], None] | None = None  # while the run's images are checked (decoded)
 
     def eval_set(self, labels: list[str]) -> EvalSet | None:
         """The labelled images for a label set (found once; a data problem is raised for every row)."""
@@ -726,7 +667,7 @@ class _BenchState:
         if key not in self.eval_sets:
             try:
                 es = eval_set_for(labels, self.data, self.run, self.settings.samples, self.settings.seed,
-                                  self.settings.accept_changed_data)
+                                  self.settings.accept_changed_data, self.decode_progress)
             except EdgetlError as exc:  # the same data problem for every model with these labels: found once
                 self.eval_sets[key] = exc
                 raise
@@ -761,7 +702,8 @@ class _BenchState:
 
 
 def run_bench(items: Sequence[str | Path], settings: BenchSettings = BenchSettings(), data: str | Path | None = None,
-              progress: Callable[[int, int, str], None] | None = None) -> BenchResult:
+              progress: Callable[[int, int, str], None] | None = None,
+              decode_progress: Callable[[int, int], None] | None = None) -> BenchResult:
     """Bench every target in ``items`` (run directories and/or model files) and return the rows.
 
     Args:
@@ -769,6 +711,7 @@ def run_bench(items: Sequence[str | Path], settings: BenchSettings = BenchSettin
         settings: threads, batch, timing budget, sample count, accuracy floor.
         data: labelled images (``DIR/<class>/`` or ``DIR/val/<class>/``); default: the run's test split, else its validation split.
         progress: called as ``progress(i, n, label)`` before each row (for a progress indicator).
+        decode_progress: called as ``decode_progress(done, total)`` while the run's images are checked.
     """
     from edgetl.runtime.env import environment
 
@@ -777,7 +720,7 @@ def run_bench(items: Sequence[str | Path], settings: BenchSettings = BenchSettin
         check_labels_up_front(targets, data)
     jobs = plan_jobs(targets, settings)
     env = environment()
-    state = _BenchState(settings, data, run)
+    state = _BenchState(settings, data, run, decode_progress=decode_progress)
     if data is None and run is not None:
         from edgetl.data import DataChangedError
 

@@ -112,9 +112,10 @@ def models(
 ) -> None:
     """List the backbones: input size, size, published accuracy, weight source and availability."""
     from edgetl.models import list_specs
+    from edgetl.models.weights import available
     from edgetl.report import backbone_rows, format_table
 
-    rows = backbone_rows(list_specs(include_hidden=all_))
+    rows = backbone_rows(list_specs(include_hidden=all_), available)
     if json_out:
         typer.echo(json.dumps(rows, indent=2))
     else:
@@ -220,7 +221,8 @@ def bench(
     with _capture("bench", verbose):
         if not no_keras:
             _quiet_tf()
-        result = run_bench([str(t) for t in targets], settings, data=data, progress=progress)
+        result = run_bench([str(t) for t in targets], settings, data=data, progress=progress,
+                           decode_progress=quiet.Progress("checking the run's images").update)
         written = write_reports(result, out)
     if json_out:
         typer.echo(json.dumps(result.to_dict(), indent=2, default=str))

@@ -103,7 +103,9 @@ def csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     return buf.getvalue()
 
 
-def backbone_rows(specs: Iterable[Any]) -> list[dict[str, Any]]:
+def backbone_rows(specs: Iterable[Any], available: Callable[[Any], bool] = lambda _s: False) -> list[dict[str, Any]]:
+    """One row per backbone; ``available(spec)`` says whether its pretrained weights load offline
+    (``edgetl.models.weights.available``: passed in, so this module imports no model code)."""
     rows = []
     for s in specs:
         rows.append(
@@ -116,7 +118,7 @@ def backbone_rows(specs: Iterable[Any]) -> list[dict[str, Any]]:
                 "top1": s.top1,
                 "top1_int8": s.top1_int8,
                 "weights": s.weight_source,
-                "available": s.weights_available(),
+                "available": available(s),
                 "preprocessing": s.preprocessing.to_dict(),
                 "notes": s.notes,
             }

@@ -79,10 +79,11 @@ class SweepConfig:
                 raise UsageError("--grid is empty")
             return [(b, tuple(s)) for b, s in self.grid]  # type: ignore[misc]
         from edgetl.models import get_spec
+        from edgetl.models.weights import available
 
         out = [(b, (s, s)) for b, s in DEFAULT_GRID]
         if self.weights == "imagenet":
-            out += [(b, (s, s)) for b, s in OPTIONAL_GRID if get_spec(b).at_size(s).weights_available()]
+            out += [(b, (s, s)) for b, s in OPTIONAL_GRID if available(get_spec(b).at_size(s))]
         return out
 
 
@@ -223,7 +224,7 @@ def fine_tune_command(data_dir: str, c: Candidate) -> str:
 
 
 def _measure(cfg: SweepConfig, backbone: str, size: tuple[int, int], out: Path, say: Callable[[str], None]) -> Candidate:
-    from edgetl.bench import quick_latency
+    from edgetl.runtime.timing import quick_latency
     from edgetl.config import AugmentConfig, TrainConfig
     from edgetl.export.api import ExportConfig, export_run
     from edgetl.train import train

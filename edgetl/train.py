@@ -887,7 +887,8 @@ def _load_data(r: _Run) -> None:
     _log(cfg, f"loading images from {cfg.data_dir} ...")
     t0 = time.perf_counter()
     r.ds = ds = load_dataset(cfg.data_dir, val_split=cfg.val_split, seed=cfg.seed, max_pixels=cfg.max_pixels or None,
-                             preprocessing=r.spec.preprocessing, workers=cfg.workers)
+                             preprocessing=r.spec.preprocessing, workers=cfg.workers,
+                             progress=quiet.Progress("decoding images").update if cfg.verbose else None)
     r.decode_seconds = time.perf_counter() - t0
     msg = summarize_skipped(ds.skipped)
     if msg:

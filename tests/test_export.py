@@ -208,9 +208,10 @@ def test_doctor_reports_every_attempt(tiny_run, tmp_path):
     by_target = {d["target"]: d for d in res.doctor}
     assert set(by_target) == {"tflite_int8", "onnx_int8"}
     tfl = [a["remedy"] for a in by_target["tflite_int8"]["attempts"]]
-    # selective float first (same speed class), then more calibration, then the converters' own rounding
-    first_calib = next(i for i, r in enumerate(tfl) if r.startswith("more calibration"))
-    assert any("worst layer" in r for r in tfl[:first_calib])
+    # pure 8-bit remedies (rounding, calibration) first, then the ones that keep layers in float
+    first_float = next(i for i, a in enumerate(by_target["tflite_int8"]["attempts"]) if a["float_nodes"])
+    assert tfl[0].startswith("round-to-nearest") and any(r.startswith("more calibration") for r in tfl[:first_float])
+    assert all(a["float_nodes"] for a in by_target["tflite_int8"]["attempts"][first_float:])
     nearest = [a for a in by_target["tflite_int8"]["attempts"] if a["remedy"].startswith("round-to-nearest")]
     assert len(nearest) == 1 and "identical_to" not in nearest[0]  # GPTQ and nearest rounding: two different files
     # int16x8 and QAT only when no 8-bit candidate meets the budget (here every candidate does)
@@ -293,18 +294,74 @@ def test_doctor_cost_estimates():
     assert onnx.estimate("keep 1 worst layer in float", q.with_(float_nodes=("a",))) == 95.0
 
 
-def test_doctor_ships_the_fastest_candidate_within_budget():
-    """int16x8 (or any slower file) is never chosen over a faster 8-bit candidate within budget."""
+def test_doctor_calls_a_candidate_faster_only_beyond_the_timing_noise(monkeypatch):
+    """Paired, interleaved timing with a stated margin: within it, the higher selection agreement wins,
+    then pure int8, then fewer float layers; a candidate faster beyond it wins (int16x8 never beats int8)."""
     from types import SimpleNamespace as NS
 
-    from edgetl.export.doctor import _speed_key
+    import numpy as np
 
-    def art(name, p50, agree=99.5, size=1):
-        return NS(name=name, latency={"p50_ms": p50} if p50 else None, verification=NS(agreement=agree), size_bytes=size)
+    from edgetl.export import doctor
+    from edgetl.runtime.timing import FASTER_MARGIN, PairedTiming
 
-    pool = [art("int16x8", 380.0, 100.0), art("int8 + 3 float layers", 13.0, 99.2), art("int8 + 8 float", 15.0, 99.9),
-            art("untimed", None, 100.0)]
-    assert min(pool, key=_speed_key).name == "int8 + 3 float layers"
+    def art(name, agree, n_float=0):
+        return NS(remedy=name, path=name, latency=None, verification=NS(agreement=agree),
+                  quantization={"float_nodes": ["x"] * n_float})
+
+    blocks = {}
+    monkeypatch.setattr(doctor, "paired_latency", lambda paths, px: PairedTiming([blocks[p] for p in paths], 5, 1))
+    ctx = NS(val_px=np.zeros((1, 4, 4, 3), np.uint8))
+    gptq, nearest, floats = art("plain", 99.5), art("round-to-nearest", 99.5), art("keep 3 worst layers in float", 99.5, 3)
+    # the same graph timed twice: 2 % apart by noise, inside the margin: the earlier, pure-int8 candidate stays
+    blocks.update({"plain": [10.2, 10.1, 10.3], "round-to-nearest": [10.0, 9.9, 10.1], "keep 3 worst layers in float": [10.0, 10.0, 10.0]})
+    report = {}
+    assert doctor._choose(ctx, [gptq, nearest, floats], report) is gptq
+    assert report["timing"]["faster_margin"] == FASTER_MARGIN and report["timing"]["repeats"] == 3
+    assert set(report["timing"]["within_noise_of_fastest"]) == {"plain", "round-to-nearest", "keep 3 worst layers in float"}
+    # at equal speed a higher agreement wins over simplicity
+    better = art("keep 1 worst layer in float", 99.9, 1)
+    blocks["keep 1 worst layer in float"] = [10.1, 10.0, 10.2]
+    assert doctor._choose(ctx, [gptq, better], {}) is better
+    # faster beyond the margin wins; a 30x slower int16x8 never does
+    blocks.update({"fast": [8.0, 8.1, 7.9], "int16x8": [300.0, 310.0, 305.0]})
+    fast, slow = art("fast", 99.2, 3), art("int16x8", 100.0)
+    assert doctor._choose(ctx, [gptq, fast, slow], {}) is fast
+
+
+def test_doctor_selects_on_one_half_and_reports_on_the_other(tiny_run, tmp_path):
+    """export.json's doctor entry: selection and report figures, image counts, disjoint images."""
+    res = _export(tiny_run, tmp_path, formats=("tflite_int8",), doctor=True, calib_samples=8, max_drop=100.0,
+                  min_agreement=0.0, quant_report=False, rounding="nearest")
+    (d,) = res.doctor
+    sel, rep = d["selection"], d["report"]
+    assert sel["images"] + rep["images"] == res.n_verify and sel["images"] > 0 and rep["images"] > 0
+    assert "first half" in sel["split"] and "second half" in rep["split"]
+    for part in (sel, rep):
+        assert part["winner"]["agreement"] is not None and part["original"]["agreement"] is not None
+    doc = json.loads((tmp_path / "export.json").read_text())
+    assert doc["doctor"][0]["report"]["images"] == rep["images"]
+
+
+def test_doctor_reports_on_the_test_split_when_there_is_one(tmp_path, tiny_run):
+    from types import SimpleNamespace as NS
+
+    import numpy as np
+
+    from conftest import make_image_folder
+    from edgetl.data import load_dataset
+    from edgetl.export.doctor import _selection_and_report
+    from edgetl.run import load_run
+
+    run = load_run(tiny_run)
+    data = make_image_folder(tmp_path / "d", n_train=2, n_val=3, n_test=2)
+    ds = load_dataset(data)
+    y = np.array([0, 0, 0, 1, 1, 1])
+    ctx = NS(val_px=np.zeros((6, 32, 32, 3), np.uint8), val_y=y, ref=np.eye(2)[y], test_samples=list(ds.test.samples),
+             config=NS(verify_samples=None, seed=0), run=run, model=run.load_model())
+    sel_ctx, rep = _selection_and_report(ctx)
+    assert sel_ctx is ctx and rep["split"] == "test" and len(rep["px"]) == 4 and rep["ref"].shape == (4, 2)
+    sel_ctx, rep = _selection_and_report(NS(**{**vars(ctx), "test_samples": []}))
+    assert list(sel_ctx.val_y) == [0, 0, 1, 1] and list(rep["y"]) == [0, 1]  # alternate files of each class
 
 
 def test_slow_fallback_is_timed_and_dropped_before_verification(monkeypatch):
@@ -314,7 +371,6 @@ def test_slow_fallback_is_timed_and_dropped_before_verification(monkeypatch):
 
     import numpy as np
 
-    import edgetl.bench
     from edgetl.export import doctor
 
     said = []
@@ -326,7 +382,7 @@ def test_slow_fallback_is_timed_and_dropped_before_verification(monkeypatch):
                   latency=None, path="x.tflite", export_s=1.0, size_bytes=5, notes=[])
 
     p50 = {"v": 300.0}
-    monkeypatch.setattr(edgetl.bench, "quick_latency", lambda path, px: {"p50_ms": p50["v"]})
+    monkeypatch.setattr(doctor, "quick_latency", lambda path, px: {"p50_ms": p50["v"]})
     report: dict = {"attempts": []}
     assert doctor._too_slow(ctx, plain, cand(), 1, False, report)
     (entry,) = report["attempts"]

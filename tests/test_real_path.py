@@ -23,8 +23,9 @@ N_TRAIN, N_VAL = 30, 20
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory) -> Path:
     from edgetl.models import get_spec
+    from edgetl.models.weights import available
 
-    if not get_spec("efficientnet_lite0").weights_available():
+    if not available(get_spec("efficientnet_lite0")):
         pytest.skip("EfficientNet-Lite0 weights not installed")
     src = shared_dataset("cats_dogs")
     data = tmp_path_factory.mktemp("cats_dogs_subset")

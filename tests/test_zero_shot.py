@@ -21,6 +21,7 @@ import pytest
 from conftest import shared_dataset
 
 from edgetl.models import build, get_spec
+from edgetl.models.weights import available
 from edgetl.models.weights import imagenet_labels
 from edgetl.preprocess import prepare
 
@@ -34,7 +35,7 @@ DOGS = range(151, 269)
 def test_lite0_zero_shot_cats_and_dogs():
     root = shared_dataset("cats_dogs") / "val"
     spec = get_spec("efficientnet_lite0")
-    if not spec.weights_available():
+    if not available(spec):
         pytest.skip("EfficientNet-Lite0 weights not installed")
     cats = sorted((root / "cats").iterdir())[:50]
     dogs = sorted((root / "dogs").iterdir())[:50]

@@ -3,27 +3,36 @@
 The budget is two numbers (``--max-drop`` accuracy points and ``--min-agreement`` top-1
 agreement with the Keras model); an accuracy gain never excuses low agreement.
 
-Remedies, tried in this order, each written to a scratch folder and verified like any artifact:
+Remedies, tried in this order (pure 8-bit remedies first: the file stays all-int8 and as fast as the
+plain one; then the ones that keep layers in float), each written to a scratch folder:
 
-1. selective mixed precision: the per-layer report (:mod:`edgetl.export.quant_report`) ranks the
+1. round-to-nearest weights instead of GPTQ (:mod:`edgetl.export.ptq`), in case GPTQ fitted the
+   calibration images too closely; ONNX only: Entropy and Percentile calibration, per-tensor weights;
+2. more calibration images;
+3. selective mixed precision: the per-layer report (:mod:`edgetl.export.quant_report`) ranks the
    layers by the error they add, and the top 1, 3, 8 ... (among those whose float weights keep the
    file within ``MAX_SIZE_RATIO`` of the float32 size) are kept in float while the rest of the
-   graph stays 8-bit (TFLite: first the input normalization ops alone, then with them) (TFLite: the debugger's ``denylisted_nodes``, uint8 input and metadata kept;
-   ONNX: ``nodes_to_exclude``); the fewest layers that meet the budget win;
-2. more calibration images;
-3. round-to-nearest weights instead of GPTQ (:mod:`edgetl.export.ptq`), in case GPTQ fitted
-   the calibration images too closely; ONNX only: Entropy and Percentile calibration, per-tensor weights;
+   graph stays 8-bit (TFLite: first the input normalization ops alone, then with them; the debugger's
+   ``denylisted_nodes``, uint8 input and metadata kept; ONNX: ``nodes_to_exclude``);
 4. only when no 8-bit candidate meets the budget: int16x8 (TFLite), then quantization-aware training.
 
-Every candidate within budget is timed with ``bench``'s timer (1 thread, short run), and the
-*fastest* one is shipped; its latency and the plain file's are printed and recorded. Automatic mode stops at the
-first 8-bit remedy within budget (they are ordered so that the earlier ones run at least as fast);
-``--doctor`` tries them all. Two remedies that produce the same model bytes are reported as
-identical, not as two results.
+The doctor does not grade its own choice. The verification images are split in two disjoint
+halves (alternate files of each class): every candidate is checked against the budget and chosen
+on the *selection* half; the winner (and the plain file) are then measured on the *report* half,
+or on the data's test split when it has one. export.json records both figures with their image counts.
+
+The candidates within budget are timed against each other with :func:`edgetl.runtime.timing.paired_latency`
+(1 thread, interleaved repeats); one is called faster only when its paired p50 ratio clears
+``FASTER_MARGIN``. Among those no slower than the fastest beyond that margin, the higher selection
+agreement wins, then the pure-int8 file, then fewer float layers. Automatic mode stops at the
+first remedy within budget; ``--doctor`` tries them all. Two remedies that produce the same model
+are reported as identical, not as two results.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import re
 import shutil
@@ -32,8 +41,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from edgetl.export.artifacts import layer_report, make_artifact, prepare_images, verify_artifact
+from edgetl.export.verify import accuracy, compare, run_file
 from edgetl.formats import FORMATS
 from edgetl.quant import QuantizationConfig
+from edgetl.runtime.timing import FASTER_MARGIN, paired_latency, quick_latency
 
 #: How many of the worst layers selective mixed precision keeps in float, tried in this order.
 FLOAT_LAYER_STEPS = (1, 3, 8)
@@ -54,8 +68,6 @@ def _timing(ctx: Any, art: Any) -> None:
     """Short latency measurement of one file (1 thread), with the timer ``edgetl bench`` uses."""
     if art.path is None or art.latency is not None or len(ctx.val_px) == 0:
         return
-    from edgetl.bench import quick_latency
-
     try:
         art.latency = quick_latency(art.path, ctx.val_px[:1])
     except Exception as exc:  # noqa: BLE001 - a file that cannot be timed is not shipped by speed
@@ -64,8 +76,6 @@ def _timing(ctx: Any, art: Any) -> None:
 
 def _layer_report(ctx: Any, art: Any) -> list[dict[str, Any]]:
     """The per-layer rows for ``art`` (computed by the export, or now)."""
-    from edgetl.export.api import layer_report
-
     rows = ctx.reports.get(art.format)
     if rows is None:
         rows = layer_report(ctx, art)
@@ -84,6 +94,18 @@ def _remedies(ctx: Any, art: Any, stage: int) -> list[tuple[str, str, Quantizati
     if stage == 0:
         from edgetl.export.quant_report import rank
 
+        # pure 8-bit remedies first: an all-int8 file at the plain file's speed
+        if base.rounding == "gptq":
+            # GPTQ minimises each layer's output error on the calibration images; if those are
+            # unrepresentative, the converters' own rounding can be the better file: verified like the rest
+            out.append(("round-to-nearest weights (no GPTQ)", art.format, base.with_(rounding="nearest")))
+        if not tflite:
+            out.append(("Entropy calibration", "onnx_int8", base.with_(calib_method="entropy")))
+            out.append(("Percentile calibration (99.999)", "onnx_int8", base.with_(calib_method="percentile")))
+            out.append(("per-tensor weights", "onnx_int8", base.with_(per_channel=False)))
+        if more > used:  # a calibration pass over up to 1000 images: the time limit may skip it
+            out.append((f"more calibration images ({more})", art.format, base.with_(calib_samples=more)))
+        # then layers kept in float: fewest first
         rows = _layer_report(ctx, art)
         lead = tuple(_input_ops(rows)) if tflite else ()
         if lead:
@@ -95,16 +117,6 @@ def _remedies(ctx: Any, art: Any, stage: int) -> list[tuple[str, str, Quantizati
                 what = "input normalization and " if lead else ""
                 out.append((f"keep {what}{k} worst layer{'s' if k > 1 else ''} in float", art.format,
                             base.with_(float_nodes=names)))
-        if more > used:  # slow (a calibration pass over up to 1000 images) and rarely the fix: after the float layers
-            out.append((f"more calibration images ({more})", art.format, base.with_(calib_samples=more)))
-        if base.rounding == "gptq":
-            # GPTQ minimises each layer's output error on the calibration images; if those are
-            # unrepresentative, the converters' own rounding can be the better file: verified like the rest
-            out.append(("round-to-nearest weights (no GPTQ)", art.format, base.with_(rounding="nearest")))
-        if not tflite:
-            out.append(("Entropy calibration", "onnx_int8", base.with_(calib_method="entropy")))
-            out.append(("Percentile calibration (99.999)", "onnx_int8", base.with_(calib_method="percentile")))
-            out.append(("per-tensor weights", "onnx_int8", base.with_(per_channel=False)))
     elif tflite:
         out.append(("int16x8 (16-bit activations, 8-bit weights)", "tflite_int16x8",
                     QuantizationConfig.for_int16x8(cfg.calib_samples, seed=cfg.seed)))
@@ -155,8 +167,82 @@ def _input_ops(rows: list[dict[str, Any]]) -> list[str]:
     return []
 
 
+def _selection_and_report(ctx: Any) -> tuple[Any, dict[str, Any]]:
+    """(context verifying on the selection images, the report set): disjoint images.
+
+    With a test split in the data: select on every verification image, report on test. Otherwise the
+    verification images split in two (alternate files of each class, in their sorted order).
+    """
+    y = np.asarray(ctx.val_y)
+    if getattr(ctx, "test_samples", None):
+        from edgetl.data import stratified_sample
+        from edgetl.runtime.keras_runner import KerasRunner
+
+        picked = stratified_sample(ctx.test_samples, ctx.config.verify_samples, seed=ctx.config.seed)
+        px, ty, _ = prepare_images(picked, ctx.run.preprocessing)
+        if len(px):
+            ref = KerasRunner(ctx.model, ctx.run.labels, ctx.run.preprocessing).predict(px)
+            return ctx, {"split": "test", "px": px, "y": ty, "ref": ref}
+    sel, rep = [], []
+    for label in np.unique(y):
+        idx = np.flatnonzero(y == label)
+        sel += list(idx[0::2])
+        rep += list(idx[1::2])
+    sel_i, rep_i = np.array(sorted(sel), dtype=int), np.array(sorted(rep), dtype=int)
+    sel_ctx = copy.copy(ctx)  # shallow: the caches (calibration, GPTQ, reports) stay shared
+    sel_ctx.val_px, sel_ctx.val_y, sel_ctx.ref = ctx.val_px[sel_i], y[sel_i], ctx.ref[sel_i]
+    sel_ctx.keras_acc = accuracy(ctx.ref[sel_i], y[sel_i]) if len(sel_i) else None
+    return sel_ctx, {"split": "val, second half (odd files of each class)", "px": ctx.val_px[rep_i], "y": y[rep_i],
+                     "ref": ctx.ref[rep_i]}
+
+
+def _figures(v: Any) -> dict[str, Any]:
+    return {"accuracy": v.accuracy, "agreement": v.agreement} if v is not None else {"accuracy": None, "agreement": None}
+
+
+def _measure(ctx: Any, art: Any, rep: dict[str, Any]) -> dict[str, Any]:
+    """Accuracy and agreement of ``art`` on the report images (never used to choose)."""
+    if art.path is None or len(rep["px"]) == 0:
+        return {"accuracy": None, "agreement": None}
+    try:
+        return _figures(compare(run_file(art.path, rep["px"], ctx.config.threads), rep["ref"], rep["y"]))
+    except Exception as exc:  # noqa: BLE001 - a report figure that cannot be measured is recorded as such
+        return {"accuracy": None, "agreement": None, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+
+
+def _n_float(a: Any) -> int:
+    return len(a.quantization.get("float_nodes") or ()) if isinstance(a.quantization, dict) else 0
+
+
+def _choose(ctx: Any, candidates: list[Any], report: dict[str, Any]) -> Any:
+    """The shipped candidate: among those not slower than the fastest beyond ``FASTER_MARGIN`` (paired,
+    interleaved timing), the highest selection agreement, then pure int8, then fewer float layers,
+    then the earlier remedy. The timing and the rule are recorded in ``report["timing"]``."""
+    def preference(i: int) -> tuple:
+        a = candidates[i]
+        return (-(a.verification.agreement if a.verification else 0.0), _n_float(a), i)
+
+    if len(candidates) == 1:
+        return candidates[0]
+    try:
+        timing = paired_latency([c.path for c in candidates], ctx.val_px[:1])
+    except Exception as exc:  # noqa: BLE001 - untimed: choose on agreement and simplicity alone
+        report["timing"] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+        return candidates[min(range(len(candidates)), key=preference)]
+    names = [c.remedy or "original" for c in candidates]
+    f = timing.fastest()
+    tier = [i for i in range(len(candidates)) if not timing.faster(f, i)]
+    best = min(tier, key=preference)
+    for i, c in enumerate(candidates):
+        c.latency = {**(c.latency or {}), "p50_ms": timing.p50(i), "paired": True}
+    report["timing"] = {**timing.to_dict(names), "within_noise_of_fastest": [names[i] for i in tier],
+                        "rule": f"fastest, where 'faster' means a paired p50 ratio below {1 - FASTER_MARGIN:g}; "
+                                "within that: higher selection agreement, then pure int8, then fewer float layers"}
+    return candidates[best]
+
+
 def run_doctor(ctx: Any, result: Any, art: Any, deadline: float | None = None) -> dict[str, Any]:
-    """Try the remedies for one int8 artifact; ship the fastest candidate within budget.
+    """Try the remedies for one int8 artifact; ship the best candidate within budget (see the module doc).
 
     ``deadline`` (``time.monotonic()``): a remedy starts only when its estimated time (what the
     doctor measured of the same kind so far, else the original file's export time; see
@@ -164,17 +250,22 @@ def run_doctor(ctx: Any, result: Any, art: Any, deadline: float | None = None) -
     skipped ones are listed in the report (``not_tried``) and printed.
 
     Returns:
-        A report: target, budget, the original's accuracy/agreement/latency, every attempt, and the winner.
+        A report: target, budget, the original's figures, every attempt (selection figures), the
+        winner, and the selection and report figures with their image counts.
     """
-    from edgetl.export.api import make_artifact, verify_artifact
-
     explicit = bool(ctx.config.doctor)
+    sel_ctx, rep = _selection_and_report(ctx)
+    plain = dataclasses.replace(art, verification=None, within_budget=None, drop=None, notes=list(art.notes))
+    verify_artifact(sel_ctx, plain)  # the plain file on the selection images: the bar every remedy is held to
     report: dict[str, Any] = {
         "target": art.format,
         "budget_pt": ctx.config.max_drop,
         "budget_agreement": ctx.config.min_agreement,
         "original": {"accuracy": art.verification.accuracy if art.verification else None, "drop": art.drop,
                      "agreement": art.verification.agreement if art.verification else None},
+        "selection": {"split": "val" if rep["split"] == "test" else "val, first half (even files of each class)",
+                      "images": int(len(sel_ctx.val_px)), "original": _figures(plain.verification)},
+        "report": {"split": rep["split"], "images": int(len(rep["px"])), "original": _measure(ctx, art, rep)},
         "attempts": [],
         "winner": None,
     }
@@ -183,17 +274,18 @@ def run_doctor(ctx: Any, result: Any, art: Any, deadline: float | None = None) -
     try:
         _timing(ctx, art)
         report["original"]["p50_ms"] = art.latency["p50_ms"] if art.latency else None
-        candidates = [art] if _budget_ok(art) else []
+        # the plain file competes only when it met the budget on every verification image and on the selection half
+        candidates = [plain] if _budget_ok(plain) and _budget_ok(art) else []
         costs = _Costs(ctx, art)
         not_tried: list[str] = []
+        t_doctor = time.monotonic()
         for stage in (0, 1):
             if stage == 1 and candidates:
                 break  # int16x8 and QAT only when nothing 8-bit met the budget
-            for remedy, fmt_name, quant in _remedies(ctx, art, stage):
-                if not explicit and any(c is not art for c in candidates):
-                    # Automatic mode: remedies are ordered cheapest-to-run first (same speed as the plain
-                    # file, then 1, 3, 8 float layers), so the first within budget is kept; --doctor tries all.
-                    break
+            remedies = _remedies(ctx, art, stage)
+            for k, (remedy, fmt_name, quant) in enumerate(remedies):
+                if not explicit and any(c is not plain for c in candidates):
+                    break  # automatic mode: the first remedy within budget (pure int8 ones come first)
                 if deadline is not None and costs.estimate(remedy, quant) > deadline - time.monotonic():
                     not_tried.append(remedy)  # would not finish in the time left: the next, cheaper one may
                     continue
@@ -201,13 +293,17 @@ def run_doctor(ctx: Any, result: Any, art: Any, deadline: float | None = None) -
                 fmt = FORMATS[fmt_name]
                 if fmt_name == "tflite_qat" and any(a.format == "tflite_qat" and a.error is None for a in result.artifacts):
                     cand = next(a for a in result.artifacts if a.format == "tflite_qat")
+                    cand = dataclasses.replace(cand, verification=None, within_budget=None, drop=None)
+                    verify_artifact(sel_ctx, cand)
                 else:
-                    ctx.say(f"  doctor: trying {remedy} ...")
-                    cand = make_artifact(ctx, fmt, scratch / f"{len(report['attempts'])}_{fmt.file_name(ctx.run.backbone)}",
+                    left = sum(costs.estimate(r, q) for r, _, q in remedies[k:])
+                    ctx.say(f"  doctor: [{k + 1}/{len(remedies)}] trying {remedy} ... "
+                            f"({time.monotonic() - t_doctor:.0f} s so far, about {left:.0f} s left for this stage)")
+                    cand = make_artifact(sel_ctx, fmt, scratch / f"{len(report['attempts'])}_{fmt.file_name(ctx.run.backbone)}",
                                          quant, remedy, verify=False)
                     if _too_slow(ctx, art, cand, stage, explicit, report):
                         continue
-                    verify_artifact(ctx, cand)
+                    verify_artifact(sel_ctx, cand)
                 costs.record(remedy, quant, time.monotonic() - t_start)
                 entry = {"remedy": remedy, "format": fmt_name, "error": cand.error, "drop": cand.drop,
                          "within_budget": cand.within_budget, "export_s": round(cand.export_s, 2),
@@ -229,7 +325,7 @@ def run_doctor(ctx: Any, result: Any, art: Any, deadline: float | None = None) -
                 report["attempts"].append(entry)
                 ctx.say(f"  doctor: {remedy}: " + (f"failed: {cand.error}" if cand.error else
                                                    f"accuracy {entry['accuracy']:.2f}% (drop {cand.drop:+.2f} pt), "
-                                                   f"agreement {entry['agreement']:.1f}%"
+                                                   f"agreement {entry['agreement']:.1f}% on {len(sel_ctx.val_px)} selection images"
                                                    + (f", p50 {entry['p50_ms']:.1f} ms" if entry.get("p50_ms") else "")
                                                    + (" - within budget" if _budget_ok(cand) else "")))
         if not_tried:
@@ -237,24 +333,35 @@ def run_doctor(ctx: Any, result: Any, art: Any, deadline: float | None = None) -
             report["note"] = "the doctor's time limit (--doctor-time) left no time for these"
             ctx.say(f"  doctor: time limit: not tried: {', '.join(not_tried)} (--doctor-time N or --doctor to try them)")
         if candidates:
-            best = min(candidates, key=_speed_key)
-            if best is art:
-                report["winner"] = {"remedy": None, "format": art.format, "path": art.path,
-                                    "p50_ms": art.latency["p50_ms"] if art.latency else None,
-                                    "note": "the original artifact meets the budget and is the fastest"}
-            else:
-                _install(ctx, result, art, best)
-                report["winner"] = {"remedy": best.remedy, "format": best.format, "path": best.path,
-                                    "p50_ms": best.latency["p50_ms"] if best.latency else None,
-                                    "plain_p50_ms": report["original"]["p50_ms"]}
-                ctx.say(f"  doctor: kept {Path(best.path).name} ({best.remedy}"
-                        + (f", p50 {best.latency['p50_ms']:.1f} ms vs plain {report['original']['p50_ms']:.1f} ms"
-                           if best.latency and report["original"]["p50_ms"] else "") + ")")
+            _ship(ctx, result, art, plain, _choose(ctx, candidates, report), rep, report)
         else:
             report["note"] = "no remedy met the budget" + (f" ({report['note']})" if report.get("note") else "")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return report
+
+
+def _ship(ctx: Any, result: Any, art: Any, plain: Any, best: Any, rep: dict[str, Any], report: dict[str, Any]) -> None:
+    """Record the winner with its selection and report figures; install it when it is not the plain file."""
+    report["selection"]["winner"] = _figures(best.verification)
+    report["report"]["winner"] = report["report"]["original"] if best is plain else _measure(ctx, best, rep)
+    p50 = best.latency["p50_ms"] if best.latency else None
+    if best is plain:
+        report["winner"] = {"remedy": None, "format": art.format, "path": art.path, "p50_ms": p50,
+                            "note": "the original artifact meets the budget on the selection images and no candidate beats it"}
+        art.latency = best.latency or art.latency
+    else:
+        _install(ctx, result, art, best)
+        verify_artifact(ctx, best)  # the table row: every verification image, like the other formats
+        report["winner"] = {"remedy": best.remedy, "format": best.format, "path": best.path, "p50_ms": p50,
+                            "plain_p50_ms": report["original"]["p50_ms"]}
+        ctx.say(f"  doctor: kept {Path(best.path).name} ({best.remedy}"
+                + (f", p50 {p50:.1f} ms vs plain {report['original']['p50_ms']:.1f} ms"
+                   if p50 and report["original"]["p50_ms"] else "") + ")")
+    r = report["report"]["winner"]
+    if r.get("agreement") is not None:
+        ctx.say(f"  doctor: on {report['report']['images']} report images ({report['report']['split']}), not used to choose: "
+                f"agreement {r['agreement']:.1f}%" + (f", accuracy {r['accuracy']:.2f}%" if r.get("accuracy") is not None else ""))
 
 
 class _Costs:
@@ -313,12 +420,6 @@ def _too_slow(ctx: Any, art: Any, cand: Any, stage: int, explicit: bool, report:
                                "export_s": round(cand.export_s, 2), "size_bytes": cand.size_bytes, "skipped": why})
     ctx.say(f"  doctor: {cand.remedy}: {why}")
     return True
-
-
-def _speed_key(a: Any) -> tuple[float, float, int]:
-    """Fastest first; an untimed file sorts last; ties go to higher agreement, then the smaller file."""
-    p50 = a.latency["p50_ms"] if a.latency else float("inf")
-    return (p50, -(a.verification.agreement if a.verification else 0.0), a.size_bytes)
 
 
 def _install(ctx: Any, result: Any, original: Any, best: Any) -> None:

@@ -284,13 +284,16 @@ def _targets(model: Any) -> list[Any]:
     return [l for l in model.layers if type(l).__name__ in _FOLDABLE and l.weights]
 
 
-def gptq_round(model: Any, inputs: np.ndarray, batch: int = 8, progress: Callable[[str], None] | None = None) -> RoundingReport:
+def gptq_round(model: Any, inputs: np.ndarray, batch: int = 8, progress: Callable[[str], None] | None = None,
+               step: Callable[[int, int], None] | None = None) -> RoundingReport:
     """Round every Conv2D / DepthwiseConv2D / Dense kernel of ``model`` in place with GPTQ.
 
     Args:
         model: flat functional Keras model, BN already folded (:func:`fold_batchnorm`).
         inputs: calibration inputs, exactly what the model takes (float32).
         batch: images per forward pass while H is accumulated.
+        progress: called with one line per rounded layer.
+        step: called as ``step(done, total)`` over the batches of the statistics pass and then the layers.
 
     The inputs of every layer come from the float model (one pass for all layers). The
     biases stay float (the converters keep them in int32 at input scale x weight scale).
@@ -304,6 +307,8 @@ def gptq_round(model: Any, inputs: np.ndarray, batch: int = 8, progress: Callabl
         return report
     probe = keras.Model(model.inputs, [t.input for t in targets])
     hs: list[Any] = [None] * len(targets)
+    n_batches = -(-len(inputs) // batch)
+    total = n_batches + len(targets)
     for start in range(0, len(inputs), batch):
         outs = probe(inputs[start : start + batch], training=False)
         if len(targets) == 1:
@@ -323,7 +328,11 @@ def gptq_round(model: Any, inputs: np.ndarray, batch: int = 8, progress: Callabl
                 contrib = tf.matmul(pm, pm, transpose_b=True)
             c64 = contrib.numpy().astype(np.float64)
             hs[i] = c64 if hs[i] is None else hs[i] + c64
+        if step:
+            step(start // batch + 1, total)
     for i, layer in enumerate(targets):
+        if step:
+            step(n_batches + i + 1, total)
         weights = layer.get_weights()
         kernel = weights[0]
         kind = type(layer).__name__

@@ -10,7 +10,7 @@ dataset always spans the full pixel range (see :func:`representative_dataset`).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -81,8 +81,6 @@ def convert(model: Any, quant: QuantizationConfig, calib_pixels: np.ndarray | No
         raise EdgetlError("layers can be kept in float only in an int8 TFLite model")
     if quant.mode == "int8" and (quant.float_nodes or calibrated):
         # calibrate (slow, cached by the caller) + MLIR quantization with the denylist (about 1 s)
-        from edgetl.export.quant_report import float_op_outputs, tflite_denylisted_model
-
         factory = lambda: converter_for(model, quant, calib_pixels, affine)  # noqa: E731
         raw = tflite_denylisted_model(factory, list(quant.float_nodes), affine=affine,
                                       calibrated=calibrated(factory) if calibrated else None)
@@ -142,3 +140,133 @@ def io_details(model_bytes: bytes) -> dict[str, Any]:
         "output_dtype": np.dtype(o["dtype"]).name,
         "output_quantization": [float(o["quantization"][0]), int(o["quantization"][1])],
     }
+
+
+# --------------------------------------------------------------------------- int8 with chosen layers in float
+# (the quantization report, edgetl.export.quant_report, measures which ones; these build the model)
+
+
+def _debug_converter(converter_factory: Callable[[], Any], calib_pixels: np.ndarray | None, affine: Any = None) -> Any:
+    """A fresh converter from ``converter_factory`` with what the debugger needs added."""
+    import tensorflow as tf
+
+    conv = converter_factory()
+    if calib_pixels is not None:
+        if len(calib_pixels) == 0:
+            raise EdgetlError("quantization report: calib_pixels is empty")
+        conv.representative_dataset = representative_dataset(calib_pixels, affine)
+    if not conv.optimizations or conv.representative_dataset is None:
+        raise EdgetlError("quantization report: the converter is not set up for full-integer quantization "
+                          "(optimizations and representative_dataset must be set)")
+    # NumericVerify ops and denylisted layers stay float: with TFLITE_BUILTINS_INT8 alone the
+    # converter would refuse them. Input/output types are left as the caller set them.
+    ops = conv.target_spec.supported_ops
+    builtins = tf.lite.OpsSet.TFLITE_BUILTINS
+    if builtins not in ops:
+        conv.target_spec.supported_ops = ({*ops, builtins} if isinstance(ops, (set, frozenset))
+                                          else [*ops, builtins])
+    return conv
+
+
+def tflite_calibrated_model(converter_factory: Callable[[], Any], calib_pixels: np.ndarray | None = None,
+                            affine: Any = None) -> bytes:
+    """The calibrated float model (every tensor's range recorded, nothing quantized yet).
+
+    The slow half of a full-int8 conversion (a pass over the calibration images); the other
+    half, :func:`tflite_denylisted_model`'s MLIR quantization, takes about a second. Computed
+    once, it serves every selection of float layers the doctor tries.
+    """
+    conv = _debug_converter(converter_factory, calib_pixels, affine)
+    conv.experimental_mlir_quantizer = True
+    conv._experimental_calibrate_only = True  # noqa: SLF001 - what QuantizationDebugger does
+    try:
+        return bytes(conv.convert())
+    except Exception as exc:  # noqa: BLE001 - converter errors are long MLIR dumps: keep one line
+        first = first_line(exc, 300)
+        raise EdgetlError(f"TFLite calibration failed: {type(exc).__name__}: {first}") from None
+
+
+def tflite_denylisted_model(converter_factory: Callable[[], Any], nodes: Sequence[str], affine: Any = None,
+                            calibrated: bytes | None = None) -> bytes:
+    """Build the full-int8 TFLite model with the named layers kept in float.
+
+    The usual fix once :func:`tflite_layer_report` has named the layers that add the error:
+    everything else stays int8, the input/output types stay what the converter asked for
+    (e.g. uint8 in and out for edgetl's int8 files).
+
+    Args:
+        converter_factory: as for :func:`tflite_layer_report`; its representative dataset calibrates.
+        nodes: ``name`` values of :func:`tflite_layer_report` rows (empty: plain int8 model).
+        affine: pixel -> model-input map of a model whose normalization is in its input
+            quantization (:func:`edgetl.export.ptq.split_input_normalization`), else None.
+        calibrated: :func:`tflite_calibrated_model` of the same factory, to skip the calibration pass.
+
+    Returns:
+        The ``.tflite`` flatbuffer.
+
+    Raises:
+        EdgetlError: conversion failed, or a name did not become a float layer (not a name
+            from the report), or the input/output type could not be kept.
+    """
+    import tensorflow as tf
+
+    conv = _debug_converter(converter_factory, None)
+    nodes = list(nodes)
+    if calibrated is None:
+        calibrated = tflite_calibrated_model(converter_factory, None, affine)
+    in_type = conv.inference_input_type or tf.float32
+    out_type = conv.inference_output_type or tf.float32
+    try:
+        # The converter sets the IO types inside the same MLIR quantization call, so call it as the
+        # converter does (rewriting IO afterwards falls back to float IO when a denylisted layer is
+        # the first or the last one). With float IO this is QuantizationDebugger's non-debug model.
+        from tensorflow.lite.python import convert as tf_convert
+
+        model = tf_convert.mlir_quantize(
+            calibrated,
+            disable_per_channel=conv._experimental_disable_per_channel,  # noqa: SLF001
+            input_data_type=in_type,
+            output_data_type=out_type,
+            denylisted_nodes=nodes or None,
+            disable_per_channel_for_dense_layers=getattr(
+                conv, "_experimental_disable_per_channel_quantization_for_dense_layers", False),
+        )
+    except Exception as exc:  # noqa: BLE001
+        first = first_line(exc, 300)
+        raise EdgetlError(f"TFLite quantization with denylisted nodes failed: {type(exc).__name__}: {first}") from None
+    model = bytes(model)
+    got = io_details(model)
+    want = (np.dtype(in_type.as_numpy_dtype).name, np.dtype(out_type.as_numpy_dtype).name)
+    if (got["input_dtype"], got["output_dtype"]) != want:
+        raise EdgetlError(f"denylisted TFLite model has {got['input_dtype']}/{got['output_dtype']} input/output, "
+                          f"the converter asked for {want[0]}/{want[1]}")
+    floats = float_op_outputs(model)
+    missing = [n for n in nodes if not _kept_float(n, floats)]
+    if missing:
+        raise EdgetlError(f"not kept in float (not a layer name from the report?): {', '.join(missing)}")
+    return model
+
+
+def float_op_outputs(model_bytes: bytes) -> dict[str, str]:
+    """Output tensor name -> op name of every op of a TFLite model that computes in float32.
+
+    Quantize/Dequantize ops are left out: they only convert. Used to check that a
+    denylisted layer really is float in the file.
+    """
+    from edgetl.runtime.tflite_runner import inspect_interpreter
+
+    it = inspect_interpreter(model_bytes)
+    tensors = {t["index"]: t for t in it.get_tensor_details()}
+    out: dict[str, str] = {}
+    for op in it._get_ops_details():  # noqa: SLF001 - the only per-op view the interpreter offers
+        if op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
+            continue
+        for i in op["outputs"]:
+            if i >= 0 and np.dtype(tensors[i]["dtype"]) == np.float32:
+                out[tensors[i]["name"]] = op["op_name"]
+    return out
+
+
+def _kept_float(name: str, float_outputs: dict[str, str]) -> bool:
+    # The converter may add a digit to keep a tensor name unique (the debugger strips one).
+    return any(t == name or (t.startswith(name) and t[len(name):].isdigit()) for t in float_outputs)

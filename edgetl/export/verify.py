@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -58,14 +58,29 @@ def run_onnx(path: str | Path, pixels: np.ndarray, threads: int | None = None, e
     return OnnxRunner(path, threads=threads, providers=["cpu"], exact_int8=exact_int8).predict(pixels)
 
 
-def run_file(path: str | Path, pixels: np.ndarray, threads: int | None = None, exact_int8: bool = True) -> np.ndarray:
-    """Run a ``.tflite`` or ``.onnx`` file on uint8 pixels."""
+def run_file(path: str | Path, pixels: np.ndarray, threads: int | None = None, exact_int8: bool = True,
+             progress: Callable[[int, int], None] | None = None, chunk: int = 64) -> np.ndarray:
+    """Run a ``.tflite`` or ``.onnx`` file on uint8 pixels (``progress(done, total)`` after each ``chunk`` images)."""
     p = Path(path)
-    if p.suffix == ".tflite":
-        return run_tflite(p, pixels, threads)
-    if p.suffix == ".onnx":
+    if p.suffix not in (".tflite", ".onnx"):
+        raise ModelFileError(f"{p}: not a .tflite or .onnx file")
+    if progress is None or len(pixels) <= chunk:
+        if p.suffix == ".tflite":
+            return run_tflite(p, pixels, threads)
         return run_onnx(p, pixels, threads, exact_int8=exact_int8)
-    raise ModelFileError(f"{p}: not a .tflite or .onnx file")
+    if p.suffix == ".tflite":
+        from edgetl.runtime.tflite_runner import TFLiteRunner
+
+        runner: Any = TFLiteRunner(p, threads=threads, max_batch=32)
+    else:
+        from edgetl.runtime.onnx_runner import OnnxRunner
+
+        runner = OnnxRunner(p, threads=threads, providers=["cpu"], exact_int8=exact_int8)
+    out = []
+    for start in range(0, len(pixels), chunk):
+        out.append(runner.predict(pixels[start : start + chunk]))
+        progress(min(start + chunk, len(pixels)), len(pixels))
+    return np.concatenate(out)
 
 
 def compare(probs: np.ndarray, reference: np.ndarray, labels: np.ndarray | None = None) -> Verification:

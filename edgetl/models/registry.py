@@ -81,12 +81,6 @@ class BackboneSpec:
         module, _, fn = self.builder.partition(":")
         return getattr(importlib.import_module(module), fn)
 
-    def weights_available(self) -> bool:
-        """Whether pretrained weights can be loaded on this machine without a download."""
-        from edgetl.models import weights
-
-        return weights.available(self)
-
 
 _BLOCK_RE = re.compile(r"^block(\d+)_")
 
