@@ -362,7 +362,7 @@ class Progress:
         self.terminal = terminal
         self.after, self.every = after, every
         self.clock = clock or time.monotonic
-        self.start: float | None = None
+        self.start: float | None = self.clock()  # the step starts when its progress is set up
         self.last: float | None = None
         self.shown = False
 
