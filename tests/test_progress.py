@@ -88,3 +88,27 @@ def test_gptq_steps(tiny_run):
     steps: list[tuple[int, int]] = []
     rep = ptq.gptq_round(model, x, batch=8, step=lambda d, t: steps.append((d, t)))
     assert steps[-1][0] == steps[-1][1] == 2 + rep.layers and [d for d, _ in steps] == list(range(1, 3 + rep.layers))
+
+
+def test_paired_timing_calls_faster_only_beyond_the_margin():
+    """The runtime's one timer, paired: interleaved blocks, rotating order, a stated margin."""
+    from edgetl.runtime.timing import FASTER_MARGIN, paired_latency
+
+    t = {"now": 0}
+    cost = {"a": 1_000_000, "b": 1_020_000, "c": 1_500_000}  # ns per call: b is 2 % slower, c 50 %
+    order: list[str] = []
+
+    def timer(name):
+        def call():
+            order.append(name)
+            t["now"] += cost[name]
+        return call
+
+    pt = paired_latency(["a", "b", "c"], None, repeats=3, runs_per_block=2,
+                        timers=[timer("a"), timer("b"), timer("c")], clock=lambda: t["now"])
+    assert pt.fastest() == 0 and not pt.faster(0, 1) and pt.faster(0, 2) and pt.faster(1, 2)
+    assert abs(pt.ratio(1, 0) - 1.02) < 1e-9 and pt.margin == FASTER_MARGIN
+    # one warm-up each, then blocks in a rotating order: a b c | b c a | c a b
+    assert order[3:] == ["a"] * 2 + ["b"] * 2 + ["c"] * 2 + ["b"] * 2 + ["c"] * 2 + ["a"] * 2 + ["c"] * 2 + ["a"] * 2 + ["b"] * 2
+    d = pt.to_dict(["a", "b", "c"])
+    assert d["repeats"] == 3 and d["faster_margin"] == FASTER_MARGIN and d["candidates"][2]["ratio_to_fastest"] == 1.5

@@ -103,8 +103,15 @@ class PairedTiming:
         """Whether i is faster than j beyond the timing noise: paired ratio below ``1 - margin``."""
         return self.ratio(i, j) < 1.0 - self.margin
 
+    def relative(self, i: int) -> float:
+        """Median over repeats of i's block median / the median of every candidate's in the same repeat
+        (a paired figure: a slow moment of the shared CPU scales every candidate of that repeat alike)."""
+        n = len(self.blocks[i])
+        return float(np.median([self.blocks[i][r] / max(float(np.median([b[r] for b in self.blocks])), 1e-12)
+                                for r in range(n)]))
+
     def fastest(self) -> int:
-        return min(range(len(self.blocks)), key=lambda i: (self.p50(i), i))
+        return min(range(len(self.blocks)), key=lambda i: (self.relative(i), i))
 
     def to_dict(self, names: Sequence[str] | None = None) -> dict[str, Any]:
         f = self.fastest()
