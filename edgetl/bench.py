@@ -323,7 +323,8 @@ class EvalSet:
 
 
 def eval_set_for(labels: Sequence[str], data: str | Path | None, run: Any, samples: int | None, seed: int,
-                 accept_changed: bool = False, decode_progress: Callable[[int, int], None] | None = None) -> EvalSet | None:
+                 accept_changed: bool = False,
+                 decode_progress: Callable[[str], Callable[[int, int], None]] | None = None) -> EvalSet | None:
     """Labelled validation images for a model with ``labels``.
 
     With ``data``: ``data/val/<class>/`` when present, else ``data/<class>/``; class folders are matched to
@@ -343,7 +344,8 @@ def eval_set_for(labels: Sequence[str], data: str | Path | None, run: Any, sampl
             return None
         # Every choice of the run (early stopping, keeping the fine-tuned weights, the doctor) looked at
         # val; a test split, when the data has one, is what no choice saw: report on it.
-        ds, warning = run.checked_dataset(accept_changed=accept_changed, **({"progress": decode_progress} if decode_progress else {}))
+        ds, warning = run.checked_dataset(accept_changed=accept_changed,
+                                          **({"progress": decode_progress("checking the run's images")} if decode_progress else {}))
         root = ds.root
         use_test = ds.test is not None and bool(ds.test.samples)
         split = ds.test if use_test else ds.val
@@ -659,7 +661,7 @@ class _BenchState:
     pixels: dict[tuple, np.ndarray] = field(default_factory=dict)  # (labels, size, resize) -> uint8 images
     accuracy: dict[tuple, dict[str, Any]] = field(default_factory=dict)  # (file, runtime, device) -> metrics
     ref: dict[tuple, tuple[str, np.ndarray, float | None]] = field(default_factory=dict)  # labels -> (name, probs, top1)
-    decode_progress: Callable[[int, int], None] | None = None  # while the run's images are checked (decoded)
+    decode_progress: Callable[[str], Callable[[int, int], None]] | None = None  # what -> progress(done, total) of a decode
 
     def eval_set(self, labels: list[str]) -> EvalSet | None:
         """The labelled images for a label set (found once; a data problem is raised for every row)."""
@@ -692,7 +694,8 @@ class _BenchState:
         if key in self.pixels:
             return self.pixels[key], False
         if es is not None:
-            self.pixels[key] = prepare_batch(es.paths, pre)
+            self.pixels[key] = prepare_batch(es.paths, pre, progress=self.decode_progress(
+                f"decoding {len(es.paths)} images at {pre.input_size[0]}x{pre.input_size[1]}") if self.decode_progress else None)
         else:
             h, w = pre.input_size
             n = max(self.settings.batch, 1)
@@ -703,7 +706,7 @@ class _BenchState:
 
 def run_bench(items: Sequence[str | Path], settings: BenchSettings = BenchSettings(), data: str | Path | None = None,
               progress: Callable[[int, int, str], None] | None = None,
-              decode_progress: Callable[[int, int], None] | None = None) -> BenchResult:
+              decode_progress: Callable[[str], Callable[[int, int], None]] | None = None) -> BenchResult:
     """Bench every target in ``items`` (run directories and/or model files) and return the rows.
 
     Args:
@@ -711,7 +714,8 @@ def run_bench(items: Sequence[str | Path], settings: BenchSettings = BenchSettin
         settings: threads, batch, timing budget, sample count, accuracy floor.
         data: labelled images (``DIR/<class>/`` or ``DIR/val/<class>/``); default: the run's test split, else its validation split.
         progress: called as ``progress(i, n, label)`` before each row (for a progress indicator).
-        decode_progress: called as ``decode_progress(done, total)`` while the run's images are checked.
+        decode_progress: ``decode_progress(what)`` returns the ``progress(done, total)`` of one decoding step
+            (checking the run's images, decoding the evaluation images): the CLI prints it, bench does not.
     """
     from edgetl.runtime.env import environment
 

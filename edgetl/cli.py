@@ -222,7 +222,7 @@ def bench(
         if not no_keras:
             _quiet_tf()
         result = run_bench([str(t) for t in targets], settings, data=data, progress=progress,
-                           decode_progress=quiet.Progress("checking the run's images").update)
+                           decode_progress=lambda what: quiet.Progress(what).update)
         written = write_reports(result, out)
     if json_out:
         typer.echo(json.dumps(result.to_dict(), indent=2, default=str))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -172,12 +172,18 @@ def prepare(path: str | Path, pre: Preprocessing, max_pixels: int | None = DEFAU
     return resize_rgb(load_rgb(path, max_pixels=max_pixels), pre)
 
 
-def prepare_batch(paths: Sequence[str | Path], pre: Preprocessing) -> np.ndarray:
-    """Stack :func:`prepare` over several files: uint8 (N, H, W, 3)."""
+def prepare_batch(paths: Sequence[str | Path], pre: Preprocessing,
+                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Stack :func:`prepare` over several files: uint8 (N, H, W, 3); ``progress(done, total)`` after each."""
     h, w = pre.input_size
     if not paths:
         return np.zeros((0, h, w, 3), np.uint8)
-    return np.stack([prepare(p, pre) for p in paths])
+    out = []
+    for i, p in enumerate(paths):
+        out.append(prepare(p, pre))
+        if progress is not None:
+            progress(i + 1, len(paths))
+    return np.stack(out)
 
 
 def normalize(pixels: np.ndarray, pre: Preprocessing) -> np.ndarray:

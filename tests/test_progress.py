@@ -112,3 +112,20 @@ def test_paired_timing_calls_faster_only_beyond_the_margin():
     assert order[3:] == ["a"] * 2 + ["b"] * 2 + ["c"] * 2 + ["b"] * 2 + ["c"] * 2 + ["a"] * 2 + ["c"] * 2 + ["a"] * 2 + ["b"] * 2
     d = pt.to_dict(["a", "b", "c"])
     assert d["repeats"] == 3 and d["faster_margin"] == FASTER_MARGIN and d["candidates"][2]["ratio_to_fastest"] == 1.5
+
+
+def test_bench_reports_its_decoding_steps(tiny_run):
+    """bench prints nothing itself; the decoding steps go through the hook the CLI passes (one per step)."""
+    from edgetl.bench import BenchSettings, run_bench
+
+    steps: dict[str, list[tuple[int, int]]] = {}
+
+    def hook(what):
+        return lambda d, t: steps.setdefault(what, []).append((d, t))
+
+    run_bench([str(tiny_run / "model.keras"), str(tiny_run)], BenchSettings(runtimes=("tensorflow",), min_runs=1, min_time=0,
+                                                                            warmup_runs=0, warmup_time=0), decode_progress=hook)
+    checking = steps.pop("checking the run's images")
+    assert checking[-1][0] == checking[-1][1] == len(checking)  # every file of the run's data
+    (decode,) = steps.values()
+    assert decode[-1] == (12, 12)  # the validation images, decoded once

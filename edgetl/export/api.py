@@ -30,6 +30,7 @@ from edgetl.export.artifacts import (  # noqa: F401 - re-exported: the per-artif
 from edgetl.export.metadata import LABELS_NAME
 from edgetl.export.verify import accuracy
 from edgetl.quant import QuantizationConfig
+from edgetl.quiet import Progress
 from edgetl.report import atomic_write_text, write_json
 
 _Context = ExportContext  # the name before edgetl.export.artifacts existed
@@ -228,8 +229,6 @@ def _load_data(run: Any, config: ExportConfig, say: Callable[[str], None]) -> tu
 
 
 def _decode_progress(say: Callable[[str], None]) -> Callable[[int, int], None]:
-    from edgetl.quiet import Progress
-
     return Progress("checking images", say=say).update
 
 
@@ -293,12 +292,13 @@ def _export_run(run_dir: str | Path, config: ExportConfig | None = None,
         if not train_samples:
             raise EdgetlError("int8 calibration needs training images and none were found")
         say(f"calibration: {min(config.calib_samples, len(train_samples))} of {len(train_samples)} training images")
-        calib_px, _, bad = prepare_images(stratified_sample(train_samples, config.calib_samples, seed=config.seed), run.preprocessing)
+        calib_px, _, bad = prepare_images(stratified_sample(train_samples, config.calib_samples, seed=config.seed),
+                                          run.preprocessing, progress=Progress("  calibration images", say=say).update)
         warnings += bad
         if len(calib_px) == 0:
             raise EdgetlError("int8 calibration needs training images and none of the sampled files could be read")
     val = stratified_sample(ds.val.samples, config.verify_samples, seed=config.seed) if ds else []
-    val_px, val_y, bad = prepare_images(val, run.preprocessing)
+    val_px, val_y, bad = prepare_images(val, run.preprocessing, progress=Progress("  verification images", say=say).update)
     warnings += bad
 
     say(f"loading {run.model_path}")

@@ -359,7 +359,8 @@ def _check_portability(ctx: ExportContext, art: Artifact) -> None:
             "(it is in the file's metadata, key edgetl.ort_session_config)")
 
 
-def prepare_images(samples: list[Any], pre: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def prepare_images(samples: list[Any], pre: Any,
+                   progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(uint8 pixels, labels, warnings) of ``samples`` via :func:`edgetl.preprocess.prepare`.
 
     Unreadable files are skipped with one warning each, so one bad image cannot stop an export.
@@ -368,12 +369,14 @@ def prepare_images(samples: list[Any], pre: Any) -> tuple[np.ndarray, np.ndarray
 
     h, w = pre.input_size
     px, labels, bad = [], [], []
-    for s in samples:
+    for i, s in enumerate(samples):
         try:
             px.append(prepare(s.path, pre))
             labels.append(s.label)
         except EdgetlError as exc:
             bad.append(f"skipped unreadable image: {exc}")
+        if progress is not None:
+            progress(i + 1, len(samples))
     pixels = np.stack(px) if px else np.zeros((0, h, w, 3), np.uint8)
     return pixels, np.array(labels, dtype=np.int64), bad
 
