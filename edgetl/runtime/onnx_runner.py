@@ -41,35 +41,23 @@ _AUTO_GPU = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 #: it into the file's metadata (``edgetl.ort_session_config``) for code that runs the file there.
 EXACT_INT8_CONFIG = {"session.x64quantprecision": "1"}
 ORT_CONFIG_KEY = "edgetl.ort_session_config"
-#: /proc/cpuinfo flags of int8 dot-product instructions that MLAS's U8S8 kernels use (no int16 saturation)
-VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
-def cpu_flags() -> frozenset[str] | None:
-    """The CPU's feature flags from ``/proc/cpuinfo`` (Linux), None where they cannot be read."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        return None
-    return None
-
-
-def needs_exact_int8_config(machine: str | None = None, flags: frozenset[str] | None = None) -> bool:
+def needs_exact_int8_config(machine: str | None = None, vnni: bool | None = None) -> bool:
     """True when ONNX Runtime's default int8 kernels may saturate here: x86-64 without VNNI.
 
-    Unknown flags on x86 count as "no VNNI" (the option is then exact, only slower); other
-    architectures (ARM) do not read the option.
+    ``vnni`` defaults to this CPU's ``/proc/cpuinfo`` (AVX-512 VNNI, AVX-VNNI or AMX; unreadable
+    flags count as none: the option is then exact, only slower). Other architectures (ARM) do not
+    read the option.
     """
     import platform
+
+    from edgetl.runtime.env import cpu_info
 
     machine = (machine or platform.machine()).lower()
     if machine not in ("x86_64", "amd64", "i686", "x86"):
         return False
-    flags = cpu_flags() if flags is None else flags
-    return not (flags and flags & VNNI_FLAGS)
+    return not (cpu_info()["vnni_or_dotprod"] if vnni is None else vnni)
 
 
 def session_options(threads: int | None = None, *, exact_int8: bool = True, spinning: bool | None = None,
