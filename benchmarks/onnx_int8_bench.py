@@ -84,6 +84,22 @@ def openvino_runner(path: Path) -> tuple[Any, str | None]:
         return None, str(exc)[:300]
 
 
+def openvino_kernels(runner: Any) -> dict[str, int]:
+    """Runtime precision of each convolution / fully connected node OpenVINO compiled (e.g. ``{"u8": 50}``)."""
+    counts: dict[str, int] = {}
+    try:
+        ops = runner._request(runner.fixed_batch or 1).get_compiled_model().get_runtime_model().get_ordered_ops()
+        for op in ops:
+            info = op.get_rt_info()
+            kind = info["layerType"].astype(str) if "layerType" in info else ""
+            if kind.startswith(("Convolution", "GroupConvolution", "FullyConnected")):
+                prec = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else "?"
+                counts[prec] = counts.get(prec, 0) + 1
+    except Exception:  # noqa: BLE001 - informative only
+        return {}
+    return counts
+
+
 def openvino_row(path: Path, fp32: Any, pixels: np.ndarray, ref_top1: np.ndarray, rounds: int, runs: int) -> dict[str, Any]:
     """OpenVINO CPU on ``path``: compile status, agreement, p50 interleaved with the fp32 file's (``fp32``: its runner)."""
     r, error = openvino_runner(path)
@@ -93,6 +109,7 @@ def openvino_row(path: Path, fp32: Any, pixels: np.ndarray, ref_top1: np.ndarray
     timers = [r.timer(pixels[:1])] + ([fp32.timer(pixels[:1])] if fp32 is not None else [])
     med = interleaved(timers, rounds, runs)
     row = {"compiles": True, "p50_ms": round(min(med[0]), 3), "inference_precision": r.describe().get("inference_precision"),
+           "conv_fc_runtime_precisions": openvino_kernels(r),
            "agreement": round(float(np.mean(top1 == ref_top1)) * 100, 2), "n": int(len(top1))}
     if fp32 is not None:
         row.update({"fp32_p50_ms": round(min(med[1]), 3), "fp32_inference_precision": fp32.describe().get("inference_precision"),
@@ -155,7 +172,8 @@ def to_markdown(doc: dict[str, Any]) -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in doc["rows"]:
         o, x, v = r["ort"], r["ort_with_x64quantprecision"], r["openvino"]
-        ov = f"compiles ({v.get('inference_precision')})" if v["compiles"] else f"**fails**: {v['error'][:90]}"
+        kern = ", ".join(f"{k} {n}" for k, n in v.get("conv_fc_runtime_precisions", {}).items())
+        ov = f"compiles (conv/fc: {kern or '?'})" if v["compiles"] else f"**fails**: {v['error'][:90]}"
         lines.append(f"| {Path(r['dir']).name} | {r['file']} | {r['size_vs_fp32']} | {o['fp32_p50_ms']} | {o['int8_p50_ms']} | "
                      f"**{o['ratio_of_minima']}** | {o['median_round_ratio']} | {o['agreement']} ({o['n']} images) | "
                      f"{x['ratio_of_minima']} / {x['agreement']} | {ov} | {v.get('fp32_p50_ms', '-')} / {v.get('p50_ms', '-')} | "
@@ -164,8 +182,9 @@ def to_markdown(doc: dict[str, Any]) -> str:
               "`session.x64quantprecision=1`):", ""]
     for r in doc["rows"]:
         lines.append(f"- {Path(r['dir']).name}/{r['file']}: {r['kernels']}; with the option: {r['kernels_with_option']}")
-    lines += ["", "OpenVINO: CPU plugin defaults (its inference precision for the float parts in brackets: bf16 on AMX CPUs); "
-              "the fp32 file's p50 is timed interleaved with each int8 file's, 1 thread."]
+    lines += ["", "OpenVINO: CPU plugin defaults (float parts in bf16 on AMX CPUs); in brackets the runtime precision of "
+              "each compiled convolution / fully connected node; the fp32 file's p50 is timed interleaved with each "
+              "int8 file's, 1 thread."]
     return "\n".join(lines) + "\n"
 
 
