@@ -225,5 +225,5 @@ def _kernel_note(proto: Any) -> str:
 
     try:
         return kernel_summary(kernel_counts(proto.SerializeToString()))
-    except Exception as exc:  # noqa: BLE001 - informative only
+    except Exception:  # noqa: BLE001 - informative only
         return "ORT kernels: unknown (no optimized graph to read)"

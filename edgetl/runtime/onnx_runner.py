@@ -36,7 +36,8 @@ _AUTO_GPU = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 #: option (the exact QDQ reference: 98.1 %), at 20.6 vs 17.2 ms. The option turns every int8
 #: weight into uint8 (U8U8 kernels) on *any* x86 CPU, also where VNNI (``vpdpbusd``, int32
 #: accumulation, no saturation) is exact already: measured on a Xeon with AVX-512 VNNI and AMX, a
-#: Lite0 int8 file ran 0.5x its fp32 p50 without it and 1.2x with it, with the same predictions.
+#: Lite0 int8 file ran 0.53-0.68x its fp32 p50 without it and 1.4-2.0x with it, with the same predictions
+#: (``benchmarks/results/onnx_int8_20261205-*.md``).
 #: So edgetl applies it only on x86 CPUs without VNNI (:func:`needs_exact_int8_config`), and writes
 #: it into the file's metadata (``edgetl.ort_session_config``) for code that runs the file there.
 EXACT_INT8_CONFIG = {"session.x64quantprecision": "1"}
@@ -289,5 +290,5 @@ class OnnxRunner:
             return {}
         try:
             return {"kernels": kernel_summary(kernel_counts(self.path, self.threads, exact_int8=self.exact_int8))}
-        except Exception as exc:  # noqa: BLE001 - a note, never a failed row
+        except Exception:  # noqa: BLE001 - a note, never a failed row
             return {"kernels": "unknown (no optimized graph to read)"}
