@@ -150,3 +150,14 @@ def test_session_options_follow_the_cpu(monkeypatch):
     assert _precision_entry(onnx_runner.session_options(1, exact_int8=False)) is None
     monkeypatch.setattr(onnx_runner, "needs_exact_int8_config", lambda: False)
     assert _precision_entry(onnx_runner.session_options(1)) is None
+
+
+def test_bench_times_sessions_in_turns_and_reports_ratio_of_minima():
+    from benchmarks.onnx_int8_bench import interleaved, ratio
+
+    order: list[str] = []
+    med = interleaved([lambda: order.append("a"), lambda: order.append("b")], rounds=3, runs=2, warmup=1)
+    assert order == ["a", "b"] + ["a", "a", "b", "b"] * 3  # warm-up, then the timers take turns each round
+    assert [len(m) for m in med] == [3, 3]
+    r = ratio([6.0, 5.0, 7.0], [10.0, 12.0, 9.0])
+    assert r["ratio_of_minima"] == round(5.0 / 9.0, 3) and r["median_round_ratio"] == round(6.0 / 10.0, 3)
