@@ -33,10 +33,32 @@ _AUTO_GPU = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 #: (AVX2 and plain AVX-512), MLAS multiplies uint8 activations by int8 weights with ``vpmaddubsw``,
 #: which saturates pairs of products in int16: measured on an AVX2-only CPU, a sign_digits Lite0
 #: int8 file agreed with the float model on 73.5 % of images by default and on 98.1 % with this
-#: option (the exact QDQ reference: 98.1 %), at 20.6 vs 17.2 ms. edgetl writes it into the file's
-#: metadata (``edgetl.ort_session_config``) and applies it whenever it opens a session.
+#: option (the exact QDQ reference: 98.1 %), at 20.6 vs 17.2 ms. The option turns every int8
+#: weight into uint8 (U8U8 kernels) on *any* x86 CPU, also where VNNI (``vpdpbusd``, int32
+#: accumulation, no saturation) is exact already: measured on a Xeon with AVX-512 VNNI and AMX, a
+#: Lite0 int8 file ran 0.53-0.68x its fp32 p50 without it and 1.4-2.0x with it, with the same predictions
+#: (``benchmarks/results/onnx_int8_20261205-*.md``).
+#: So edgetl applies it only on x86 CPUs without VNNI (:func:`needs_exact_int8_config`), and writes
+#: it into the file's metadata (``edgetl.ort_session_config``) for code that runs the file there.
 EXACT_INT8_CONFIG = {"session.x64quantprecision": "1"}
 ORT_CONFIG_KEY = "edgetl.ort_session_config"
+
+
+def needs_exact_int8_config(machine: str | None = None, vnni: bool | None = None) -> bool:
+    """True when ONNX Runtime's default int8 kernels may saturate here: x86-64 without VNNI.
+
+    ``vnni`` defaults to this CPU's ``/proc/cpuinfo`` (AVX-512 VNNI, AVX-VNNI or AMX; unreadable
+    flags count as none: the option is then exact, only slower). Other architectures (ARM) do not
+    read the option.
+    """
+    import platform
+
+    from edgetl.runtime.env import cpu_info
+
+    machine = (machine or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "i686", "x86"):
+        return False
+    return not (cpu_info()["vnni_or_dotprod"] if vnni is None else vnni)
 
 
 def session_options(threads: int | None = None, *, exact_int8: bool = True, spinning: bool | None = None,
@@ -45,7 +67,8 @@ def session_options(threads: int | None = None, *, exact_int8: bool = True, spin
 
     Args:
         threads: intra-op threads (default: :func:`default_threads`).
-        exact_int8: apply :data:`EXACT_INT8_CONFIG` (no int16 saturation on x86 without VNNI).
+        exact_int8: apply :data:`EXACT_INT8_CONFIG` where this CPU needs it (x86 without VNNI:
+            :func:`needs_exact_int8_config`), so that int8 results are exact everywhere.
         spinning: set ``session.intra_op.allow_spinning`` (None leaves ORT's default).
         config: further session config entries (e.g. a file's ``edgetl.ort_session_config``).
     """
@@ -56,7 +79,7 @@ def session_options(threads: int | None = None, *, exact_int8: bool = True, spin
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
-    entries = dict(EXACT_INT8_CONFIG) if exact_int8 else {}
+    entries = dict(EXACT_INT8_CONFIG) if exact_int8 and needs_exact_int8_config() else {}
     entries.update(config or {})
     if spinning is not None:
         entries["session.intra_op.allow_spinning"] = "1" if spinning else "0"
@@ -76,6 +99,50 @@ def session(model: bytes | str | Path, threads: int | None = None, **options: An
     except Exception as exc:  # noqa: BLE001
         first = first_line(exc, 300)
         raise ModelFileError(f"ONNX Runtime cannot load the model: {type(exc).__name__}: {first}") from None
+
+
+#: compute ops of ORT's optimized graph: quantized kernels, and the float ones they replace
+QUANTIZED_KERNELS = frozenset({"QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger", "QGemm",
+                               "DynamicQuantizeMatMul", "MatMulIntegerToFloat"})
+FLOAT_KERNELS = frozenset({"Conv", "ConvTranspose", "FusedConv", "MatMul", "FusedMatMul", "Gemm", "FusedGemm"})
+
+
+def kernel_counts(model: bytes | str | Path, threads: int | None = 1, **options: Any) -> dict[str, Any]:
+    """Which kernels ONNX Runtime runs for ``model`` on this CPU, read from its optimized graph.
+
+    Opens a session like :func:`session` with ``optimized_model_filepath`` set and counts the
+    graph's compute ops: ``quantized`` (QLinearConv, QGemm ...: the int8 kernels ran) and ``float``
+    (Conv, MatMul ...: Q/DQ left unfused, so the op ran in float between a DequantizeLinear and a
+    QuantizeLinear), plus the Q/DQ nodes left. Raises ModelFileError when the model cannot load.
+    """
+    import collections
+    import tempfile
+
+    import onnx
+
+    ort = _ort()
+    src = model if isinstance(model, (bytes, bytearray)) else str(model)
+    with tempfile.TemporaryDirectory(prefix="edgetl-ortopt-") as tmp:
+        so = session_options(threads, **options)
+        so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        try:
+            ort.InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"])
+            graph = onnx.load(so.optimized_model_filepath).graph
+        except Exception as exc:  # noqa: BLE001
+            raise ModelFileError(f"ONNX Runtime cannot load the model: {type(exc).__name__}: {first_line(exc, 300)}") from None
+    ops = collections.Counter(n.op_type for n in graph.node)
+    quant = {k: v for k, v in sorted(ops.items()) if k in QUANTIZED_KERNELS}
+    flt = {k: v for k, v in sorted(ops.items()) if k in FLOAT_KERNELS}
+    return {"quantized": quant, "float": flt, "quantize_linear": ops.get("QuantizeLinear", 0),
+            "dequantize_linear": ops.get("DequantizeLinear", 0)}
+
+
+def kernel_summary(counts: dict[str, Any]) -> str:
+    """One line of :func:`kernel_counts`, e.g. ``ORT kernels: 50/50 compute ops quantized (QGemm 1, QLinearConv 49)``."""
+    q, f = sum(counts["quantized"].values()), sum(counts["float"].values())
+    parts = ", ".join(f"{k} {v}" for k, v in {**counts["quantized"], **counts["float"]}.items())
+    return (f"ORT kernels: {q}/{q + f} compute ops quantized ({parts}); "
+            f"{counts['quantize_linear']} QuantizeLinear, {counts['dequantize_linear']} DequantizeLinear left")
 
 
 _TYPES = {"tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -214,4 +281,14 @@ class OnnxRunner:
     def describe(self) -> dict[str, Any]:
         return {"format": self.format, "runtime": self.runtime, "precision": self.precision, "threads": self.threads,
                 "device": self.device, "providers": self.providers, "input_dtype": self.input_dtype.name,
-                "has_metadata": bool(self.metadata), "exact_int8": self.exact_int8}
+                "has_metadata": bool(self.metadata), "exact_int8": self.exact_int8,
+                "ort_u8u8": bool(self.exact_int8 and needs_exact_int8_config()), **self._kernels()}
+
+    def _kernels(self) -> dict[str, Any]:
+        """For quantized files on the CPU: which kernels ran (:func:`kernel_counts`), as a ``kernels`` line."""
+        if self.precision in ("fp32", "fp16") or self.providers[:1] != ["CPUExecutionProvider"]:
+            return {}
+        try:
+            return {"kernels": kernel_summary(kernel_counts(self.path, self.threads, exact_int8=self.exact_int8))}
+        except Exception:  # noqa: BLE001 - a note, never a failed row
+            return {"kernels": "unknown (no optimized graph to read)"}

@@ -1,0 +1,163 @@
+"""int8 ONNX layout: ONNX Runtime fuses every Q/DQ pair into an int8 kernel (read from its optimized
+graph), OpenVINO compiles the file, and the x86 precision option is applied only where it is needed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgetl.quant import QuantizationConfig
+
+SIZE = 32
+
+
+def _residual_dw_model():
+    """A Lite0-like tiny network: input normalization, stem conv, depthwise conv, a residual block whose
+    input feeds both a conv and the Add (a QuantizeLinear with two consumers), ReLU6, pool, dense softmax."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((SIZE, SIZE, 3), name="image")
+    x = keras.layers.Rescaling(1 / 128.0, offset=-127 / 128.0, name="normalize")(inp)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", name="stem")(x)
+    x = keras.layers.ReLU(6.0, name="stem_relu")(x)
+    y = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    y = keras.layers.ReLU(6.0, name="dw_relu")(y)
+    y = keras.layers.Conv2D(16, 1, name="project")(y)
+    x = keras.layers.Add(name="residual")([x, y])
+    y = keras.layers.Conv2D(32, 1, name="expand")(x)
+    y = keras.layers.ReLU(6.0, name="expand_relu")(y)
+    y = keras.layers.GlobalAveragePooling2D(name="pool")(y)
+    out = keras.layers.Dense(3, activation="softmax", name="probs")(y)
+    return keras.Model(inp, out)
+
+
+@pytest.fixture(scope="module")
+def int8_pair(tmp_path_factory):
+    """(float ONNX proto, int8 ONNX proto, path of the int8 file, calibration pixels)."""
+    import onnx
+
+    from edgetl.export import onnx as onnx_export
+
+    fp32 = onnx_export.convert(_residual_dw_model())
+    pixels = np.random.default_rng(0).integers(0, 256, (12, SIZE, SIZE, 3), dtype=np.uint8)
+    q8, notes = onnx_export.quantize(fp32, pixels, QuantizationConfig.for_int8(calib_samples=12, rounding="nearest"))
+    path = tmp_path_factory.mktemp("onnxint8") / "tiny_int8.onnx"
+    onnx.save(q8, str(path))
+    return fp32, q8, path, pixels, notes
+
+
+def test_ort_runs_every_conv_and_the_dense_layer_as_int8_kernels(int8_pair):
+    """The optimized graph has no float Conv/MatMul/Gemm left: with int8 activations (the old layout)
+    ORT fused only the convs whose input QuantizeLinear had one consumer, and the conv behind the
+    residual branch point ran in float."""
+    from edgetl.runtime.onnx_runner import kernel_counts
+
+    fp32, q8, path, _, notes = int8_pair
+    convs = sum(n.op_type == "Conv" for n in fp32.graph.node)
+    counts = kernel_counts(path)
+    assert counts["float"] == {}, counts
+    assert counts["quantized"].get("QLinearConv") == convs
+    assert sum(counts["quantized"].values()) == convs + 1  # + the dense layer (QGemm or QLinearMatMul)
+    # one QuantizeLinear where float pixels enter, one DequantizeLinear before the float softmax
+    assert counts["quantize_linear"] == 1 and counts["dequantize_linear"] == 1
+    assert any(n.startswith(f"ORT kernels: {convs + 1}/{convs + 1} compute ops quantized") for n in notes), notes
+
+
+def test_int8_layout_is_u8_activations_s8_weights_with_float_ends(int8_pair):
+    from onnx import TensorProto, numpy_helper
+
+    from edgetl.export.onnx import float_edges
+
+    fp32, q8, *_ = int8_pair
+    edges = float_edges(fp32)
+    kinds = {n.name: n.op_type for n in fp32.graph.node}
+    assert [kinds[e] for e in edges][-1] == "Softmax" and {"Mul", "Add"} <= {kinds[e] for e in edges}
+    assert "Add" not in {kinds[e] for e in edges[-1:]} and len(edges) == 3  # the residual Add is quantized
+    inits = {t.name: t for t in q8.graph.initializer}
+    act_zp = [inits[n.input[2]] for n in q8.graph.node if n.op_type == "QuantizeLinear"]
+    w_q = [inits[n.input[0]] for n in q8.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+           and inits[n.input[0]].data_type != TensorProto.INT32]  # weights (biases are int32)
+    assert act_zp and all(z.data_type == TensorProto.UINT8 for z in act_zp)
+    assert w_q and all(w.data_type == TensorProto.INT8 for w in w_q)
+    assert all(numpy_helper.to_array(inits[n.input[2]]).max() == 0  # symmetric weights
+               for n in q8.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits and len(n.input) > 2
+               and inits[n.input[0]].data_type == TensorProto.INT8)
+    ops = {n.op_type for n in q8.graph.node}
+    assert "Softmax" in ops
+
+
+def test_int8_file_agrees_with_the_float_file(int8_pair):
+    from edgetl.runtime.onnx_runner import session
+
+    fp32, q8, _, pixels, _ = int8_pair
+    x = pixels.astype(np.float32)
+    a = session(fp32.SerializeToString()).run(None, {"image": x})[0]
+    b = session(q8.SerializeToString()).run(None, {"image": x})[0]
+    assert b.dtype == np.float32 and np.allclose(b.sum(1), 1.0, atol=1e-4)  # float probabilities out
+    assert np.abs(a - b).max() < 0.1
+
+
+def _have_openvino() -> bool:
+    from edgetl.runtime.openvino_runner import available_devices
+
+    return "CPU" in available_devices()
+
+
+@pytest.mark.skipif(not _have_openvino(), reason="OpenVINO not installed (pip install 'edgetl[openvino]')")
+def test_openvino_compiles_the_int8_file_on_int8_kernels(int8_pair):
+    import openvino as ov
+
+    _, _, path, pixels, _ = int8_pair
+    core = ov.Core()
+    model = core.read_model(str(path))
+    model.reshape({model.inputs[0]: ov.PartialShape([1, SIZE, SIZE, 3])})
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": 1})  # the plugin's defaults otherwise
+    precisions = [op.get_rt_info()["runtimePrecision"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()
+                  if op.get_rt_info()["layerType"].astype(str) == "Convolution"]
+    assert precisions and set(precisions) <= {"u8", "i8"}, precisions
+    out = compiled.create_infer_request().infer({0: pixels[:1].astype(np.float32)})[compiled.outputs[0]]
+    assert out.shape == (1, 3) and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("machine,flags,needed", [
+    ("x86_64", "flags : fpu sse2 avx2 fma", True),                       # AVX2 only: vpmaddubsw saturates
+    ("x86_64", "flags : sse2 avx2 avx512f avx512bw", True),              # AVX-512 without VNNI
+    ("x86_64", "flags : sse2 avx2 avx512f avx512_vnni", False),          # VNNI: exact and fast without it
+    ("x86_64", "flags : sse2 avx2 avx_vnni", False),
+    ("x86_64", "", True),                                                # unknown: stay exact
+    ("aarch64", "Features : fp asimd asimddp", False),                   # ARM does not read the option
+])
+def test_x64quantprecision_only_where_int8_kernels_saturate(machine, flags, needed):
+    from edgetl.runtime.env import parse_cpuinfo
+    from edgetl.runtime.onnx_runner import needs_exact_int8_config
+
+    assert needs_exact_int8_config(machine, parse_cpuinfo(flags)["vnni_or_dotprod"]) is needed
+
+
+def _precision_entry(so) -> str | None:
+    try:
+        return so.get_session_config_entry("session.x64quantprecision")
+    except RuntimeError:  # ORT raises for an entry that was never set
+        return None
+
+
+def test_session_options_follow_the_cpu(monkeypatch):
+    from edgetl.runtime import onnx_runner
+
+    monkeypatch.setattr(onnx_runner, "needs_exact_int8_config", lambda: True)
+    assert _precision_entry(onnx_runner.session_options(1)) == "1"
+    assert _precision_entry(onnx_runner.session_options(1, exact_int8=False)) is None
+    monkeypatch.setattr(onnx_runner, "needs_exact_int8_config", lambda: False)
+    assert _precision_entry(onnx_runner.session_options(1)) is None
+
+
+def test_bench_times_sessions_in_turns_and_reports_ratio_of_minima():
+    from benchmarks.onnx_int8_bench import interleaved, ratio
+
+    order: list[str] = []
+    med = interleaved([lambda: order.append("a"), lambda: order.append("b")], rounds=3, runs=2, warmup=1)
+    assert order == ["a", "b"] + ["a", "a", "b", "b"] * 3  # warm-up, then the timers take turns each round
+    assert [len(m) for m in med] == [3, 3]
+    r = ratio([6.0, 5.0, 7.0], [10.0, 12.0, 9.0])
+    assert r["ratio_of_minima"] == round(5.0 / 9.0, 3) and r["median_round_ratio"] == round(6.0 / 10.0, 3)
