@@ -15,7 +15,9 @@ Method (after TFLite ``benchmark_model`` and ``onnxruntime_perf_test``):
   through ``/proc/self/clear_refs`` where the kernel allows it).
 
 A runtime that is not installed becomes a ``skipped: <reason>`` row; any other failure an
-``error: ...`` row; neither aborts the table. Two cases are not a table: ``--data`` whose class
+``error: ...`` row; neither aborts the table. Runners whose native code can kill the process
+(LiteRT CompiledModel, the GPU delegate, OpenVINO) are first tried in a child process, once per
+machine (:mod:`edgetl.runtime.probe`): one that crashes there is a ``skipped: SIGILL: ...`` row. Two cases are not a table: ``--data`` whose class
 folders match none of the models' labels is one error before any row (``check_labels_up_front``),
 and ``BenchResult.failure()`` says when no row measured anything (``edgetl bench`` exits 1).
 TensorFlow is imported only for Keras rows.
@@ -574,7 +576,11 @@ class _Job:
 
 
 class _Availability:
-    """What this machine can run, probed once per plan (each probe is cheap but not free)."""
+    """What this machine can run, probed once per plan (each probe is cheap but not free).
+
+    Runners whose native code could kill the process (:mod:`edgetl.runtime.probe`) are first run
+    on a tiny model in a child process, once per machine; OpenVINO even before its devices are listed.
+    """
 
     def __init__(self, targets: Sequence[Target], settings: BenchSettings):
         from edgetl.runtime import env
@@ -585,8 +591,21 @@ class _Availability:
             self.gpu_ok, self.gpu_reason = env.litert_gpu_delegate()
         from edgetl.runtime.openvino_runner import available_devices
 
-        self.openvino = available_devices()  # [] when OpenVINO is not installed
+        self._probes: dict[tuple[str, str], str | None] = {}
+        self.openvino_crash: str | None = None
+        wanted = settings.runtimes is None or any(r == "openvino" for r, _ in parse_runtimes(settings.runtimes))
+        if wanted and env.package_version("openvino") and any(t.format in ("tflite", "onnx") for t in targets):
+            self.openvino_crash = self.probe("openvino", "cpu")  # listing the devices loads the plugins
+        self.openvino = [] if self.openvino_crash else available_devices()  # [] when OpenVINO is not installed
         self._ov_default: dict[str, str | None] = {}
+
+    def probe(self, runtime: str, device: str) -> str | None:
+        """None when the runner survives a child-process run here (cached per machine), else the reason."""
+        if (runtime, device) not in self._probes:
+            from edgetl.runtime.probe import probe
+
+            self._probes[(runtime, device)] = probe(runtime, device)
+        return self._probes[(runtime, device)]
 
     def openvino_default(self, device: str) -> str | None:
         """The precision an OpenVINO device runs by default (CPU with AMX/avx512_bf16: bf16; GPU: f16)."""
@@ -613,6 +632,8 @@ def _runtime_jobs(t: Target, runtime: str, device: str | None, settings: BenchSe
             return [_Job(t, th, "cpu", runtime=runtime) for th in cpu]
         return [_Job(t, None, device, runtime=runtime)]  # compiled strictly: fails (skipped) without that accelerator
     if runtime == "openvino":
+        if av.openvino_crash:
+            return [_Job(t, None, device or "cpu", runtime=runtime, skip=f"skipped: {av.openvino_crash}")]
         if not av.openvino:
             if not explicit:
                 return []  # not installed: a note, not a skipped row per file
@@ -670,6 +691,12 @@ def plan_jobs(targets: Sequence[Target], settings: BenchSettings) -> list[_Job]:
         for runtime, device in selected:
             if t.format in RUNTIMES[runtime][0]:
                 jobs += _runtime_jobs(t, runtime, device, settings, av, explicit)
+    from edgetl.runtime.probe import needs_probe
+
+    for j in jobs:  # a runner that would crash this process is a skipped row, never a dead bench
+        if j.skip is None and needs_probe(j.runtime, j.device):
+            reason = av.probe(j.runtime, j.device)
+            j.skip = f"skipped: {reason}" if reason else None
     return jobs
 
 
