@@ -928,7 +928,8 @@ def choose_best(rows: Sequence[BenchRow], min_accuracy: float | None, ref_top1: 
                 min_agreement: float | None = None) -> tuple[float | None, dict[str, Any] | None]:
     """The fastest p50 among rows meeting the top-1 floor (percent; a value <= 1 is read as a fraction)
     and, when given, agreeing with the float reference's top-1 on at least ``min_agreement`` % of the
-    images (a row without a reference to compare with is not excluded by it).
+    images (a row without a reference to compare with is not excluded by it, unless the device ran it
+    below the file's precision, e.g. ``fp32->bf16``: that one is never taken on trust).
 
     Top-1 alone is not enough: a file can score as well as the float model while disagreeing with it
     on several images (OpenVINO's int8 kernels on AVX2 gave 80 % agreement); it is not the model
@@ -942,8 +943,9 @@ def choose_best(rows: Sequence[BenchRow], min_accuracy: float | None, ref_top1: 
         known = [r for r in ref_top1 if r is not None]
         floor = (min(known) - 1.0) if known else None
     ok = [r for r in rows if r.ok and r.p50_ms is not None]
-    if min_agreement is not None:
-        ok = [r for r in ok if r.agreement is None or r.agreement + 1e-9 >= min_agreement]
+    if min_agreement is not None:  # a row the device ran below the file's precision (fp32->bf16) needs a measured agreement
+        ok = [r for r in ok if (r.agreement is None and "->" not in r.precision)
+              or (r.agreement is not None and r.agreement + 1e-9 >= min_agreement)]
     if floor is not None:
         ok = [r for r in ok if r.top1 is not None and r.top1 + 1e-9 >= floor]
     elif any(r.top1 is not None for r in ok):
