@@ -368,6 +368,7 @@ step_end predict
 
 step_start "default edgetl bench in the root, short timing (accuracy and a smoke test; emulated latency is not reported)"
 BENCH_RC=0
+rm -rf "$ROOT/root/.cache/edgetl/probes"   # each check probes the crash-prone runtimes afresh (bench caches them)
 in_root "$ROOT_VENV/bin/edgetl" bench "${MODELS[@]/#*\//$IN_ROOT/models/}" --data "$IN_ROOT/images" \
   --threads 1 --warmup-runs 1 --warmup-time 0 --min-runs 3 --min-time 0 --max-time 10 --no-keras \
   --out "$IN_ROOT/out/bench" --json > "$OUT/root/bench.json" 2> "$OUT/root/bench.err" || BENCH_RC=$?
