@@ -15,7 +15,9 @@ Method (after TFLite ``benchmark_model`` and ``onnxruntime_perf_test``):
   through ``/proc/self/clear_refs`` where the kernel allows it).
 
 A runtime that is not installed becomes a ``skipped: <reason>`` row; any other failure an
-``error: ...`` row; neither aborts the table. Two cases are not a table: ``--data`` whose class
+``error: ...`` row; neither aborts the table. Runners whose native code can kill the process
+(LiteRT CompiledModel, the GPU delegate, OpenVINO) are first tried in a child process, once per
+machine (:mod:`edgetl.runtime.probe`): one that crashes there is a ``skipped: SIGILL: ...`` row. Two cases are not a table: ``--data`` whose class
 folders match none of the models' labels is one error before any row (``check_labels_up_front``),
 and ``BenchResult.failure()`` says when no row measured anything (``edgetl bench`` exits 1).
 TensorFlow is imported only for Keras rows.
@@ -37,6 +39,9 @@ from edgetl.runtime.fileinfo import onnx_metadata
 from edgetl.runtime.timing import latency_stats, quick_latency, timed_runs  # noqa: F401 - the one timer (re-exported)
 
 PRECISION_ORDER = {"fp32": 0, "fp16": 1, "dynamic": 2, "int16x8": 3, "int8": 4, "qat_int8": 5}
+#: File precisions whose arithmetic is integer: a device's float default (bf16/f16) changes little in them,
+#: so OpenVINO runs them only as told (f32 for whatever is not integer), with no extra default-precision row.
+INTEGER_PRECISIONS = ("int8", "qat_int8", "int16x8")
 FORMAT_ORDER = {"keras": 0, "tflite": 1, "onnx": 2}
 #: int8 must beat fp32 p50 by at least this fraction to be called faster.
 MEANINGFUL_SPEEDUP = 0.10
@@ -526,10 +531,15 @@ class _Job:
     providers: tuple[str, ...] | None = None  # ONNX Runtime
     skip: str | None = None
     runtime: str = ""
+    ov_default: str | None = None  # OpenVINO: run at the device's default precision (e.g. "bf16"); None: f32
 
 
 class _Availability:
-    """What this machine can run, probed once per plan (each probe is cheap but not free)."""
+    """What this machine can run, probed once per plan (each probe is cheap but not free).
+
+    Runners whose native code could kill the process (:mod:`edgetl.runtime.probe`) are first run
+    on a tiny model in a child process, once per machine; OpenVINO even before its devices are listed.
+    """
 
     def __init__(self, targets: Sequence[Target], settings: BenchSettings):
         from edgetl.runtime import env
@@ -540,7 +550,29 @@ class _Availability:
             self.gpu_ok, self.gpu_reason = env.litert_gpu_delegate()
         from edgetl.runtime.openvino_runner import available_devices
 
-        self.openvino = available_devices()  # [] when OpenVINO is not installed
+        self._probes: dict[tuple[str, str], str | None] = {}
+        self.openvino_crash: str | None = None
+        wanted = settings.runtimes is None or any(r == "openvino" for r, _ in parse_runtimes(settings.runtimes))
+        if wanted and env.package_version("openvino") and any(t.format in ("tflite", "onnx") for t in targets):
+            self.openvino_crash = self.probe("openvino", "cpu")  # listing the devices loads the plugins
+        self.openvino = [] if self.openvino_crash else available_devices()  # [] when OpenVINO is not installed
+        self._ov_default: dict[str, str | None] = {}
+
+    def probe(self, runtime: str, device: str) -> str | None:
+        """None when the runner survives a child-process run here (cached per machine), else the reason."""
+        if (runtime, device) not in self._probes:
+            from edgetl.runtime.probe import probe
+
+            self._probes[(runtime, device)] = probe(runtime, device)
+        return self._probes[(runtime, device)]
+
+    def openvino_default(self, device: str) -> str | None:
+        """The precision an OpenVINO device runs by default (CPU with AMX/avx512_bf16: bf16; GPU: f16)."""
+        if device not in self._ov_default:
+            from edgetl.runtime.openvino_runner import default_precision
+
+            self._ov_default[device] = default_precision(device)
+        return self._ov_default[device]
 
 
 def _runtime_jobs(t: Target, runtime: str, device: str | None, settings: BenchSettings, av: _Availability,
@@ -559,6 +591,8 @@ def _runtime_jobs(t: Target, runtime: str, device: str | None, settings: BenchSe
             return [_Job(t, th, "cpu", runtime=runtime) for th in cpu]
         return [_Job(t, None, device, runtime=runtime)]  # compiled strictly: fails (skipped) without that accelerator
     if runtime == "openvino":
+        if av.openvino_crash:
+            return [_Job(t, None, device or "cpu", runtime=runtime, skip=f"skipped: {av.openvino_crash}")]
         if not av.openvino:
             if not explicit:
                 return []  # not installed: a note, not a skipped row per file
@@ -568,13 +602,17 @@ def _runtime_jobs(t: Target, runtime: str, device: str | None, settings: BenchSe
         devices = [device] if device else have
         jobs = []
         for dev in devices:
-            if dev == "cpu":
-                jobs += [_Job(t, th, "cpu", runtime=runtime) for th in cpu]
-            elif dev == "auto" or dev in have:
-                jobs.append(_Job(t, None, dev, runtime=runtime))
-            else:
+            if dev != "auto" and dev not in have:
                 jobs.append(_Job(t, None, dev, runtime=runtime,
                                  skip=f"skipped: OpenVINO device {dev.upper()} not available here (have: {', '.join(av.openvino)})"))
+                continue
+            # the file's own precision (forced f32), then, where the device would run lower, its default as its own row
+            lower = av.openvino_default(dev) if dev != "auto" and _precision_hint(t) not in INTEGER_PRECISIONS else None
+            for ov_default in (None, lower) if lower not in (None, "f32") else (None,):
+                if dev == "cpu":
+                    jobs += [_Job(t, th, "cpu", runtime=runtime, ov_default=ov_default) for th in cpu]
+                else:
+                    jobs.append(_Job(t, None, dev, runtime=runtime, ov_default=ov_default))
         return jobs
     # onnxruntime: one job per execution provider
     from edgetl.runtime.onnx_runner import provider_name
@@ -612,6 +650,12 @@ def plan_jobs(targets: Sequence[Target], settings: BenchSettings) -> list[_Job]:
         for runtime, device in selected:
             if t.format in RUNTIMES[runtime][0]:
                 jobs += _runtime_jobs(t, runtime, device, settings, av, explicit)
+    from edgetl.runtime.probe import needs_probe
+
+    for j in jobs:  # a runner that would crash this process is a skipped row, never a dead bench
+        if j.skip is None and needs_probe(j.runtime, j.device):
+            reason = av.probe(j.runtime, j.device)
+            j.skip = f"skipped: {reason}" if reason else None
     return jobs
 
 
@@ -626,6 +670,9 @@ def _open(job: _Job) -> Any:
         return runner_for(t.path, threads=job.threads, use_gpu=job.device == "gpu")
     if job.runtime == "onnxruntime":
         return runner_for(t.path, threads=job.threads, providers=job.providers)
+    if job.runtime == "openvino":
+        return runner_for(t.path, threads=job.threads, runtime=job.runtime, device=job.device,
+                          inference_precision=None if job.ov_default else "f32")
     return runner_for(t.path, threads=job.threads, runtime=job.runtime, device=job.device)
 
 
@@ -659,7 +706,7 @@ class _BenchState:
     data_info: dict[str, Any] = field(default_factory=dict)
     eval_sets: dict[tuple, Any] = field(default_factory=dict)  # labels -> EvalSet | EdgetlError | None
     pixels: dict[tuple, np.ndarray] = field(default_factory=dict)  # (labels, size, resize) -> uint8 images
-    accuracy: dict[tuple, dict[str, Any]] = field(default_factory=dict)  # (file, runtime, device) -> metrics
+    accuracy: dict[tuple, dict[str, Any]] = field(default_factory=dict)  # (file, runtime, device, precision) -> metrics
     ref: dict[tuple, tuple[str, np.ndarray, float | None]] = field(default_factory=dict)  # labels -> (name, probs, top1)
     decode_progress: Callable[[str], Callable[[int, int], None]] | None = None  # what -> progress(done, total) of a decode
 
@@ -740,7 +787,8 @@ def run_bench(items: Sequence[str | Path], settings: BenchSettings = BenchSettin
 
     # Reference candidates (Keras, then fp32 artifacts) run first so every other row can be compared
     # with them; rows are put back in table order (format, precision) at the end.
-    order = sorted(range(len(jobs)), key=lambda j: (jobs[j].target.format != "keras", _precision_hint(jobs[j].target) != "fp32", j))
+    order = sorted(range(len(jobs)), key=lambda j: (jobs[j].target.format != "keras",
+                                                     _precision_hint(jobs[j].target) != "fp32" or jobs[j].ov_default is not None, j))
     done: dict[int, BenchRow] = {}
     for i, jidx in enumerate(order):
         job = jobs[jidx]
@@ -765,9 +813,10 @@ def run_bench(items: Sequence[str | Path], settings: BenchSettings = BenchSettin
 def _bench_row(job: _Job, state: _BenchState) -> BenchRow:
     """One row: open the file on the job's runtime, time it, measure its accuracy; never raises."""
     t, settings = job.target, state.settings
+    precision = t.precision_hint or _precision_hint(t)
     row = BenchRow(model=t.name, path=str(t.path), format=t.format, runtime=job.runtime,
-                   precision=t.precision_hint or _precision_hint(t), threads=job.threads, device=job.device,
-                   batch=settings.batch, size_mb=t.size_mb)
+                   precision=f"{precision}->{job.ov_default}" if job.ov_default else precision, threads=job.threads,
+                   device=job.device, batch=settings.batch, size_mb=t.size_mb)
     if job.providers:
         row.detail["providers"] = list(job.providers)
     if job.skip:
@@ -792,7 +841,7 @@ def _bench_row(job: _Job, state: _BenchState) -> BenchRow:
         cache_mb = pixels.nbytes / 2**20 if new_pixels else 0.0  # the decoded images are not the model's memory
         row.peak_mem_mb = None if peak is None else max(0.0, peak - cache_mb)
         if es is not None:
-            _accuracy_row(row, runner, pixels, es, labels, state, (str(t.path), job.runtime, job.device))
+            _accuracy_row(row, runner, pixels, es, labels, state, (str(t.path), job.runtime, job.device, row.precision))
     except RuntimeUnavailableError as exc:
         row.status = f"skipped: {exc}"
     except Exception as exc:  # noqa: BLE001 - one failing runtime never aborts the table
@@ -822,7 +871,8 @@ def _time_row(row: BenchRow, runner: Any, pixels: np.ndarray, settings: BenchSet
 
 def _accuracy_row(row: BenchRow, runner: Any, pixels: np.ndarray, es: EvalSet, labels: list[str],
                   state: _BenchState, key: tuple) -> None:
-    """Accuracy once per (file, runtime, device); the reference is the first fp32 model of each label set."""
+    """Accuracy once per (file, runtime, device, precision that ran); the reference is the first model of each
+    label set that ran fp32 (a ``fp32->bf16`` row never is: it is compared with it, like int8)."""
     ekey = tuple(labels)
     if key not in state.accuracy:
         probs = runner.predict(pixels)
@@ -899,12 +949,13 @@ def speed_notes(rows: Sequence[BenchRow], env: dict[str, Any]) -> list[str]:
         if r.ok and r.p50_ms:
             groups.setdefault((r.format, r.runtime, r.device, r.threads, r.batch), {})[r.precision] = r
     for (fmt, rt, dev, th, _), by in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        where = f"{fmt}/{rt}, {th} thread(s)" if dev == "cpu" else f"{fmt}/{rt} on {dev}"
+        notes += _lowered_notes(by, where)
         q = next((p for p in ("int8", "qat_int8") if p in by), None)
         if q is None or "fp32" not in by:
             continue
         a, b = by[q].p50_ms, by["fp32"].p50_ms
         ratio = a / b
-        where = f"{fmt}/{rt}, {th} thread(s)" if dev == "cpu" else f"{fmt}/{rt} on {dev}"
         if ratio <= 1.0 - MEANINGFUL_SPEEDUP:
             notes.append(f"{q} is {b / a:.2f}x faster than fp32 ({where}: p50 {a:.3g} vs {b:.3g} ms).")
         else:
@@ -913,4 +964,17 @@ def speed_notes(rows: Sequence[BenchRow], env: dict[str, Any]) -> list[str]:
                    "the gain is mainly the ~4x smaller file (ARM CPUs with dotprod typically run XNNPACK int8 2-3x faster)"
                    if not fast else f"even though this CPU has {have or 'int8 dot-product instructions'}, no int8 speed-up was measured for this model and runtime")
             notes.append(f"{q} is {verdict} fp32 ({where}: p50 {a:.3g} vs {b:.3g} ms, ratio {ratio:.2f}): {why}.")
+    return notes
+
+
+def _lowered_notes(by: dict[str, BenchRow], where: str) -> list[str]:
+    """A row the device ran below the file's precision (``fp32->bf16``) against the same file run as told."""
+    notes = []
+    for label, r in sorted(by.items()):
+        base, _, ran = label.partition("->")
+        if not ran or base not in by:
+            continue
+        agree = f"; top-1 agreement with the float model {r.agreement:.2f} %" if r.agreement is not None else ""
+        notes.append(f"{label}: the device's default precision ({ran}) instead of the file's; p50 {r.p50_ms:.3g} vs "
+                     f"{by[base].p50_ms:.3g} ms as {base} ({where}, ratio {r.p50_ms / by[base].p50_ms:.2f}){agree}.")
     return notes

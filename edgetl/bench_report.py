@@ -62,7 +62,8 @@ def best_line(result: BenchResult) -> str | None:
         floor += f", agreement >= {b['min_agreement']:g} %"
     acc = f", top-1 {b['top1']:.2f} %" if b.get("top1") is not None else ""
     th = f", {b['threads']} thread(s)" if b.get("threads") else ""
-    return f"best ({floor}, fastest p50): {b['model']} on {b['runtime']}{th}: p50 {b['p50_ms']:.3g} ms{acc}"
+    ran = f" as {b['precision']}" if "->" in str(b.get("precision")) else ""  # e.g. fp32->bf16: not the file's precision
+    return f"best ({floor}, fastest p50): {b['model']} on {b['runtime']}{ran}{th}: p50 {b['p50_ms']:.3g} ms{acc}"
 
 
 def terminal_report(result: BenchResult) -> str:

@@ -185,7 +185,11 @@ def recommend(cands: Sequence[Candidate], max_latency_ms: float | None = None,
 
 
 def latencies_from_bench(path: str | Path) -> dict[str, float]:
-    """File name -> p50 (ms) of the fastest ok row per file of a ``bench.json`` (e.g. measured on the device)."""
+    """File name -> p50 (ms) of the fastest ok row per file of a ``bench.json`` (e.g. measured on the device).
+
+    Rows the device ran below the file's precision (labelled ``<file>-><ran>``, e.g. OpenVINO's
+    ``int8->bf16``) are not used: the candidate's accuracy was measured at the file's precision.
+    """
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
         rows = doc["rows"]
@@ -193,7 +197,7 @@ def latencies_from_bench(path: str | Path) -> dict[str, float]:
         raise UsageError(f"--latency-from {path}: not a bench.json ({type(exc).__name__})") from None
     out: dict[str, float] = {}
     for r in rows:
-        if r.get("status") == "ok" and r.get("p50_ms"):
+        if r.get("status") == "ok" and r.get("p50_ms") and "->" not in str(r.get("precision") or ""):
             name = Path(str(r.get("path") or r.get("model"))).name
             out[name] = min(out.get(name, float("inf")), float(r["p50_ms"]))
     if not out:

@@ -110,6 +110,27 @@ def test_best_needs_agreement_not_only_top1():
     assert best is None and floor is None and "no float reference" in why
 
 
+def test_lowered_precision_row_is_judged_like_int8():
+    """fp32->bf16 (OpenVINO's default on AMX) is compared with the float model: recommended only with a
+    measured agreement over the floor, and its own speed note says what ran."""
+    f32 = _row("fp32", 10.0, 99.0)
+    f32.agreement = 100.0
+    bf16 = _row("fp32->bf16", 4.0, 99.0)
+    assert choose_best([f32, bf16], None, [99.0], min_agreement=99.0)[1]["precision"] == "fp32"  # no agreement: not trusted
+    bf16.agreement = 98.0
+    assert choose_best([f32, bf16], None, [99.0], min_agreement=99.0)[1]["precision"] == "fp32"
+    bf16.agreement = 99.5
+    assert choose_best([f32, bf16], None, [99.0], min_agreement=99.0)[1]["precision"] == "fp32->bf16"
+    notes = speed_notes([f32, bf16], {"cpu": {"flags": {}, "vnni_or_dotprod": False}})
+    assert len(notes) == 1 and notes[0].startswith("fp32->bf16: the device's default precision (bf16)")
+    assert "ratio 0.40" in notes[0] and "agreement with the float model 99.50 %" in notes[0]
+    from edgetl.bench_report import best_line
+    from edgetl.bench import BenchResult
+
+    res = BenchResult([f32, bf16], {}, BenchSettings(), {}, None, choose_best([f32, bf16], None, [99.0], 99.0)[1], [])
+    assert " on litert as fp32->bf16, 1 thread(s)" in best_line(res)
+
+
 def test_best_and_honest_int8_notes():
     rows = [_row("fp32", 10.0, 99.0), _row("int8", 9.7, 98.9), _row("dynamic", 15.0, 99.0)]
     for r in rows:

@@ -46,6 +46,9 @@ def test_pareto_and_budget_choice():
 def test_latency_from_bench_json(tmp_path):
     doc = {"rows": [{"model": "a_int8.tflite", "path": "/pi/models/a_int8.tflite", "status": "ok", "p50_ms": 30.0},
                     {"model": "a_int8.tflite", "path": "/pi/models/a_int8.tflite", "status": "ok", "p50_ms": 25.0},
+                    # ran below the file's precision (OpenVINO's default): not the candidate that was measured
+                    {"model": "a_int8.tflite", "path": "/pi/models/a_int8.tflite", "status": "ok", "p50_ms": 9.0,
+                     "precision": "int8->bf16"},
                     {"model": "b_int8.tflite", "path": "/pi/models/b_int8.tflite", "status": "error: x", "p50_ms": None}]}
     (tmp_path / "bench.json").write_text(json.dumps(doc))
     measured = latencies_from_bench(tmp_path / "bench.json")

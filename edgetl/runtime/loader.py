@@ -29,7 +29,8 @@ def runner_for(path: str | Path, threads: int | None = None, providers: Sequence
         runtime: force a runtime (``litert``, ``litert-compiled``, ``onnxruntime``, ``openvino``,
             ``tensorflow``) instead of the suffix.
         **kwargs: passed to the runner (``use_gpu=True`` for LiteRT; ``device=`` for OpenVINO
-            (cpu, gpu, npu, auto) and LiteRT's CompiledModel (cpu, gpu, npu)).
+            (cpu, gpu, npu, auto) and LiteRT's CompiledModel (cpu, gpu, npu); ``inference_precision=``
+            for OpenVINO: ``f32`` by default, None for the device's own default, e.g. bf16).
 
     Raises:
         ModelFileError: missing, corrupt, truncated or unsupported file (one line).
@@ -61,7 +62,8 @@ def runner_for(path: str | Path, threads: int | None = None, providers: Sequence
     if kind == "openvino":
         from edgetl.runtime.openvino_runner import OpenVINORunner
 
-        return OpenVINORunner(p, threads=threads, device=kwargs.get("device") or "cpu")
+        return OpenVINORunner(p, threads=threads, device=kwargs.get("device") or "cpu",
+                              inference_precision=kwargs.get("inference_precision", "f32"))
     if kind in ("litert-compiled", "compiled"):
         from edgetl.runtime.litert_compiled import CompiledModelRunner
 

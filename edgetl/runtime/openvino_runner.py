@@ -5,6 +5,13 @@ device: ``CPU`` (any x86-64 with AVX2, and ARM), ``GPU`` (Intel integrated/discr
 (Intel Core Ultra), or ``AUTO``. Settings follow ``benchmark_app -hint latency``: performance hint
 LATENCY, one stream, and on CPU an explicit thread count (``INFERENCE_NUM_THREADS``).
 
+Precision: by default a file is compiled with ``INFERENCE_PRECISION_HINT`` f32, so that an fp32 file
+runs fp32 (without it, OpenVINO's CPU plugin runs bf16 on CPUs with AMX / avx512_bf16, and its GPU
+plugin f16). ``inference_precision=None`` keeps the device's own default instead. Either way the
+runner's ``precision`` says what the compiled model reports it runs: the file's precision when that
+is f32 (``fp32``, ``int8``), else ``<file precision>-><reported>`` (``fp32->bf16``), and
+``<file precision>->?`` when the device does not report it (AUTO).
+
 The file is compiled with a static batch (OpenVINO needs the dynamic batch dimension fixed, or it
 raises on the shape); a batch of another size recompiles once and is cached. The inputs and
 outputs are the file's own: a TFLite int8 file takes raw uint8 pixels and returns uint8 scores,
@@ -46,12 +53,43 @@ def available_devices() -> list[str]:
         return []
 
 
+def _type_name(value: Any) -> str:
+    """``<Type: 'bfloat16'>`` -> ``bf16`` (OpenVINO's short element-type names: f32, bf16, f16)."""
+    return value.to_string() if hasattr(value, "to_string") else str(value)
+
+
+def compiled_precision(compiled: Any) -> str | None:
+    """The ``INFERENCE_PRECISION_HINT`` a compiled model reports (``f32``, ``bf16``, ``f16``); None when
+    the device does not report it (AUTO)."""
+    try:
+        return _type_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    except Exception:  # noqa: BLE001 - not every device reports it
+        return None
+
+
+def default_precision(device: str) -> str | None:
+    """The inference precision a device runs when not told (CPU: bf16 with AMX/avx512_bf16, else f32;
+    GPU: f16); None when OpenVINO is missing or the device does not say (AUTO)."""
+    try:
+        return _type_name(_ov().Core().get_property(device.upper(), "INFERENCE_PRECISION_HINT"))
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def precision_label(file_precision: str, inference_precision: str | None) -> str:
+    """What a row is labelled: the file's precision when it ran f32, else ``<file>-><what ran>``."""
+    if inference_precision == "f32":
+        return file_precision
+    return f"{file_precision}->{inference_precision or '?'}"
+
+
 class OpenVINORunner:
     """A ``.onnx`` or ``.tflite`` file on OpenVINO, behind the :class:`~edgetl.runtime.base.Runner` protocol."""
 
     runtime = "openvino"
 
-    def __init__(self, path: str | Path, threads: int | None = None, device: str = "CPU"):
+    def __init__(self, path: str | Path, threads: int | None = None, device: str = "CPU",
+                 inference_precision: str | None = "f32"):
         self.path = Path(path)
         suffix = self.path.suffix.lower()
         if suffix not in (".onnx", ".tflite"):
@@ -72,6 +110,7 @@ class OpenVINORunner:
         self.ov_device = dev
         # thread count only applies to the CPU plugin; other devices record None
         self.threads = (int(threads) if threads else default_threads()) if dev == "CPU" else None
+        self.inference_precision_hint = inference_precision  # what was asked for (None: the device's default)
         if self.format == "tflite":
             check_tflite_file(self.path)
             in_d, out_d = io_details(self.path)
@@ -98,7 +137,8 @@ class OpenVINORunner:
         out = self.model.outputs[0].get_partial_shape()
         self.num_classes = out[out.rank.get_length() - 1].get_length() if out[out.rank.get_length() - 1].is_static else 0
         info = file_info(self.path, hw, self.num_classes)
-        self.labels, self.preprocessing, self.precision, self.metadata = info.labels, info.preprocessing, info.precision, info.metadata
+        self.labels, self.preprocessing, self.metadata = info.labels, info.preprocessing, info.metadata
+        self.file_precision = info.precision
         if hw[0] is None:
             hw = tuple(self.preprocessing.input_size)
         self._hw = hw
@@ -106,6 +146,8 @@ class OpenVINORunner:
         first = self._request(self.fixed_batch or 1)  # compile now: a device that cannot run the file fails here
         self.input_dtype = np.dtype(first.model_inputs[0].get_element_type().to_dtype())
         self.output_dtype = np.dtype(first.model_outputs[0].get_element_type().to_dtype())
+        self.inference_precision = compiled_precision(first.get_compiled_model())
+        self.precision = precision_label(self.file_precision, self.inference_precision)
 
     def _request(self, n: int) -> Any:
         """An infer request of a model compiled for batch ``n`` (compiled once per batch size)."""
@@ -118,11 +160,14 @@ class OpenVINORunner:
             config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
             if self.ov_device == "CPU":
                 config["INFERENCE_NUM_THREADS"] = int(self.threads or 1)
+            if self.inference_precision_hint:
+                config["INFERENCE_PRECISION_HINT"] = self.inference_precision_hint
             try:
                 compiled = self.core.compile_model(self.model, self.ov_device, config)
             except Exception as exc:  # noqa: BLE001
                 first = first_line(exc, 200, last=True)
-                raise RuntimeUnavailableError(f"OpenVINO {self.ov_device} cannot compile {self.path.name}: {first}") from None
+                hint = f" with INFERENCE_PRECISION_HINT {self.inference_precision_hint}" if self.inference_precision_hint else ""
+                raise RuntimeUnavailableError(f"OpenVINO {self.ov_device} cannot compile {self.path.name}{hint}: {first}") from None
             self._compiled[n] = compiled.create_infer_request()
         return self._compiled[n]
 
@@ -161,13 +206,8 @@ class OpenVINORunner:
         return partial(req.infer, None, share_outputs=True)  # outputs shared, not copied: like invoke()
 
     def describe(self) -> dict[str, Any]:
-        req = self._request(self.fixed_batch or 1)
-        try:
-            hint = req.get_compiled_model().get_property("INFERENCE_PRECISION_HINT")
-            inference_precision = hint.to_string() if hasattr(hint, "to_string") else str(hint)
-        except Exception:  # noqa: BLE001 - not every device reports it
-            inference_precision = None
         return {"format": self.format, "runtime": self.runtime, "precision": self.precision, "threads": self.threads,
                 "device": self.device, "openvino": self._ov.__version__.split("-")[0],
-                "inference_precision": inference_precision, "input_dtype": self.input_dtype.name,
-                "has_metadata": bool(self.metadata)}
+                "file_precision": self.file_precision, "inference_precision": self.inference_precision,
+                "inference_precision_hint": self.inference_precision_hint or "device default",
+                "input_dtype": self.input_dtype.name, "has_metadata": bool(self.metadata)}
