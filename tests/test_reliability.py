@@ -101,7 +101,7 @@ def _cli_cases():
         ("train-fine-tune-lr", [*t, "--fine-tune-lr", "0"], "--fine-tune-lr"),
         ("train-augment-views", [*t, "--augment-views", "99"], "--augment-views"),
         ("train-workers", [*t, "--workers", "0"], "--workers"),
-        ("train-class-weights", [*t, "--class-weights", "maybe"], "auto, on or off"),
+        ("train-class-weights", [*t, "--class-weights", "maybe"], "--class-weights must be one of auto, off, sqrt, on"),
         ("train-lr-inf", [*t, "--lr", "inf"], "--lr"),
         ("train-batch-text", [*t, "--batch-size", "ten"], "batch-size"),
         ("train-backbone", [*t, "--backbone", "resnet9000"], "efficientnet_lite0"),
