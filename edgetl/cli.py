@@ -415,6 +415,7 @@ def sweep(
     augment_views: int = typer.Option(1, "--augment-views", help="Augmented views per training image (embedding passes)."),
     calib_samples: int = typer.Option(200, "--calib-samples", help="Calibration images for each int8 export."),
     seed: int = typer.Option(0, "--seed"),
+    objective: str = typer.Option("accuracy", "--objective", help="What the candidates are ranked by on val (and each run selects on): accuracy, or balanced (each class counts equally)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted sweep in OUT (finished candidates are kept)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete OUT and start again."),
     json_out: bool = typer.Option(False, "--json", help="Print sweep.json."),
@@ -427,7 +428,8 @@ def sweep(
     cfg = SweepConfig(data_dir=str(data_dir), out=str(out), grid=parse_grid(grid) if grid is not None else None,
                       weights=weights, epochs=epochs, augment_views=augment_views, calib_samples=calib_samples, seed=seed,
                       max_latency_ms=max_latency_ms, max_size_mb=max_size_mb,
-                      latency_from=str(latency_from) if latency_from else None, resume=resume, overwrite=overwrite).validate()
+                      latency_from=str(latency_from) if latency_from else None, resume=resume, overwrite=overwrite,
+                      objective=objective).validate()
     with _capture("sweep", verbose):
         _quiet_tf()
         doc = run_sweep(cfg, say=quiet.say)
