@@ -116,6 +116,8 @@ class BenchRow:
     n_images: int | None = None
     correct: int | None = None
     top1: float | None = None
+    balanced_accuracy: float | None = None  # mean per-class recall, percent (edgetl/metrics.py)
+    macro_f1: float | None = None  # 0-1
     top5: float | None = None
     top1_delta_pt: float | None = None
     agreement: float | None = None
@@ -241,12 +243,18 @@ def quick_latency(path: str | Path, pixels: np.ndarray, threads: int = 1, min_ru
 
 def accuracy_metrics(probs: np.ndarray, y: np.ndarray, labels: Sequence[str],
                      ref_probs: np.ndarray | None = None) -> dict[str, Any]:
-    """Top-1 (and top-5 when > 5 classes) in percent, per-class recall, confusion matrix, agreement with a reference."""
+    """Top-1, balanced accuracy (percent) and macro-F1 (edgetl/metrics.py), top-5 when > 5 classes,
+    per-class recall, confusion matrix, agreement with a reference."""
+    from edgetl.metrics import scores
+
     y = np.asarray(y, dtype=np.int64)
     n_cls = len(labels)
     pred = probs.argmax(axis=1)
+    s = scores(y, pred, n_cls)
     out: dict[str, Any] = {"n_images": int(len(y)), "correct": int((pred == y).sum()),
-                           "top1": float(100.0 * np.mean(pred == y)) if len(y) else None}
+                           "top1": float(100.0 * np.mean(pred == y)) if len(y) else None,
+                           "balanced_accuracy": 100.0 * s["balanced_accuracy"] if s["balanced_accuracy"] is not None else None,
+                           "macro_f1": s["macro_f1"]}
     if n_cls > 5 and len(y):
         top5 = np.argsort(-probs, axis=1)[:, :5]
         out["top5"] = float(100.0 * np.mean((top5 == y[:, None]).any(axis=1)))
@@ -860,7 +868,8 @@ def _accuracy_row(row: BenchRow, runner: Any, pixels: np.ndarray, es: EvalSet, l
             m["is_reference"] = True
         state.accuracy[key] = m
     m = state.accuracy[key]
-    for k in ("n_images", "correct", "top1", "top5", "agreement", "max_prob_diff", "per_class_recall", "confusion_matrix"):
+    for k in ("n_images", "correct", "top1", "balanced_accuracy", "macro_f1", "top5", "agreement", "max_prob_diff",
+              "per_class_recall", "confusion_matrix"):
         setattr(row, k, m.get(k))
     rref = state.ref.get(ekey)
     if rref is not None and m.get("top1") is not None and rref[2] is not None:
