@@ -77,7 +77,7 @@ def choose_weighting(candidates: Sequence[dict[str, Any]], objective: str) -> di
         fig = ", ".join(f"{c['weighting']} {100 * objective_score(c['val'], objective):.2f} %" for c in candidates)
         first = candidates[0]
         if best is first:
-            reason = f"no weighting beat {first['weighting']} on val {key} ({fig}); ties keep the lighter weighting"
+            reason = f"no weighting beat {first['weighting']} on val {key}: {fig} (a tie keeps the lighter weighting)"
         else:
-            reason = f"highest val {key} ({fig})"
+            reason = f"highest val {key}: {fig}"
     return {"chosen": best["weighting"], "objective": objective, "reason": reason, "candidates": rows}

@@ -378,10 +378,11 @@ def fine_tune_choice(history: Sequence[dict[str, Any]], head_only: dict[str, Any
     else:
         ft, ho = _two_losses(float(best["val_loss"]), float(ho_loss))
         doc["kept"] = float(best["val_loss"]) < float(ho_loss)
+        loss = "class-balanced val loss" if objective == "balanced" else "val loss"
         if doc["kept"]:
-            doc["reason"] = f"val loss {ft} < {ho} of the head-only model"
+            doc["reason"] = f"{loss} {ft} < {ho} of the head-only model"
         else:
-            doc["reason"] = f"best fine-tune epoch {best.get('phase_epoch')}: val loss {ft} >= {ho} of the head-only model"
+            doc["reason"] = f"best fine-tune epoch {best.get('phase_epoch')}: {loss} {ft} >= {ho} of the head-only model"
     return doc
 
 
@@ -442,7 +443,7 @@ def imbalance_lines(m: dict[str, Any]) -> list[str]:
                      f"{base['class']!r} would score {figs}")
     cw = m.get("class_weighting")
     if cw and len(cw.get("candidates", [])) > 1:
-        lines.append(f"class weights: {cw['chosen']} ({cw['reason']})")
+        lines.append(f"class weights {cw['chosen']}: {cw['reason']}")
     return lines
 
 
@@ -1203,7 +1204,7 @@ def _choose_weighting(r: _Run) -> None:
     r.cw = weights_for(r.train_counts, doc["chosen"])
     r.head.set_weights(heads[doc["chosen"]])
     if len(cands) > 1:
-        _log(cfg, f"class weights: {doc['chosen']} ({doc['reason']})")
+        _log(cfg, f"class weights {doc['chosen']}: {doc['reason']}")
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(doc, indent=2))
 

@@ -82,5 +82,5 @@ def test_choose_weighting_rule():
     cands = [cand("off", 0.90, 0.60), cand("sqrt", 0.90, 0.70), cand("on", 0.85, 0.80)]
     assert choose_weighting(cands, "accuracy")["chosen"] == "off"  # a tie keeps the lighter weighting
     doc = choose_weighting(cands, "balanced")
-    assert doc["chosen"] == "on" and "on 80.00 %" in doc["reason"]
+    assert doc["chosen"] == "on" and doc["reason"] == "highest val balanced accuracy: off 60.00 %, sqrt 70.00 %, on 80.00 %"
     assert [c["val_balanced_accuracy"] for c in doc["candidates"]] == [0.60, 0.70, 0.80]
