@@ -81,3 +81,18 @@ def choose_weighting(candidates: Sequence[dict[str, Any]], objective: str) -> di
         else:
             reason = f"highest val {key}: {fig}"
     return {"chosen": best["weighting"], "objective": objective, "reason": reason, "candidates": rows}
+
+
+def imbalance_lines(m: dict[str, Any]) -> list[str]:
+    """Summary lines for unbalanced classes: the majority-class baseline and the class-weight choice."""
+    lines = []
+    base = m.get("majority_baseline")
+    if base:
+        figs = ", ".join(f"{split} {100 * base[split]['accuracy']:.2f} % ({base[split]['correct']}/{base[split]['total']})"
+                         for split in ("val", "test") if base.get(split))
+        lines.append(f"unbalanced classes ({base['imbalance_ratio']:.1f}:1 in train): always answering "
+                     f"{base['class']!r} would score {figs}")
+    cw = m.get("class_weighting")
+    if cw and len(cw.get("candidates", [])) > 1:
+        lines.append(f"class weights {cw['chosen']}: {cw['reason']}")
+    return lines

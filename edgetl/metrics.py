@@ -123,3 +123,28 @@ def score_line(m: dict[str, Any], name: str) -> str:
     if m.get("macro_f1") is not None:
         parts.append(f"macro-F1 {m['macro_f1']:.3f}")
     return ", ".join(parts)
+
+
+def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """What train reports for a split: accuracy (with counts), balanced accuracy, macro-F1, plain and class-balanced
+    cross-entropy, per-class precision/recall/F1, confusion matrix."""
+    n = len(classes)
+    labels = np.asarray(labels, dtype=np.int64)
+    pred = probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64)
+    cm = confusion(labels, pred, n)
+    s = scores_from_confusion(cm)
+    eps = 1e-7
+    nll = -np.log(np.clip(probs[np.arange(len(labels)), labels], eps, 1.0)) if len(labels) else np.zeros(0)
+    per_class = {c: {"precision": s["precision"][i], "recall": s["recall"][i], "f1": s["f1"][i],
+                     "support": int(s["support"][i])} for i, c in enumerate(classes)}
+    return {
+        "accuracy": s["accuracy"] if s["accuracy"] is not None else 0.0,
+        "correct": s["correct"],
+        "total": int(len(labels)),
+        "balanced_accuracy": s["balanced_accuracy"],
+        "macro_f1": s["macro_f1"],
+        "loss": float(nll.mean()) if len(labels) else float("nan"),
+        "balanced_loss": float(np.mean(nll * balanced_sample_weights(labels, n))) if len(labels) else float("nan"),
+        "per_class": per_class,
+        "confusion_matrix": cm.tolist(),
+    }

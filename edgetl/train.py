@@ -33,9 +33,9 @@ from edgetl import __version__, quiet
 from edgetl.config import TrainConfig
 from edgetl.embed import frozen_forward
 from edgetl.errors import EdgetlError, UsageError
-from edgetl.imbalance import choose_weighting, weighting_candidates, weights_for
+from edgetl.imbalance import choose_weighting, imbalance_lines, weighting_candidates, weights_for
 from edgetl.locking import LOCK_NAME, DirLock, check_output_dir
-from edgetl.metrics import balanced_sample_weights, majority_baseline, score_line, scores_from_confusion
+from edgetl.metrics import balanced_sample_weights, classification_metrics, majority_baseline, score_line
 from edgetl.models.registry import block_index
 from edgetl.report import atomic_write_text, csv_text, write_json
 from edgetl.run import CONFIG_FILE, LABELS_FILE, MODEL_FILE, read_config, write_config
@@ -403,48 +403,6 @@ def fine_tune_summary(doc: dict[str, Any]) -> str:
     if doc["kept"]:
         return f"fine-tuned weights kept: {doc['reason']}"
     return f"fine-tuning did not help on val: head-only model restored ({doc['reason']})"
-
-
-def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
-    """Accuracy (with counts), balanced accuracy, macro-F1 (edgetl/metrics.py), plain and class-balanced
-    cross-entropy, per-class precision/recall/F1, confusion matrix."""
-    from edgetl.metrics import confusion
-
-    n = len(classes)
-    labels = np.asarray(labels, dtype=np.int64)
-    pred = probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64)
-    cm = confusion(labels, pred, n)
-    s = scores_from_confusion(cm)
-    eps = 1e-7
-    nll = -np.log(np.clip(probs[np.arange(len(labels)), labels], eps, 1.0)) if len(labels) else np.zeros(0)
-    per_class = {c: {"precision": s["precision"][i], "recall": s["recall"][i], "f1": s["f1"][i],
-                     "support": int(s["support"][i])} for i, c in enumerate(classes)}
-    return {
-        "accuracy": s["accuracy"] if s["accuracy"] is not None else 0.0,
-        "correct": s["correct"],
-        "total": int(len(labels)),
-        "balanced_accuracy": s["balanced_accuracy"],
-        "macro_f1": s["macro_f1"],
-        "loss": float(nll.mean()) if len(labels) else float("nan"),
-        "balanced_loss": float(np.mean(nll * balanced_sample_weights(labels, n))) if len(labels) else float("nan"),
-        "per_class": per_class,
-        "confusion_matrix": cm.tolist(),
-    }
-
-
-def imbalance_lines(m: dict[str, Any]) -> list[str]:
-    """Summary lines for unbalanced classes: the majority-class baseline and the class-weight choice."""
-    lines = []
-    base = m.get("majority_baseline")
-    if base:
-        figs = ", ".join(f"{split} {100 * base[split]['accuracy']:.2f} % ({base[split]['correct']}/{base[split]['total']})"
-                         for split in ("val", "test") if base.get(split))
-        lines.append(f"unbalanced classes ({base['imbalance_ratio']:.1f}:1 in train): always answering "
-                     f"{base['class']!r} would score {figs}")
-    cw = m.get("class_weighting")
-    if cw and len(cw.get("candidates", [])) > 1:
-        lines.append(f"class weights {cw['chosen']}: {cw['reason']}")
-    return lines
 
 
 def _versions() -> dict[str, str]:
@@ -1180,6 +1138,10 @@ def _choose_weighting(r: _Run) -> None:
         r.weighting_doc = json.loads(path.read_text())
         r.cw = weights_for(r.train_counts, r.weighting_doc["chosen"])
         return
+    if r.resumed_phase == "fine-tune":  # a checkpoint of an edgetl before the choice: the weights its config.json recorded
+        old = read_config(r.run_dir).get("class_weights") or {}
+        r.cw = {i: float(old[c]) for i, c in enumerate(classes) if c in old} or None
+        return
 
     def named(cw: dict[int, float] | None) -> dict[str, float] | None:
         return {classes[i]: w for i, w in cw.items()} if cw else None
@@ -1194,8 +1156,10 @@ def _choose_weighting(r: _Run) -> None:
         model, epochs = _fit_candidate_head(r, name, cw)
         cands.append({"weighting": name, "val": val_of(model), "epochs": epochs, "class_weights": named(cw)})
         heads[name] = model.get_weights()
-    for c in cands:
-        _log(cfg, f"head with class weights {c['weighting']}: {score_line(c['val'], 'val')} ({c['epochs']} epochs)")
+    for c in cands if len(cands) > 1 else []:  # one line per candidate when there is a choice
+        v = c["val"]
+        _log(cfg, f"head with class weights {c['weighting']}: on val {100 * v['accuracy']:.2f} % right ({v['correct']}/{v['total']}), "
+                  f"balanced {100 * v['balanced_accuracy']:.2f} %, macro-F1 {v['macro_f1']:.3f} ({c['epochs']} epochs)")
     doc = choose_weighting(cands, cfg.objective)
     if len(cands) == 1:
         doc["reason"] = (f"--class-weights {cfg.class_weights}" if cfg.class_weights != "auto" else
