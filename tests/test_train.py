@@ -220,7 +220,9 @@ def test_class_weights_auto_picks_by_val(tmp_path, objective):
     base = m["majority_baseline"]
     assert base["class"] == "alpha" and base["imbalance_ratio"] == pytest.approx(3.0)
     assert base["val"]["correct"] == sum(1 for _ in (data / "val" / "alpha").iterdir())
-    assert "always answering 'alpha'" in res.summary()
+    summary = res.summary().splitlines()
+    assert "always answering 'alpha'" in res.summary() and "balanced accuracy" in summary[1] and "macro-F1" in summary[1]
+    assert any(line.startswith(f"class weights {doc['chosen']}: ") for line in summary)
 
 
 def test_class_weights_off_trains_one_head(tmp_path):
