@@ -380,6 +380,25 @@ class EvalSet:
     note: str | None = None
 
 
+def majority_for(run: Any, labels: Sequence[str], y: np.ndarray) -> dict[str, Any] | None:
+    """What always answering the run's largest training class scores on these images (percent), when
+    its training classes were unbalanced (``config.json`` counts, the run's ``imbalance_ratio``); else None."""
+    from edgetl.metrics import imbalance_ratio, majority_baseline
+
+    counts = (((run.config.get("data") or {}).get("counts") or {}).get("train") or {}) if run is not None else {}
+    if not counts or list(run.labels) != list(labels):
+        return None
+    train = [int(counts.get(c, 0)) for c in labels]
+    ratio = imbalance_ratio(train)
+    if ratio is None or ratio <= float((run.config.get("train_config") or {}).get("imbalance_ratio", 1.5)):
+        return None
+    b = majority_baseline(train, y)
+    if b is None:
+        return None
+    return {"class": labels[b["class_index"]], "imbalance_ratio": ratio, "top1": 100.0 * b["accuracy"],
+            "balanced_accuracy": 100.0 * b["balanced_accuracy"]}
+
+
 def eval_set_for(labels: Sequence[str], data: str | Path | None, run: Any, samples: int | None, seed: int) -> EvalSet | None:
     """Labelled validation images for a model with ``labels``.
 
@@ -724,6 +743,7 @@ class _BenchState:
             if es is not None:
                 self.data_info.setdefault("sources", []).append(
                     {"source": es.source, "images": len(es.paths), "classes": es.classes, "note": es.note})
+                self.data_info["sources"][-1]["majority_baseline"] = majority_for(self.run, labels, es.y)
                 if es.note:
                     self.notes.append(es.note)
         es = self.eval_sets[key]

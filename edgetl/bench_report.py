@@ -56,6 +56,15 @@ def table_rows(result: BenchResult) -> list[dict[str, Any]]:
     return out
 
 
+def majority_note(src: dict[str, Any]) -> str:
+    """``"; unbalanced training classes (10.0:1): always answering 'a' scores top-1 24.22 %"`` or ``""``."""
+    maj = src.get("majority_baseline")
+    if not maj:
+        return ""
+    return (f"; unbalanced training classes ({maj['imbalance_ratio']:.1f}:1): always answering {maj['class']!r} "
+            f"scores top-1 {maj['top1']:.2f} %")
+
+
 def best_line(result: BenchResult) -> str | None:
     b = result.best
     if not b:
@@ -71,7 +80,7 @@ def best_line(result: BenchResult) -> str | None:
 def terminal_report(result: BenchResult) -> str:
     lines = [f"environment: {summary_line(result.environment)}"]
     for src in result.data.get("sources", []):
-        lines.append(f"data: {src['source']}: {src['images']} image(s), {len(src['classes'])} classes")
+        lines.append(f"data: {src['source']}: {src['images']} image(s), {len(src['classes'])} classes{majority_note(src)}")
     if result.reference:
         lines.append(f"float reference: {result.reference}")
     s = result.settings
@@ -93,7 +102,7 @@ def markdown_report(result: BenchResult) -> str:
     s = result.settings
     parts = ["# edgetl bench", "", f"**Environment:** {summary_line(env)}", ""]
     for src in result.data.get("sources", []):
-        parts.append(f"**Data:** `{src['source']}`: {src['images']} images, {len(src['classes'])} classes")
+        parts.append(f"**Data:** `{src['source']}`: {src['images']} images, {len(src['classes'])} classes{majority_note(src)}")
     if result.reference:
         parts.append(f"**Float reference:** {result.reference}")
     parts += ["", f"Batch {s.batch}; warm-up >= {s.warmup_runs} runs and {s.warmup_time:g} s; timed >= {s.min_runs} runs and "

@@ -219,6 +219,23 @@ def test_bench_p50_matches_a_bare_loop(slow_model, image_folder, kind):
 # --------------------------------------------------------------------------- the whole bench on a run
 
 
+def test_majority_baseline_for_unbalanced_runs():
+    from types import SimpleNamespace
+
+    from edgetl.bench import majority_for
+    from edgetl.bench_report import majority_note
+
+    run = SimpleNamespace(labels=["a", "b"], config={"data": {"counts": {"train": {"a": 30, "b": 10}}},
+                                                     "train_config": {"imbalance_ratio": 1.5}})
+    m = majority_for(run, ["a", "b"], np.array([0, 1, 1, 1]))
+    assert m == {"class": "a", "imbalance_ratio": 3.0, "top1": 25.0, "balanced_accuracy": 50.0}
+    assert majority_note({"majority_baseline": m}) == "; unbalanced training classes (3.0:1): always answering 'a' scores top-1 25.00 %"
+    balanced = SimpleNamespace(labels=["a", "b"], config={"data": {"counts": {"train": {"a": 12, "b": 10}}}})
+    assert majority_for(balanced, ["a", "b"], np.array([0, 1])) is None and majority_note({}) == ""
+    assert majority_for(run, ["b", "a"], np.array([0, 1])) is None  # another model's labels: no claim
+    assert majority_for(None, ["a", "b"], np.array([0, 1])) is None
+
+
 @pytest.fixture(scope="session")
 def bench_result(artifacts):  # noqa: F811
     return run_bench([artifacts["run"]], BenchSettings(threads=(1, 2), **FAST))
