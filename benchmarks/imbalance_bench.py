@@ -21,6 +21,8 @@ baseline and what ``auto`` chose. The check (TARGETS, imbalanced data): the defa
 within 2 points of ``--class-weights off`` and its balanced accuracy not lower, or better on both.
 
 Writes ``benchmarks/results/imbalance_<timestamp>.json`` and ``.md`` (after every run).
+``python -m benchmarks.imbalance_bench --summarize FILE.json...`` prints the README table (runs of
+every file pooled per scenario and setting: test images summed over seeds, other scores averaged).
 """
 
 from __future__ import annotations
@@ -134,6 +136,34 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summarize(paths: list[Path]) -> str:
+    """The README table: per scenario and setting, pooled over every seed of the given result files."""
+    runs, checks = [], []
+    for p in paths:
+        doc = json.loads(Path(p).read_text(encoding="utf-8"))
+        runs += [r for r in doc["runs"] if "error" not in r]
+        checks += doc["checks"]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["scenario"], r["setting"]), []).append(r)
+    lines = ["| test split | setting | seeds | class weights kept | test accuracy (pooled) | balanced accuracy | macro-F1 | "
+             "majority baseline | default/setting vs off: accuracy, balanced (pt, mean) | target met |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (scenario, setting), rs in groups.items():
+        k, n = sum(r["test"]["correct"] for r in rs), sum(r["test"]["total"] for r in rs)
+        mean = lambda key: sum(r["test"][key] for r in rs) / len(rs)  # noqa: E731
+        cs = [c for c in checks if c["scenario"] == scenario and c["setting"] == setting]
+        vs = (f"{sum(c['test_accuracy_pt_vs_off'] for c in cs) / len(cs):+.2f}, "
+              f"{sum(c['test_balanced_pt_vs_off'] for c in cs) / len(cs):+.2f}") if cs else "-"
+        met = f"{sum(bool(c['met']) for c in cs)}/{len(cs)}" if cs else "-"
+        kept = ", ".join(sorted({str(r["class_weighting"]) for r in rs}))
+        maj = [r["test"]["majority_accuracy"] for r in rs if r["test"].get("majority_accuracy") is not None]
+        maj_cell = f"{100 * sum(maj) / len(maj):.2f} %" if maj else "-"
+        lines.append(f"| {scenario} | {setting} | {','.join(str(r['seed']) for r in rs)} | {kept} | {accuracy_cell(k, n)} | "
+                     f"{100 * mean('balanced_accuracy'):.2f} % | {mean('macro_f1'):.3f} | {maj_cell} | {vs} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
 def _cpu() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -145,6 +175,11 @@ def _cpu() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "--summarize":
+        print(summarize([Path(p) for p in argv[1:]]), end="")
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", type=Path)
     ap.add_argument("--ratio", type=float, default=10.0)
@@ -164,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     args.out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = args.out / f"imbalance_{stamp}.json", args.out / f"imbalance_{stamp}.md"
-    doc: dict = {"meta": {"stamp": stamp, "command": "python -m benchmarks.imbalance_bench " + " ".join(argv or sys.argv[1:]),
+    doc: dict = {"meta": {"stamp": stamp, "command": "python -m benchmarks.imbalance_bench " + " ".join(argv),
                           "dataset": args.data.resolve().name, "ratio": args.ratio, "backbone": "efficientnet_lite0",
                           "cpu": _cpu(), "settings": settings}, "runs": [], "checks": []}
     for scenario in args.scenarios.split(","):
