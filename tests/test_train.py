@@ -177,6 +177,22 @@ def test_resume_after_interruption(image_folder, tmp_path, stop_at):
     assert ft["kept"] == (ft["fine_tuned"]["val_loss"] < ft["head_only"]["val_loss"])
 
 
+def test_resume_in_fine_tune_keeps_the_class_weight_choice(tmp_path):
+    from edgetl.train import train
+
+    data = make_image_folder(tmp_path / "data", n_train=4)
+    make_image_folder(tmp_path / "data", classes=("alpha",), n_train=12)
+    cfg = TrainConfig(data_dir=str(data), out=str(tmp_path / "run"), strategy="fine-tune",
+                      **{**FAST, "epochs": 4, "fine_tune_epochs": 2, "patience": 0})
+    with pytest.raises(_Interrupt):
+        train(cfg, extra_callbacks=[_stop_after(5)])  # 4 head epochs, then 1 fine-tune epoch
+    saved = json.loads((tmp_path / "run" / "checkpoints" / "class_weighting.json").read_text())
+    assert len(saved["candidates"]) == 3
+    res = train(cfg.replace(resume=True))
+    assert res.resumed and res.metrics["class_weighting"] == saved  # not chosen again
+    assert (res.metrics["class_weights"] is None) == (saved["chosen"] == "off")
+
+
 def test_resume_without_checkpoint(image_folder, tmp_path):
     with pytest.raises(EdgetlError, match="nothing to resume"):
         _train(image_folder, tmp_path / "none", resume=True)
