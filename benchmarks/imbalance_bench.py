@@ -8,7 +8,8 @@ Usage::
 Builds, from symlinks in a temporary folder (``../shared`` is never touched), a copy of the dataset
 whose training classes are subsampled geometrically from the largest to ``1/ratio`` of it (class i
 of k keeps ``ratio ** (-i / (k - 1))`` of its files, a seeded random choice), with val subsampled the
-same way (val is drawn from the training distribution). Two test splits:
+same way (val is drawn from the training distribution). A dataset without ``test/`` first gets one
+from half of each class's val files (benchmarks/splits.py). Two test splits:
 
 * ``prior-shift``: the test split untouched (balanced classes, as the TARGETS row asks);
 * ``same-prior``: the test split subsampled like train (the deployed data is as unbalanced as the
@@ -38,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.splits import IMAGE_SUFFIXES, accuracy_cell
+from benchmarks.splits import IMAGE_SUFFIXES, accuracy_cell, with_test_split
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SETTINGS = {"default": [], "off": ["--class-weights", "off"], "sqrt": ["--class-weights", "sqrt"],
@@ -196,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown setting(s) {unknown}; choose from {', '.join(SETTINGS)}")
     work = args.work or Path(tempfile.mkdtemp(prefix="imbalance-bench-"))
+    source = with_test_split(args.data, work)  # a dataset without test/: val halved by name (benchmarks/splits.py)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     args.out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = args.out / f"imbalance_{stamp}.json", args.out / f"imbalance_{stamp}.md"
@@ -206,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in [int(s) for s in args.seeds.split(",")]:
             data = work / f"{scenario}-s{seed}"
             if not data.exists():
-                doc["meta"].setdefault("counts", imbalanced_copy(args.data, data, args.ratio, seed, scenario == "same-prior"))
+                doc["meta"].setdefault("counts", imbalanced_copy(source, data, args.ratio, seed, scenario == "same-prior"))
             by_setting = {}
             for setting in settings:
                 print(f"[{scenario} seed {seed}] {setting} ...", flush=True)
