@@ -82,6 +82,9 @@ class TrainConfig:
         objective: what every choice on val maximises: ``accuracy`` (early stopping and the fine-tune
             keep/restore on the val cross-entropy) or ``balanced`` (on the class-balanced val
             cross-entropy, each class counting equally; the class-weight choice on balanced accuracy).
+            ``accuracy`` by default: on sign_digits at 10:1 both objectives met the imbalance target
+            and tied on a test split as unbalanced as training; ``balanced`` was 2.4 points higher on a
+            balanced test split (benchmarks/results/imbalance_20261205-191031.md, -193449.md).
         unfreeze: number of top blocks to unfreeze (None: the backbone's default).
         patience: early stopping patience on val loss (epochs; 0 disables).
         out: run directory (None: ``runs/<name>``).
