@@ -102,6 +102,7 @@ def _cli_cases():
         ("train-augment-views", [*t, "--augment-views", "99"], "--augment-views"),
         ("train-workers", [*t, "--workers", "0"], "--workers"),
         ("train-class-weights", [*t, "--class-weights", "maybe"], "--class-weights must be one of auto, off, sqrt, on"),
+        ("train-objective", [*t, "--objective", "f1"], "--objective must be one of accuracy, balanced"),
         ("train-lr-inf", [*t, "--lr", "inf"], "--lr"),
         ("train-batch-text", [*t, "--batch-size", "ten"], "batch-size"),
         ("train-backbone", [*t, "--backbone", "resnet9000"], "efficientnet_lite0"),
