@@ -124,6 +124,8 @@ class BenchRow:
     n_images: int | None = None
     correct: int | None = None
     top1: float | None = None
+    balanced_accuracy: float | None = None  # mean per-class recall, percent (edgetl/metrics.py)
+    macro_f1: float | None = None  # 0-1
     top5: float | None = None
     top1_delta_pt: float | None = None
     agreement: float | None = None
@@ -194,12 +196,18 @@ class BenchResult:
 
 def accuracy_metrics(probs: np.ndarray, y: np.ndarray, labels: Sequence[str],
                      ref_probs: np.ndarray | None = None) -> dict[str, Any]:
-    """Top-1 (and top-5 when > 5 classes) in percent, per-class recall, confusion matrix, agreement with a reference."""
+    """Top-1, balanced accuracy (percent) and macro-F1 (edgetl/metrics.py), top-5 when > 5 classes,
+    per-class recall, confusion matrix, agreement with a reference."""
+    from edgetl.metrics import scores
+
     y = np.asarray(y, dtype=np.int64)
     n_cls = len(labels)
     pred = probs.argmax(axis=1)
+    s = scores(y, pred, n_cls)
     out: dict[str, Any] = {"n_images": int(len(y)), "correct": int((pred == y).sum()),
-                           "top1": float(100.0 * np.mean(pred == y)) if len(y) else None}
+                           "top1": float(100.0 * np.mean(pred == y)) if len(y) else None,
+                           "balanced_accuracy": 100.0 * s["balanced_accuracy"] if s["balanced_accuracy"] is not None else None,
+                           "macro_f1": s["macro_f1"]}
     if n_cls > 5 and len(y):
         top5 = np.argsort(-probs, axis=1)[:, :5]
         out["top5"] = float(100.0 * np.mean((top5 == y[:, None]).any(axis=1)))
@@ -325,6 +333,25 @@ class EvalSet:
     note: str | None = None
     split_sha256: str | None = None  # of the whole split the images come from (data.split_sha256 in config.json)
     warning: str | None = None
+
+
+def majority_for(run: Any, labels: Sequence[str], y: np.ndarray) -> dict[str, Any] | None:
+    """What always answering the run's largest training class scores on these images (percent), when
+    its training classes were unbalanced (``config.json`` counts, the run's ``imbalance_ratio``); else None."""
+    from edgetl.metrics import imbalance_ratio, majority_baseline
+
+    counts = (((run.config.get("data") or {}).get("counts") or {}).get("train") or {}) if run is not None else {}
+    if not counts or list(run.labels) != list(labels):
+        return None
+    train = [int(counts.get(c, 0)) for c in labels]
+    ratio = imbalance_ratio(train)
+    if ratio is None or ratio <= float((run.config.get("train_config") or {}).get("imbalance_ratio", 1.5)):
+        return None
+    b = majority_baseline(train, y)
+    if b is None:
+        return None
+    return {"class": labels[b["class_index"]], "imbalance_ratio": ratio, "top1": 100.0 * b["accuracy"],
+            "balanced_accuracy": 100.0 * b["balanced_accuracy"]}
 
 
 def eval_set_for(labels: Sequence[str], data: str | Path | None, run: Any, samples: int | None, seed: int,
@@ -725,6 +752,7 @@ class _BenchState:
                 self.data_info.setdefault("sources", []).append(
                     {"source": es.source, "images": len(es.paths), "classes": es.classes, "note": es.note,
                      "split_sha256": es.split_sha256, **({"warning": es.warning} if es.warning else {})})
+                self.data_info["sources"][-1]["majority_baseline"] = majority_for(self.run, labels, es.y)
                 for line in (es.warning, es.note):
                     if line:
                         self.notes.append(line)
@@ -885,7 +913,8 @@ def _accuracy_row(row: BenchRow, runner: Any, pixels: np.ndarray, es: EvalSet, l
             m["is_reference"] = True
         state.accuracy[key] = m
     m = state.accuracy[key]
-    for k in ("n_images", "correct", "top1", "top5", "agreement", "max_prob_diff", "per_class_recall", "confusion_matrix"):
+    for k in ("n_images", "correct", "top1", "balanced_accuracy", "macro_f1", "top5", "agreement", "max_prob_diff",
+              "per_class_recall", "confusion_matrix"):
         setattr(row, k, m.get(k))
     rref = state.ref.get(ekey)
     if rref is not None and m.get("top1") is not None and rref[2] is not None:

@@ -14,10 +14,11 @@ from edgetl.bench import BenchResult
 from edgetl.report import atomic_write_bytes, atomic_write_text, csv_text, format_table, markdown_table, write_json
 from edgetl.runtime.env import summary_line
 
-TABLE_COLUMNS = ["model", "format", "runtime", "precision", "threads", "size MB", "top-1 %", "vs float", "p50 ms",
+TABLE_COLUMNS = ["model", "format", "runtime", "precision", "threads", "size MB", "top-1 %", "balanced %", "macro-F1",
+                 "vs float", "p50 ms",
                  "p90 ms", "p99 ms", "FPS", "status"]
 CSV_COLUMNS = ["model", "path", "format", "runtime", "precision", "device", "threads", "batch", "size_mb", "n_images",
-               "correct", "top1", "top5", "top1_delta_pt", "agreement", "max_prob_diff", "p50_ms", "p90_ms", "p99_ms",
+               "correct", "top1", "balanced_accuracy", "macro_f1", "top5", "top1_delta_pt", "agreement", "max_prob_diff", "p50_ms", "p90_ms", "p99_ms",
                "mean_ms", "std_ms", "min_ms", "max_ms", "runs", "warmup_runs", "fps", "load_ms", "first_ms",
                "peak_mem_mb", "status"]
 
@@ -43,6 +44,8 @@ def table_rows(result: BenchResult) -> list[dict[str, Any]]:
             "threads": r.threads,
             "size MB": (f"{r.size_mb:.2f}" if r.size_mb >= 0.1 else f"{r.size_mb:.3f}") if r.size_mb is not None else None,
             "top-1 %": r.top1,
+            "balanced %": round(r.balanced_accuracy, 2) if r.balanced_accuracy is not None else None,
+            "macro-F1": round(r.macro_f1, 3) if r.macro_f1 is not None else None,
             "vs float": delta,
             "p50 ms": _ms(r.p50_ms),
             "p90 ms": _ms(r.p90_ms),
@@ -51,6 +54,15 @@ def table_rows(result: BenchResult) -> list[dict[str, Any]]:
             "status": r.status,
         })
     return out
+
+
+def majority_note(src: dict[str, Any]) -> str:
+    """``"; unbalanced training classes (10.0:1): always answering 'a' scores top-1 24.22 %"`` or ``""``."""
+    maj = src.get("majority_baseline")
+    if not maj:
+        return ""
+    return (f"; unbalanced training classes ({maj['imbalance_ratio']:.1f}:1): always answering {maj['class']!r} "
+            f"scores top-1 {maj['top1']:.2f} %")
 
 
 def best_line(result: BenchResult) -> str | None:
@@ -69,7 +81,7 @@ def best_line(result: BenchResult) -> str | None:
 def terminal_report(result: BenchResult) -> str:
     lines = [f"environment: {summary_line(result.environment)}"]
     for src in result.data.get("sources", []):
-        lines.append(f"data: {src['source']}: {src['images']} image(s), {len(src['classes'])} classes")
+        lines.append(f"data: {src['source']}: {src['images']} image(s), {len(src['classes'])} classes{majority_note(src)}")
     if result.reference:
         lines.append(f"float reference: {result.reference}")
     s = result.settings
@@ -91,7 +103,7 @@ def markdown_report(result: BenchResult) -> str:
     s = result.settings
     parts = ["# edgetl bench", "", f"**Environment:** {summary_line(env)}", ""]
     for src in result.data.get("sources", []):
-        parts.append(f"**Data:** `{src['source']}`: {src['images']} images, {len(src['classes'])} classes")
+        parts.append(f"**Data:** `{src['source']}`: {src['images']} images, {len(src['classes'])} classes{majority_note(src)}")
     if result.reference:
         parts.append(f"**Float reference:** {result.reference}")
     parts += ["", f"Batch {s.batch}; warm-up >= {s.warmup_runs} runs and {s.warmup_time:g} s; timed >= {s.min_runs} runs and "

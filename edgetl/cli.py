@@ -281,9 +281,12 @@ def train(
     dropout: float = typer.Option(_TC.dropout, "--dropout", help="Dropout before the classifier."),
     weight_decay: float = typer.Option(_TC.weight_decay, "--weight-decay", help="AdamW weight decay (0: Adam)."),
     head_l2: float = typer.Option(_TC.head_l2, "--head-l2", help="L2 penalty on the classifier weights."),
-    class_weights: str = typer.Option("auto", "--class-weights", help="auto (when classes are unbalanced), on or off."),
+    class_weights: str = typer.Option(_TC.class_weights, "--class-weights",
+                                      help="auto (unbalanced classes: keep unweighted, sqrt or inverse-frequency weights, whichever is best on the val objective), off, sqrt or on."),
+    objective: str = typer.Option(_TC.objective, "--objective",
+                                  help="What choices on val maximise: accuracy, or balanced (each class counts equally): early stopping, fine-tune keep/restore, class weights."),
     unfreeze: Optional[int] = typer.Option(None, "--unfreeze", help="Top blocks to unfreeze [default: the backbone's]."),
-    patience: int = typer.Option(_TC.patience, "--patience", help="Early stopping patience on val loss (0: off)."),
+    patience: int = typer.Option(_TC.patience, "--patience", help="Early stopping patience on the val loss of the objective (0: off)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory [default: runs/<name>]."),
     name: Optional[str] = typer.Option(None, "--name", help="Run name [default: <data folder>-<backbone>]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
@@ -304,7 +307,7 @@ def train(
         data_dir=str(data_dir), backbone=backbone, weights=weights, strategy=strategy, epochs=epochs,
         fine_tune_epochs=fine_tune_epochs, batch_size=batch_size, lr=lr, fine_tune_lr=fine_tune_lr,
         weight_decay=weight_decay, head_l2=head_l2, dropout=dropout, label_smoothing=label_smoothing, val_split=val_split, seed=seed,
-        augment=AugmentConfig(enabled=augment, views=augment_views), class_weights=class_weights, unfreeze=unfreeze,
+        augment=AugmentConfig(enabled=augment, views=augment_views), class_weights=class_weights, objective=objective, unfreeze=unfreeze,
         patience=patience, out=str(out) if out else None, name=name, overwrite=overwrite, resume=resume,
         max_pixels=max_pixels, workers=workers, embed_engine=embed_engine, verbose=0 if quiet_ else 1,
         image_size=_parse_image_size(image_size),
@@ -416,6 +419,7 @@ def sweep(
     augment_views: int = typer.Option(1, "--augment-views", help="Augmented views per training image (embedding passes)."),
     calib_samples: int = typer.Option(200, "--calib-samples", help="Calibration images for each int8 export."),
     seed: int = typer.Option(0, "--seed"),
+    objective: str = typer.Option("accuracy", "--objective", help="What the candidates are ranked by on val (and each run selects on): accuracy, or balanced (each class counts equally)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted sweep in OUT (finished candidates are kept)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete OUT and start again."),
     json_out: bool = typer.Option(False, "--json", help="Print sweep.json."),
@@ -428,7 +432,8 @@ def sweep(
     cfg = SweepConfig(data_dir=str(data_dir), out=str(out), grid=parse_grid(grid) if grid is not None else None,
                       weights=weights, epochs=epochs, augment_views=augment_views, calib_samples=calib_samples, seed=seed,
                       max_latency_ms=max_latency_ms, max_size_mb=max_size_mb,
-                      latency_from=str(latency_from) if latency_from else None, resume=resume, overwrite=overwrite).validate()
+                      latency_from=str(latency_from) if latency_from else None, resume=resume, overwrite=overwrite,
+                      objective=objective).validate()
     with _capture("sweep", verbose):
         _quiet_tf()
         doc = run_sweep(cfg, say=quiet.say)

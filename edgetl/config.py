@@ -74,8 +74,17 @@ class TrainConfig:
         val_split: validation fraction for the ``<class>/`` layout (stratified, seeded).
         seed: seed for every random choice (split, shuffles, augmentation, init).
         augment: augmentation settings.
-        class_weights: ``auto`` (when the largest/smallest class ratio > ``imbalance_ratio``), ``on`` or ``off``.
-        imbalance_ratio: class-size ratio above which ``auto`` weights classes.
+        class_weights: ``auto`` (above ``imbalance_ratio``: the head is trained unweighted, with softened
+            and with inverse-frequency class weights, and the best on the val ``objective`` is kept;
+            see edgetl/imbalance.py), ``off``, ``sqrt`` (inverse square-root frequency) or ``on``
+            (inverse frequency).
+        imbalance_ratio: largest/smallest class-size ratio above which ``auto`` tries class weights.
+        objective: what every choice on val maximises: ``accuracy`` (early stopping and the fine-tune
+            keep/restore on the val cross-entropy) or ``balanced`` (on the class-balanced val
+            cross-entropy, each class counting equally; the class-weight choice on balanced accuracy).
+            ``accuracy`` by default: on sign_digits at 10:1 both objectives met the imbalance target
+            and tied on a test split as unbalanced as training; ``balanced`` was 2.4 points higher on a
+            balanced test split (benchmarks/results/imbalance_20261205-191031.md, -193449.md).
         unfreeze: number of top blocks to unfreeze (None: the backbone's default).
         patience: early stopping patience on val loss (epochs; 0 disables).
         out: run directory (None: ``runs/<name>``).
@@ -113,6 +122,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     class_weights: str = "auto"
     imbalance_ratio: float = 1.5
+    objective: str = "accuracy"
     unfreeze: int | None = None
     patience: int = 5
     out: str | None = None
@@ -184,8 +194,13 @@ class TrainConfig:
             from edgetl.models import get_spec
 
             get_spec(self.backbone).at_size(self.image_size)  # the backbone's size range
-        if self.class_weights not in ("auto", "on", "off"):
-            raise UsageError(f"--class-weights must be auto, on or off, got {self.class_weights!r}")
+        from edgetl.imbalance import MODES
+        from edgetl.metrics import OBJECTIVES
+
+        if self.class_weights not in MODES:
+            raise UsageError(f"--class-weights must be one of {', '.join(MODES)}, got {self.class_weights!r}")
+        if self.objective not in OBJECTIVES:
+            raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         from edgetl.embed import ENGINES
 
         if self.embed_engine not in ENGINES:
@@ -216,6 +231,7 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
         kw.setdefault("head_l2", 0.0)  # runs saved before head_l2 existed were trained without it (resume stays exact)
+        kw.setdefault("objective", "accuracy")  # runs saved before the objective existed selected on val loss
         aug = kw.pop("augment", None)
         if isinstance(aug, dict):
             aug_known = {f.name for f in fields(AugmentConfig)}

@@ -58,8 +58,13 @@ class SweepConfig:
     latency_from: str | None = None
     resume: bool = False
     overwrite: bool = False
+    objective: str = "accuracy"
 
     def validate(self) -> "SweepConfig":
+        from edgetl.metrics import OBJECTIVES
+
+        if self.objective not in OBJECTIVES:
+            raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         for name, v in (("--max-latency-ms", self.max_latency_ms), ("--max-size-mb", self.max_size_mb)):
             if v is not None and not v > 0:
                 raise UsageError(f"{name} must be > 0, got {v}")
@@ -116,6 +121,11 @@ class Candidate:
     image_size: tuple[int, int]
     val_accuracy: float | None = None
     test_accuracy: float | None = None
+    # balanced accuracy (percent) and macro-F1 of the int8 file (edgetl/metrics.py)
+    val_balanced_accuracy: float | None = None
+    val_macro_f1: float | None = None
+    test_balanced_accuracy: float | None = None
+    test_macro_f1: float | None = None
     keras_val_accuracy: float | None = None
     agreement: float | None = None
     p50_ms: float | None = None
@@ -144,6 +154,12 @@ class Candidate:
     def ok(self) -> bool:
         return self.error is None and self.val_accuracy is not None and self.p50_ms is not None
 
+    def score(self, objective: str = "accuracy") -> float:
+        """The val figure the sweep ranks by (percent): accuracy, or balanced accuracy (accuracy when unknown)."""
+        if objective == "balanced" and self.val_balanced_accuracy is not None:
+            return self.val_balanced_accuracy
+        return self.val_accuracy if self.val_accuracy is not None else float("-inf")
+
 
 def candidate_name(backbone: str, size: tuple[int, int]) -> str:
     return f"{backbone}_{size[0]}x{size[1]}"
@@ -152,21 +168,22 @@ def candidate_name(backbone: str, size: tuple[int, int]) -> str:
 # --------------------------------------------------------------------------- choice
 
 
-def pareto(cands: Sequence[Candidate]) -> list[str]:
-    """Names of the candidates no other one beats on val accuracy and p50 at once (fastest first)."""
+def pareto(cands: Sequence[Candidate], objective: str = "accuracy") -> list[str]:
+    """Names of the candidates no other one beats on the val objective and p50 at once (fastest first)."""
     ok = [c for c in cands if c.ok]
     front = []
     for c in ok:
-        dominated = any((o.val_accuracy >= c.val_accuracy and o.p50_ms <= c.p50_ms)
-                        and (o.val_accuracy > c.val_accuracy or o.p50_ms < c.p50_ms) for o in ok)
+        dominated = any((o.score(objective) >= c.score(objective) and o.p50_ms <= c.p50_ms)
+                        and (o.score(objective) > c.score(objective) or o.p50_ms < c.p50_ms) for o in ok)
         if not dominated:
             front.append(c)
     return [c.name for c in sorted(front, key=lambda c: c.p50_ms)]
 
 
 def recommend(cands: Sequence[Candidate], max_latency_ms: float | None = None,
-              max_size_mb: float | None = None) -> tuple[Candidate | None, str]:
-    """The most accurate candidate on val within the budgets (ties: the faster); (None, why) when none fits."""
+              max_size_mb: float | None = None, objective: str = "accuracy") -> tuple[Candidate | None, str]:
+    """The best candidate on the val objective (accuracy or balanced accuracy) within the budgets
+    (ties: the faster); (None, why) when none fits."""
     ok = [c for c in cands if c.ok]
     fit = [c for c in ok if (max_latency_ms is None or c.p50_ms <= max_latency_ms)
            and (max_size_mb is None or (c.size_mb or 0.0) <= max_size_mb)]
@@ -175,13 +192,14 @@ def recommend(cands: Sequence[Candidate], max_latency_ms: float | None = None,
             return None, "no candidate was measured"
         return None, (f"no candidate fits the budget (fastest: {min(ok, key=lambda c: c.p50_ms).name} at "
                       f"{min(c.p50_ms for c in ok):.2f} ms, smallest {min(c.size_mb or 0 for c in ok):.2f} MB)")
-    best = max(fit, key=lambda c: (round(c.val_accuracy, 6), -c.p50_ms))
+    best = max(fit, key=lambda c: (round(c.score(objective), 6), -c.p50_ms))
     budget = []
     if max_latency_ms is not None:
         budget.append(f"p50 <= {max_latency_ms:g} ms")
     if max_size_mb is not None:
         budget.append(f"size <= {max_size_mb:g} MB")
-    return best, "highest val accuracy" + (f" within {' and '.join(budget)}" if budget else "")
+    what = "balanced accuracy" if objective == "balanced" else "accuracy"
+    return best, f"highest val {what}" + (f" within {' and '.join(budget)}" if budget else "")
 
 
 def latencies_from_bench(path: str | Path) -> dict[str, float]:
@@ -239,7 +257,7 @@ def _measure(cfg: SweepConfig, backbone: str, size: tuple[int, int], out: Path, 
     t0 = time.perf_counter()
     res = train(TrainConfig(data_dir=cfg.data_dir, backbone=backbone, weights=cfg.weights, strategy="feature-extraction",
                             epochs=cfg.epochs, seed=cfg.seed, image_size=size, out=str(run_dir), overwrite=True,
-                            augment=AugmentConfig(views=cfg.augment_views), verbose=0))
+                            augment=AugmentConfig(views=cfg.augment_views), objective=cfg.objective, verbose=0))
     c.train_s = round(time.perf_counter() - t0, 1)
     c.keras_val_accuracy = round(100 * res.val_accuracy, 2)
     t0 = time.perf_counter()
@@ -261,9 +279,13 @@ def _measure(cfg: SweepConfig, backbone: str, size: tuple[int, int], out: Path, 
         c.agreement = round(art.verification.agreement, 2)
     if art.within_budget is False:
         c.notes.append(f"int8 over the export budget (agreement {c.agreement} %)")
-    test = _test_accuracy(dest, cfg.data_dir)
+    val = _int8_scores(dest, cfg.data_dir, "val")
+    if val is not None:
+        c.val_balanced_accuracy, c.val_macro_f1 = round(100 * val["balanced_accuracy"], 2), round(val["macro_f1"], 4)
+    test = _int8_scores(dest, cfg.data_dir, "test")
     if test is not None:
-        c.test_accuracy = round(test, 2)
+        c.test_accuracy = round(100 * test["accuracy"], 2)
+        c.test_balanced_accuracy, c.test_macro_f1 = round(100 * test["balanced_accuracy"], 2), round(test["macro_f1"], 4)
     from edgetl.preprocess import prepare_batch
     from edgetl.run import load_run
 
@@ -287,19 +309,19 @@ def _one_image(data_dir: str) -> Any:
     return ds.val.paths[0] if ds.val.paths else ds.train.paths[0]
 
 
-def _test_accuracy(tflite: Path, data_dir: str) -> float | None:
-    """Accuracy (percent) of the int8 file on the ``test/`` split; None when there is none."""
-    import numpy as np
-
+def _int8_scores(tflite: Path, data_dir: str, split: str) -> dict[str, Any] | None:
+    """Accuracy, balanced accuracy and macro-F1 (fractions, edgetl/metrics.py) of the int8 file on a
+    split (``val`` or ``test``); None when the split is empty or absent."""
+    from edgetl.metrics import scores
     from edgetl.preprocess import prepare_batch
     from edgetl.runtime.tflite_runner import TFLiteRunner
 
-    ds = _scan(data_dir)
-    if ds.test is None or not ds.test.paths:
+    part = getattr(_scan(data_dir), split)
+    if part is None or not part.paths:
         return None
     r = TFLiteRunner(tflite, threads=None)
-    probs = r.predict(prepare_batch(ds.test.paths, r.preprocessing))
-    return float(100.0 * np.mean(probs.argmax(1) == np.asarray(ds.test.labels)))
+    probs = r.predict(prepare_batch(part.paths, r.preprocessing))
+    return scores(part.labels, probs.argmax(1), probs.shape[1])
 
 
 def _load_state(out: Path) -> dict[str, Candidate]:
@@ -356,7 +378,8 @@ def run_sweep(cfg: SweepConfig, say: Callable[[str], None] = print) -> dict[str,
         state[name] = c
         _save_state(out, cfg, state)
         say(f"    {name}: " + (f"failed: {c.error}" if c.error else
-                                f"val {c.val_accuracy:.2f}%" + (f", test {c.test_accuracy:.2f}%" if c.test_accuracy is not None else "")
+                                f"val {c.val_accuracy:.2f}%" + (f" (balanced {c.val_balanced_accuracy:.2f}%)" if c.val_balanced_accuracy is not None else "")
+                                + (f", test {c.test_accuracy:.2f}%" if c.test_accuracy is not None else "")
                                 + f", p50 {c.p50_ms:.2f} ms, {c.size_mb:.2f} MB, {c.train_s + c.export_s:.0f} s"))
     cands = [state[candidate_name(b, s)] for b, s in grid]
     notes = []
@@ -364,12 +387,12 @@ def run_sweep(cfg: SweepConfig, say: Callable[[str], None] = print) -> dict[str,
         missing = apply_latencies(cands, latencies_from_bench(cfg.latency_from))
         if missing:
             notes.append(f"--latency-from has no row for {', '.join(missing)}: their p50 is this machine's")
-    best, why = recommend(cands, cfg.max_latency_ms, cfg.max_size_mb)
+    best, why = recommend(cands, cfg.max_latency_ms, cfg.max_size_mb, cfg.objective)
     doc = {
         "data_dir": cfg.data_dir,
         "settings": {k: v for k, v in asdict(cfg).items() if k != "grid"} | {"grid": [[b, list(s)] for b, s in grid]},
         "candidates": [c.to_dict() for c in cands],
-        "pareto": pareto(cands),
+        "pareto": pareto(cands, cfg.objective),
         "recommended": None if best is None else {"name": best.name, "why": why,
                                                    "command": fine_tune_command(cfg.data_dir, best)},
         "note": None if best is not None else why,
@@ -385,22 +408,29 @@ def run_sweep(cfg: SweepConfig, say: Callable[[str], None] = print) -> dict[str,
 
 def to_markdown(doc: dict[str, Any]) -> str:
     front = set(doc["pareto"])
-    rows = ["| candidate | input | val % (int8) | test % (int8) | agreement % | p50 ms | size MB | train + export s | Pareto |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| candidate | input | val % (int8) | val balanced % | val macro-F1 | test % (int8) | test balanced % | test macro-F1 "
+            "| agreement % | p50 ms | size MB | train + export s | Pareto |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def f(c: dict[str, Any], key: str, fmt: str) -> str:
+        return format(c[key], fmt) if c.get(key) is not None else "-"
+
     for c in doc["candidates"]:
         if c["error"]:
-            rows.append(f"| {c['name']} | {c['image_size'][0]}x{c['image_size'][1]} | failed: {c['error'][:80]} | | | | | | |")
+            rows.append(f"| {c['name']} | {c['image_size'][0]}x{c['image_size'][1]} | failed: {c['error'][:80]} |" + " |" * 10)
             continue
-        t = f"{c['test_accuracy']:.2f}" if c["test_accuracy"] is not None else "-"
+        t = f"{f(c, 'test_accuracy', '.2f')} | {f(c, 'test_balanced_accuracy', '.2f')} | {f(c, 'test_macro_f1', '.3f')}"
         secs = (c["train_s"] or 0) + (c["export_s"] or 0)
-        rows.append(f"| {c['name']} | {c['image_size'][0]}x{c['image_size'][1]} | {c['val_accuracy']:.2f} | {t} | "
+        rows.append(f"| {c['name']} | {c['image_size'][0]}x{c['image_size'][1]} | {c['val_accuracy']:.2f} | "
+                    f"{f(c, 'val_balanced_accuracy', '.2f')} | {f(c, 'val_macro_f1', '.3f')} | {t} | "
                     f"{c['agreement']:.2f} | {c['p50_ms']:.2f}{' (device)' if c['p50_source'] != 'this machine' else ''} | "
                     f"{c['size_mb']:.2f} | {secs:.0f} | {'yes' if c['name'] in front else ''} |")
     rec = doc["recommended"]
     tail = ([f"**Recommended:** {rec['name']} ({rec['why']}). Full run: `{rec['command']}`"] if rec
             else [f"**No recommendation:** {doc['note']}"])
+    objective = (doc.get("settings") or {}).get("objective", "accuracy")
     return "\n".join(["# edgetl sweep", "", f"Data: {doc['data_dir']}; latency: 1 thread, int8 TFLite, "
-                      "bench's timer; accuracy: the int8 file (val chose, test reported).", ""] + rows + [""] + tail
+                      f"bench's timer; accuracy: the int8 file (val chose on {objective}, test reported).", ""] + rows + [""] + tail
                      + [""] + [f"Note: {n}" for n in doc["notes"]]) + "\n"
 
 

@@ -33,12 +33,15 @@ from edgetl import __version__, quiet
 from edgetl.config import TrainConfig
 from edgetl.embed import frozen_forward
 from edgetl.errors import EdgetlError, UsageError
+from edgetl.imbalance import choose_weighting, imbalance_lines, weighting_candidates, weights_for
 from edgetl.locking import LOCK_NAME, DirLock, check_output_dir
+from edgetl.metrics import balanced_sample_weights, classification_metrics, majority_baseline, score_line
 from edgetl.models.registry import block_index
 from edgetl.report import atomic_write_text, csv_text, write_json
 from edgetl.run import CONFIG_FILE, LABELS_FILE, MODEL_FILE, read_config, write_config
 
 CHECKPOINT_DIR = "checkpoints"
+WEIGHTING_FILE = "class_weighting.json"  # the class-weight choice, beside the checkpoints (a resumed fine-tune reads it)
 HISTORY_COLUMNS = ["phase", "epoch", "phase_epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "train_seconds", "epoch_seconds"]
 
 
@@ -245,13 +248,10 @@ class TrainResult:
     def summary(self) -> str:
         m = self.metrics
         v = m["val"]
-        lines = [
-            f"run: {self.run_dir}",
-            f"val accuracy {v['accuracy']:.2%} ({v['correct']}/{v['total']}), val loss {v['loss']:.4f}",
-        ]
+        lines = [f"run: {self.run_dir}", f"{score_line(v, 'val')}, val loss {v['loss']:.4f}"]
         if m.get("test"):
-            t = m["test"]
-            lines.append(f"test accuracy {t['accuracy']:.2%} ({t['correct']}/{t['total']})")
+            lines.append(score_line(m["test"], "test"))
+        lines.extend(imbalance_lines(m))
         ips = m.get("fine_tune_images_per_s")
         lines.append(
             f"strategy {m['strategy']}, {m['epochs_run']['head']} head + {m['epochs_run']['fine_tune']} fine-tune epochs, "
@@ -319,17 +319,6 @@ def unfrozen_layer_names(layer_names: Sequence[str], k: int) -> set[str]:
     return {n for n in layer_names if n.startswith("top_") or block_index(n) in chosen} if k > 0 else set()
 
 
-def class_weights_for(counts: Sequence[int], mode: str, ratio: float) -> dict[int, float] | None:
-    """Balanced class weights (n / (k * n_c)) when asked, or automatically above ``ratio``."""
-    counts = [int(c) for c in counts]
-    if mode == "off" or not counts or min(counts) == 0:
-        return None
-    if mode == "auto" and max(counts) / min(counts) <= ratio:
-        return None
-    total, k = sum(counts), len(counts)
-    return {i: total / (k * c) for i, c in enumerate(counts)}
-
-
 def _two_losses(a: float, b: float) -> tuple[str, str]:
     """``a`` and ``b`` with 4 decimals, or more (up to 8) until they read differently."""
     for digits in range(4, 9):
@@ -347,13 +336,14 @@ def fine_tune_choice(history: Sequence[dict[str, Any]], head_only: dict[str, Any
     fine-tune phase and restores the best epoch): the fine-tune epoch with the lowest val loss is kept
     only if its val loss is strictly lower than the head-only model's; otherwise the head-only model is
     restored. Val loss is the training loss evaluated on val (cross-entropy, plus label smoothing and the
-    classifier's L2 penalty when set). Test images never take part.
+    classifier's L2 penalty when set); with ``objective="balanced"`` each val image is weighted so that
+    every class counts equally (:func:`edgetl.metrics.balanced_sample_weights`). Test images never take part.
 
     Args:
         history: the run's history rows (``phase``, ``phase_epoch``, ``val_loss``, ``val_accuracy``).
         head_only: ``{"val_loss", "val_accuracy"}`` of the head-only model, or None when unknown
             (a run resumed from a checkpoint written before edgetl recorded it).
-        cfg: the run's settings (only to describe the loss).
+        cfg: the run's settings (only to describe the loss and the objective).
     """
     rows = [r for r in history if r.get("phase") == "fine-tune" and r.get("val_loss") is not None
             and np.isfinite(float(r["val_loss"]))]
@@ -363,12 +353,15 @@ def fine_tune_choice(history: Sequence[dict[str, Any]], head_only: dict[str, Any
         loss_terms[0] = f"cross-entropy with label smoothing {cfg.label_smoothing:g}"
     if cfg is None or cfg.head_l2 > 0:
         loss_terms.append("the classifier's L2 penalty")
+    objective = cfg.objective if cfg is not None else "accuracy"
+    on_val = "on val, each class weighted equally (objective balanced)" if objective == "balanced" else "on val"
     doc: dict[str, Any] = {
         "kept": None,
         "reason": "",
+        "objective": objective,
         "rule": ("keep the fine-tuned weights (the fine-tune epoch with the lowest val loss) only if their val loss "
                  "is lower than the head-only model's, else restore the head-only model; val loss: the training "
-                 "loss (" + " + ".join(loss_terms) + ") on val; test is never used for the choice"),
+                 "loss (" + " + ".join(loss_terms) + f") {on_val}; test is never used for the choice"),
         "head_only": {"val_loss": None if head_only is None else head_only.get("val_loss"),
                       "val_accuracy": None if head_only is None else head_only.get("val_accuracy")},
         "fine_tuned": {"epoch": None if best is None else best.get("phase_epoch"),
@@ -385,19 +378,22 @@ def fine_tune_choice(history: Sequence[dict[str, Any]], head_only: dict[str, Any
     else:
         ft, ho = _two_losses(float(best["val_loss"]), float(ho_loss))
         doc["kept"] = float(best["val_loss"]) < float(ho_loss)
+        loss = "class-balanced val loss" if objective == "balanced" else "val loss"
         if doc["kept"]:
-            doc["reason"] = f"val loss {ft} < {ho} of the head-only model"
+            doc["reason"] = f"{loss} {ft} < {ho} of the head-only model"
         else:
-            doc["reason"] = f"best fine-tune epoch {best.get('phase_epoch')}: val loss {ft} >= {ho} of the head-only model"
+            doc["reason"] = f"best fine-tune epoch {best.get('phase_epoch')}: {loss} {ft} >= {ho} of the head-only model"
     return doc
 
 
 def _add_candidate_metrics(cand: dict[str, Any], val: dict[str, Any], test: dict[str, Any] | None) -> None:
     """Fill a candidate of the fine-tune choice with metrics computed from its own predictions."""
     cand.update({"val_accuracy": val["accuracy"], "val_correct": val["correct"], "val_total": val["total"],
-                 "val_cross_entropy": val["loss"]})
+                 "val_balanced_accuracy": val["balanced_accuracy"], "val_macro_f1": val["macro_f1"],
+                 "val_cross_entropy": val["loss"], "val_balanced_cross_entropy": val["balanced_loss"]})
     if test is not None:
-        cand.update({"test_accuracy": test["accuracy"], "test_correct": test["correct"], "test_total": test["total"]})
+        cand.update({"test_accuracy": test["accuracy"], "test_correct": test["correct"], "test_total": test["total"],
+                     "test_balanced_accuracy": test["balanced_accuracy"], "test_macro_f1": test["macro_f1"]})
 
 
 def fine_tune_summary(doc: dict[str, Any]) -> str:
@@ -407,34 +403,6 @@ def fine_tune_summary(doc: dict[str, Any]) -> str:
     if doc["kept"]:
         return f"fine-tuned weights kept: {doc['reason']}"
     return f"fine-tuning did not help on val: head-only model restored ({doc['reason']})"
-
-
-def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
-    """Accuracy (with counts), plain cross-entropy, per-class precision/recall/F1, confusion matrix."""
-    n = len(classes)
-    labels = np.asarray(labels, dtype=np.int64)
-    pred = probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64)
-    cm = np.zeros((n, n), dtype=np.int64)
-    np.add.at(cm, (labels, pred), 1)
-    eps = 1e-7
-    loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], eps, 1.0)))) if len(labels) else float("nan")
-    per_class = {}
-    for i, c in enumerate(classes):
-        tp = int(cm[i, i])
-        p = tp / cm[:, i].sum() if cm[:, i].sum() else 0.0
-        r = tp / cm[i, :].sum() if cm[i, :].sum() else 0.0
-        f1 = 2 * p * r / (p + r) if p + r else 0.0
-        per_class[c] = {"precision": p, "recall": r, "f1": f1, "support": int(cm[i, :].sum())}
-    correct = int(np.trace(cm))
-    return {
-        "accuracy": correct / max(len(labels), 1),
-        "correct": correct,
-        "total": int(len(labels)),
-        "loss": loss,
-        "per_class": per_class,
-        "macro_f1": float(np.mean([v["f1"] for v in per_class.values()])) if per_class else 0.0,
-        "confusion_matrix": cm.tolist(),
-    }
 
 
 def _versions() -> dict[str, str]:
@@ -792,6 +760,10 @@ class _Run:
     yva: Any = None
     classes: list[str] = field(default_factory=list)
     cw: dict[int, float] | None = None
+    train_counts: list[int] = field(default_factory=list)
+    weightings: list[str] = field(default_factory=lambda: ["off"])  # class-weight candidates, lightest first
+    weighting_doc: dict[str, Any] | None = None  # the class-weight choice (_choose_weighting)
+    va_sw: Any = None  # val sample weights of the objective (None: plain val loss)
     decode_seconds: float = 0.0
     config_doc: dict[str, Any] = field(default_factory=dict)
     # graphs (_build_graphs)
@@ -901,11 +873,15 @@ def _load_data(r: _Run) -> None:
         old = read_config(r.run_dir).get("data", {})
         if old.get("files_sha256") != fingerprint["files_sha256"]:
             raise EdgetlError(f"cannot resume {r.run_dir}: the images in {cfg.data_dir} changed since the run started")
-    counts = [int(c) for c in ds.train.counts().values()]
-    r.cw = cw = class_weights_for(counts, cfg.class_weights, cfg.imbalance_ratio)
-    if cw:
+    r.train_counts = counts = [int(c) for c in ds.train.counts().values()]
+    # The first candidate is the head phase's own (checkpointed); the others are tried after it.
+    r.weightings = weighting_candidates(counts, cfg.class_weights, cfg.imbalance_ratio)
+    r.cw = cw = weights_for(counts, r.weightings[0])
+    r.va_sw = balanced_sample_weights(r.yva, len(classes)) if cfg.objective == "balanced" else None
+    if len(r.weightings) > 1 or cw:
         _log(cfg, "unbalanced classes " + ", ".join(f"{c}={n}" for c, n in zip(classes, counts))
-             + "; class weights " + ", ".join(f"{classes[i]}={w:.3f}" for i, w in cw.items()))
+             + (f"; class weights {r.weightings[0]}" if len(r.weightings) == 1 else
+                f"; the head is trained with class weights {', '.join(r.weightings)} and the best on val {cfg.objective} kept"))
     _log(cfg, f"{len(r.ytr)} train / {len(r.yva)} val images, {r.n_cls} classes, decoded in {r.decode_seconds:.1f} s")
     r.config_doc = {
         "edgetl_version": __version__,
@@ -923,6 +899,7 @@ def _load_data(r: _Run) -> None:
         "versions": _versions(),
         "device_plan": r.device_doc,
         "class_weights": {classes[i]: w for i, w in cw.items()} if cw else None,
+        "objective": cfg.objective,
         "num_skipped": len(ds.skipped),
         "status": "running",
     }
@@ -1107,10 +1084,94 @@ def _fit_head(r: _Run) -> None:
             train_ds = training_dataset(r.emb_tr, r.y_views, r.n_cls, cfg.batch_size, cfg.seed,
                                         sample_weight=_sample_weights(r, r.y_views))
             _log(cfg, f"training the head for up to {cfg.epochs} epochs on {len(r.emb_tr)} embeddings")
-            _fit_phase(r, "head", r.head, train_ds, (r.emb_va, tf.one_hot(r.yva, r.n_cls)), cfg.epochs, 0, len(r.emb_tr),
-                       state, best_w, start)
+            _fit_phase(r, "head", r.head, train_ds, _val_data(r, r.emb_va, tf.one_hot(r.yva, r.n_cls)), cfg.epochs, 0,
+                       len(r.emb_tr), state, best_w, start)
             r.head_epochs_run = sum(1 for h in r.history if h["phase"] == "head")
+    _choose_weighting(r)
     r.full.get_layer("probs").set_weights(r.head.get_layer("probs").get_weights())
+
+
+def _val_data(r: _Run, x: Any, y1h: Any) -> tuple[Any, ...]:
+    """Keras ``validation_data``: with per-image weights when the objective is ``balanced``, so the val
+    loss that early stopping and the fine-tune keep/restore read counts every class equally."""
+    return (x, y1h) if r.va_sw is None else (x, y1h, r.va_sw)
+
+
+class _NoCheckpoints:
+    """The checkpoint sink of a candidate head fit (only the chosen head is checkpointed)."""
+
+    def save(self, model: Any, state: dict[str, Any], best_weights: Any) -> None:
+        pass
+
+
+def _fit_candidate_head(r: _Run, weighting: str, cw: dict[int, float] | None) -> tuple[Any, int]:
+    """A fresh head fitted on the cached embeddings with ``cw`` (same settings and early stopping as the
+    head phase, no checkpoints); returns (model, epochs run)."""
+    import keras
+    import tensorflow as tf
+
+    from edgetl.tfdata import training_dataset
+
+    cfg = r.cfg
+    keras.utils.set_random_seed(cfg.seed)
+    with _scope(r.strategy):
+        head = keras.models.clone_model(r.head)
+        _compile(head, cfg.lr, cfg, jit=False, steps_per_execution=32 if r.strategy is None else 1)
+    if r.plan.distribute == "multi-worker":
+        _multi_worker_build_fix(head, r.strategy)
+    sw = np.array([cw[int(c)] for c in r.y_views], np.float32) if cw else None
+    train_ds = training_dataset(r.emb_tr, r.y_views, r.n_cls, cfg.batch_size, cfg.seed, sample_weight=sw)
+    rows: list[dict[str, Any]] = []
+    cb = _make_phase_callback(f"head ({weighting} class weights)", cfg.epochs, 0, cfg.patience, _NoCheckpoints(), rows,
+                              len(r.emb_tr), None, None)
+    head.fit(train_ds, validation_data=_val_data(r, r.emb_va, tf.one_hot(r.yva, r.n_cls)), epochs=cfg.epochs,
+             callbacks=[cb], verbose=0, shuffle=False)
+    return head, len(rows)
+
+
+def _choose_weighting(r: _Run) -> None:
+    """Class weights that earn their place: with several candidates (``--class-weights auto`` on
+    unbalanced classes) a head is fitted per other candidate and the best on the val objective is
+    kept (edgetl/imbalance.py); the choice is saved beside the checkpoints for a resumed fine-tune."""
+    cfg, classes = r.cfg, r.classes
+    path = r.ckpt.root / WEIGHTING_FILE
+    if r.resumed_phase == "fine-tune" and path.is_file():
+        r.weighting_doc = json.loads(path.read_text())
+        r.cw = weights_for(r.train_counts, r.weighting_doc["chosen"])
+        return
+    if r.resumed_phase == "fine-tune":  # a checkpoint of an edgetl before the choice: the weights its config.json recorded
+        old = read_config(r.run_dir).get("class_weights") or {}
+        r.cw = {i: float(old[c]) for i, c in enumerate(classes) if c in old} or None
+        return
+
+    def named(cw: dict[int, float] | None) -> dict[str, float] | None:
+        return {classes[i]: w for i, w in cw.items()} if cw else None
+
+    def val_of(model: Any) -> dict[str, Any]:
+        return classification_metrics(np.asarray(model.predict(r.emb_va, batch_size=256, verbose=0), np.float32), r.yva, classes)
+
+    cands = [{"weighting": r.weightings[0], "val": val_of(r.head), "epochs": r.head_epochs_run, "class_weights": named(r.cw)}]
+    heads = {r.weightings[0]: r.head.get_weights()}
+    for name in r.weightings[1:]:
+        cw = weights_for(r.train_counts, name)
+        model, epochs = _fit_candidate_head(r, name, cw)
+        cands.append({"weighting": name, "val": val_of(model), "epochs": epochs, "class_weights": named(cw)})
+        heads[name] = model.get_weights()
+    for c in cands if len(cands) > 1 else []:  # one line per candidate when there is a choice
+        v = c["val"]
+        _log(cfg, f"head with class weights {c['weighting']}: on val {100 * v['accuracy']:.2f} % right ({v['correct']}/{v['total']}), "
+                  f"balanced {100 * v['balanced_accuracy']:.2f} %, macro-F1 {v['macro_f1']:.3f} ({c['epochs']} epochs)")
+    doc = choose_weighting(cands, cfg.objective)
+    if len(cands) == 1:
+        doc["reason"] = (f"--class-weights {cfg.class_weights}" if cfg.class_weights != "auto" else
+                         f"classes balanced within {cfg.imbalance_ratio:g}:1 (--class-weights auto)")
+    r.weighting_doc = doc
+    r.cw = weights_for(r.train_counts, doc["chosen"])
+    r.head.set_weights(heads[doc["chosen"]])
+    if len(cands) > 1:
+        _log(cfg, f"class weights {doc['chosen']}: {doc['reason']}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(doc, indent=2))
 
 
 def _fine_tune_data(r: _Run) -> tuple[Any, Any, int]:
@@ -1124,11 +1185,11 @@ def _fine_tune_data(r: _Run) -> tuple[Any, Any, int]:
     if r.tail is not None:
         ft_ds = training_dataset(r.act_tr, r.y_views, r.n_cls, cfg.batch_size, cfg.seed + 1,
                                  sample_weight=_sample_weights(r, r.y_views))
-        return ft_ds, (r.act_va, yva_1h), len(r.y_views)
+        return ft_ds, _val_data(r, r.act_va, yva_1h), len(r.y_views)
     ft_ds = training_dataset(r.xtr, r.ytr, r.n_cls, cfg.batch_size, cfg.seed + 1, sample_weight=_sample_weights(r, r.ytr),
                              augmenter=r.augmenter)
-    ft_val = tf.data.Dataset.from_tensor_slices((r.xva, yva_1h)).batch(cfg.batch_size).map(
-        lambda a, b: (tf.cast(a, tf.float32), b)).prefetch(2)
+    ft_val = tf.data.Dataset.from_tensor_slices(_val_data(r, r.xva, yva_1h)).batch(cfg.batch_size).map(
+        lambda a, *rest: (tf.cast(a, tf.float32), *rest)).prefetch(2)
     return ft_ds, ft_val, len(r.ytr)
 
 
@@ -1163,7 +1224,8 @@ def _fit_fine_tune(r: _Run) -> None:
                 return
             # Early stopping counts the starting point (the best head) as epoch 0: when no
             # fine-tune epoch lowers the val loss, the restore keeps the head unchanged.
-            ev = model.evaluate(*ft_val, verbose=0) if isinstance(ft_val, tuple) else model.evaluate(ft_val, verbose=0)
+            ev = (model.evaluate(ft_val[0], ft_val[1], sample_weight=ft_val[2] if len(ft_val) > 2 else None, verbose=0)
+                  if isinstance(ft_val, tuple) else model.evaluate(ft_val, verbose=0))
             loss = float(ev[0] if isinstance(ev, (list, tuple)) else ev)
             acc = float(ev[1]) if isinstance(ev, (list, tuple)) and len(ev) > 1 else None
             cb.best, cb.best_weights = loss, model.get_weights()
@@ -1215,6 +1277,7 @@ def _evaluate(r: _Run) -> None:
 
     if test is not None:
         r.metrics["test"] = test_metrics()
+    r.metrics["majority_baseline"] = _majority_doc(r, test[1] if test is not None else None)
     if not r.fine_tune:
         return
     r.fine_tune_doc = doc = fine_tune_choice(r.history, r.head_only_doc, cfg)
@@ -1236,6 +1299,20 @@ def _evaluate(r: _Run) -> None:
         finally:
             r.ft_model.set_weights(final_w)
         _add_candidate_metrics(doc[other], o_val, o_test)
+
+
+def _majority_doc(r: _Run, y_test: np.ndarray | None) -> dict[str, Any] | None:
+    """Always answering the largest training class, on val and test: reported when the training
+    classes are unbalanced beyond ``imbalance_ratio`` (None otherwise)."""
+    from edgetl.metrics import imbalance_ratio
+
+    ratio = imbalance_ratio(r.train_counts)
+    if ratio is None or ratio <= r.cfg.imbalance_ratio:
+        return None
+    val = majority_baseline(r.train_counts, r.yva)
+    test = majority_baseline(r.train_counts, y_test) if y_test is not None else None
+    return {"class": r.classes[val["class_index"]] if val else r.classes[int(np.argmax(r.train_counts))],
+            "imbalance_ratio": ratio, "train_counts": dict(zip(r.classes, r.train_counts)), "val": val, "test": test}
 
 
 def _write_run(r: _Run) -> TrainResult:
@@ -1272,6 +1349,8 @@ def _write_run(r: _Run) -> TrainResult:
         "epochs_run": {"head": r.head_epochs_run, "fine_tune": r.ft_epochs_run},
         "fine_tune": r.fine_tune_doc,
         "class_weights": {classes[i]: w for i, w in r.cw.items()} if r.cw else None,
+        "class_weighting": r.weighting_doc,
+        "objective": cfg.objective,
         "num_skipped": len(r.ds.skipped),
         "skipped": [p for p, _ in r.ds.skipped],
         "graph_check_max_abs_diff": r.agree,
@@ -1279,6 +1358,7 @@ def _write_run(r: _Run) -> TrainResult:
         "device_plan": r.device_doc,
     })
     write_json(run_dir / "metrics.json", metrics)
+    r.config_doc["class_weights"] = metrics["class_weights"]  # the weighting kept (auto chooses during training)
     r.config_doc["status"] = "complete"
     write_config(run_dir, r.config_doc)
     from edgetl.plots import plot_confusion, plot_curves

@@ -82,6 +82,9 @@ def test_accuracy_metrics():
     assert m["per_class_recall"] == {"a": 50.0, "b": 100.0, "c": 50.0}
     assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
     assert m["agreement"] == pytest.approx(100 * 5 / 6)
+    assert m["balanced_accuracy"] == pytest.approx(100 * (0.5 + 1.0 + 0.5) / 3)
+    f1 = [2 * 0.5 * 0.5 / 1.0, 2 * (2 / 3) * 1.0 / (2 / 3 + 1.0), 2 * 1.0 * 0.5 / 1.5]  # precision a 1/2, b 2/3, c 1
+    assert m["macro_f1"] == pytest.approx(np.mean(f1))
     many = accuracy_metrics(np.eye(8, dtype=np.float32)[[1, 2]] + 0.01, np.array([0, 2]), [str(i) for i in range(8)])
     assert "top5" in many and many["top1"] == 50.0
 
@@ -246,6 +249,23 @@ def test_bench_p50_matches_a_bare_loop(slow_model, image_folder, kind):
 # --------------------------------------------------------------------------- the whole bench on a run
 
 
+def test_majority_baseline_for_unbalanced_runs():
+    from types import SimpleNamespace
+
+    from edgetl.bench import majority_for
+    from edgetl.bench_report import majority_note
+
+    run = SimpleNamespace(labels=["a", "b"], config={"data": {"counts": {"train": {"a": 30, "b": 10}}},
+                                                     "train_config": {"imbalance_ratio": 1.5}})
+    m = majority_for(run, ["a", "b"], np.array([0, 1, 1, 1]))
+    assert m == {"class": "a", "imbalance_ratio": 3.0, "top1": 25.0, "balanced_accuracy": 50.0}
+    assert majority_note({"majority_baseline": m}) == "; unbalanced training classes (3.0:1): always answering 'a' scores top-1 25.00 %"
+    balanced = SimpleNamespace(labels=["a", "b"], config={"data": {"counts": {"train": {"a": 12, "b": 10}}}})
+    assert majority_for(balanced, ["a", "b"], np.array([0, 1])) is None and majority_note({}) == ""
+    assert majority_for(run, ["b", "a"], np.array([0, 1])) is None  # another model's labels: no claim
+    assert majority_for(None, ["a", "b"], np.array([0, 1])) is None
+
+
 @pytest.fixture(scope="session")
 def bench_result(artifacts):  # noqa: F811
     return run_bench([artifacts["run"]], BenchSettings(threads=(1, 2), **FAST))
@@ -263,6 +283,8 @@ def test_run_dir_bench_rows(bench_result):
         assert 0 < r.p50_ms <= r.p90_ms <= r.p99_ms and r.runs >= 5 and r.fps > 0
         assert r.load_ms > 0 and r.first_ms > 0 and r.peak_mem_mb is not None and r.size_mb > 0
         assert sum(map(sum, r.confusion_matrix)) == 12 and set(r.per_class_recall) == {"alpha", "beta"}
+        recalls = [v for v in r.per_class_recall.values() if v is not None]
+        assert r.balanced_accuracy == pytest.approx(np.mean(recalls)) and 0 <= r.macro_f1 <= 1
     tfl = [r for r in rows if r.format == "tflite"]
     assert {r.threads for r in tfl} == {1, 2}
     assert bench_result.best is not None
@@ -278,11 +300,13 @@ def test_reports_written_and_parseable(bench_result, tmp_path):
     with open(tmp_path / "out" / "bench.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == len(bench_result.rows) and float(rows[0]["p50_ms"]) > 0
+    assert float(rows[0]["balanced_accuracy"]) == pytest.approx(bench_result.rows[0].balanced_accuracy)
+    assert d["rows"][0]["balanced_accuracy"] is not None and d["rows"][0]["macro_f1"] is not None
     md = (tmp_path / "out" / "bench.md").read_text()
     assert "| model | format | runtime |" in md and "confusion matrix" in md
     assert written["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = terminal_report(bench_result)
-    assert "p50 ms" in text and "best (" in text and "environment:" in text
+    assert "p50 ms" in text and "best (" in text and "environment:" in text and "balanced %" in text and "macro-F1" in text
     assert not list((tmp_path / "out").glob(".*.tmp"))
 
 

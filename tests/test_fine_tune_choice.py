@@ -137,3 +137,23 @@ def test_choice_rule_without_training():
     assert doc["kept"] is False and doc["fine_tuned"]["val_loss"] is None
     # unknown head-only loss (old checkpoint): no claim
     assert fine_tune_choice(rows(0.2), None)["kept"] is None
+
+
+@pytest.mark.parametrize("objective", ["accuracy", "balanced"])
+def test_keep_restore_follows_the_objective(tmp_path, objective):
+    """The val loss the keep/restore rule compares is the objective's: plain cross-entropy, or the
+    class-balanced one (each class counting equally) with ``objective="balanced"``."""
+    folder = make_image_folder(tmp_path / "data", n_train=4, n_test=5)
+    make_image_folder(tmp_path / "data", classes=("alpha",), n_train=12, n_val=18)  # val: alpha 18, beta 6
+    res, m, _ = _run(folder, tmp_path / "run", objective=objective, class_weights="off", head_l2=0.0, epochs=3)
+    ft = _check_doc(m, res.history)
+    assert ft["objective"] == objective and (("each class weighted equally" in ft["rule"]) == (objective == "balanced"))
+    key, other = ("val_balanced_cross_entropy", "val_cross_entropy") if objective == "balanced" else (
+        "val_cross_entropy", "val_balanced_cross_entropy")
+    for name in ("head_only", "fine_tuned"):
+        c = ft[name]
+        assert c["val_loss"] == pytest.approx(c[key], rel=1e-3), (name, c)
+        assert c[key] != pytest.approx(c[other], rel=1e-3), (name, c)
+    assert json.loads((res.run_dir / "config.json").read_text())["objective"] == objective
+    for split in ("val", "test"):
+        assert {"balanced_accuracy", "macro_f1"} <= set(m[split]) and 0 <= m[split]["balanced_accuracy"] <= 1

@@ -43,6 +43,16 @@ def test_pareto_and_budget_choice():
     assert recommend([_c("x", 90.0, 9.0), _c("y", 90.0, 7.0)])[0].name == "y"
 
 
+def test_objective_ranks_the_candidates():
+    # "acc" is more accurate on val, "bal" better on balanced accuracy: the objective decides
+    acc = Candidate("acc", "b", (1, 1), val_accuracy=92.0, val_balanced_accuracy=60.0, p50_ms=5.0, size_mb=1.0)
+    bal = Candidate("bal", "b", (1, 1), val_accuracy=88.0, val_balanced_accuracy=80.0, p50_ms=6.0, size_mb=1.0)
+    assert recommend([acc, bal])[0].name == "acc"
+    best, why = recommend([acc, bal], objective="balanced")
+    assert best.name == "bal" and "balanced accuracy" in why
+    assert pareto([acc, bal], "balanced") == ["acc", "bal"] and pareto([acc, bal]) == ["acc"]
+
+
 def test_latency_from_bench_json(tmp_path):
     doc = {"rows": [{"model": "a_int8.tflite", "path": "/pi/models/a_int8.tflite", "status": "ok", "p50_ms": 30.0},
                     {"model": "a_int8.tflite", "path": "/pi/models/a_int8.tflite", "status": "ok", "p50_ms": 25.0},
@@ -72,6 +82,9 @@ def test_sweep_end_to_end_with_resume(data_with_test, tmp_path, capsys):
     for c in doc["candidates"]:
         assert c["error"] is None and c["p50_ms"] > 0 and c["size_mb"] > 0 and c["train_s"] > 0
         assert 0 <= c["val_accuracy"] <= 100 and c["test_accuracy"] is not None and c["agreement"] is not None
+        for key in ("val_balanced_accuracy", "test_balanced_accuracy"):
+            assert 0 <= c[key] <= 100, (key, c)
+        assert 0 <= c["val_macro_f1"] <= 1 and 0 <= c["test_macro_f1"] <= 1
         assert (out / "models" / f"{c['name']}_int8.tflite").is_file()
     from ai_edge_litert.interpreter import Interpreter
 
@@ -80,6 +93,7 @@ def test_sweep_end_to_end_with_resume(data_with_test, tmp_path, capsys):
     assert doc["pareto"] and doc["recommended"]["name"] in names
     assert "--image-size" in doc["recommended"]["command"] and "--strategy fine-tune" in doc["recommended"]["command"]
     assert {"sweep.json", "sweep.md", "sweep.png", "sweep_state.json"} <= {p.name for p in out.iterdir()}
+    assert "val balanced %" in (out / "sweep.md").read_text() and doc["settings"]["objective"] == "accuracy"
 
     # an existing sweep folder is not overwritten by accident
     assert main([*args, "--grid", "tiny_cnn@24"]) == 1

@@ -11,7 +11,8 @@ from conftest import make_image_folder
 from edgetl.cli import main
 from edgetl.config import AugmentConfig, TrainConfig
 from edgetl.errors import EdgetlError, UsageError
-from edgetl.train import DevicePlan, class_weights_for, plan_devices, unfrozen_layer_names
+from edgetl.imbalance import weighting_candidates, weights_for
+from edgetl.train import DevicePlan, plan_devices, unfrozen_layer_names
 
 FAST = dict(backbone="tiny_cnn", weights="none", lr=0.03, epochs=20, fine_tune_epochs=3, batch_size=16, verbose=0,
             augment=AugmentConfig(views=1))
@@ -176,6 +177,22 @@ def test_resume_after_interruption(image_folder, tmp_path, stop_at):
     assert ft["kept"] == (ft["fine_tuned"]["val_loss"] < ft["head_only"]["val_loss"])
 
 
+def test_resume_in_fine_tune_keeps_the_class_weight_choice(tmp_path):
+    from edgetl.train import train
+
+    data = make_image_folder(tmp_path / "data", n_train=4)
+    make_image_folder(tmp_path / "data", classes=("alpha",), n_train=12)
+    cfg = TrainConfig(data_dir=str(data), out=str(tmp_path / "run"), strategy="fine-tune",
+                      **{**FAST, "epochs": 4, "fine_tune_epochs": 2, "patience": 0})
+    with pytest.raises(_Interrupt):
+        train(cfg, extra_callbacks=[_stop_after(5)])  # 4 head epochs, then 1 fine-tune epoch
+    saved = json.loads((tmp_path / "run" / "checkpoints" / "class_weighting.json").read_text())
+    assert len(saved["candidates"]) == 3
+    res = train(cfg.replace(resume=True))
+    assert res.resumed and res.metrics["class_weighting"] == saved  # not chosen again
+    assert (res.metrics["class_weights"] is None) == (saved["chosen"] == "off")
+
+
 def test_resume_without_checkpoint(image_folder, tmp_path):
     with pytest.raises(EdgetlError, match="nothing to resume"):
         _train(image_folder, tmp_path / "none", resume=True)
@@ -193,12 +210,43 @@ def test_corrupt_files_skipped_and_counted(tmp_path, capsys):
     assert cfg["num_skipped"] == 2 and cfg["data"]["num_skipped"] == 2 and res.metrics["num_skipped"] == 2
 
 
-def test_unbalanced_classes_get_weights(tmp_path):
+@pytest.mark.parametrize("objective", ["accuracy", "balanced"])
+def test_class_weights_auto_picks_by_val(tmp_path, objective):
+    from edgetl.metrics import objective_score
+
     data = make_image_folder(tmp_path / "data", n_train=4)
     make_image_folder(tmp_path / "data", classes=("alpha",), n_train=12)  # alpha: 12, beta: 4
-    res = _train(data, tmp_path / "run", strategy="feature-extraction", epochs=2)
-    cw = res.metrics["class_weights"]
-    assert cw["beta"] > 1 > cw["alpha"]
+    res = _train(data, tmp_path / "run", strategy="feature-extraction", epochs=3, objective=objective)
+    m = json.loads((res.run_dir / "metrics.json").read_text())
+    doc = m["class_weighting"]
+    assert doc["objective"] == objective and [c["weighting"] for c in doc["candidates"]] == ["off", "sqrt", "on"]
+    key = "val_accuracy" if objective == "accuracy" else "val_balanced_accuracy"
+    figs = [c[key] for c in doc["candidates"]]
+    assert doc["chosen"] == doc["candidates"][figs.index(max(figs))]["weighting"]  # the best on val, first on ties
+    chosen = next(c for c in doc["candidates"] if c["weighting"] == doc["chosen"])
+    # the saved model is the chosen head: its val figures are the run's
+    assert chosen["val_correct"] == m["val"]["correct"] and chosen[key] == pytest.approx(
+        objective_score(m["val"], objective) if objective == "balanced" else m["val"]["accuracy"])
+    assert m["class_weights"] == chosen["class_weights"]
+    assert (m["class_weights"] is None) == (doc["chosen"] == "off")
+    if m["class_weights"]:
+        assert m["class_weights"]["beta"] > 1 > m["class_weights"]["alpha"]
+    cfg = json.loads((res.run_dir / "config.json").read_text())
+    assert cfg["objective"] == objective and cfg["class_weights"] == m["class_weights"]
+    base = m["majority_baseline"]
+    assert base["class"] == "alpha" and base["imbalance_ratio"] == pytest.approx(3.0)
+    assert base["val"]["correct"] == sum(1 for _ in (data / "val" / "alpha").iterdir())
+    summary = res.summary().splitlines()
+    assert "always answering 'alpha'" in res.summary() and "balanced accuracy" in summary[1] and "macro-F1" in summary[1]
+    assert any(line.startswith(f"class weights {doc['chosen']}: ") for line in summary)
+
+
+def test_class_weights_off_trains_one_head(tmp_path):
+    data = make_image_folder(tmp_path / "data", n_train=4)
+    make_image_folder(tmp_path / "data", classes=("alpha",), n_train=12)
+    res = _train(data, tmp_path / "run", strategy="feature-extraction", epochs=2, class_weights="off")
+    doc = res.metrics["class_weighting"]
+    assert doc["chosen"] == "off" and len(doc["candidates"]) == 1 and res.metrics["class_weights"] is None
 
 
 @pytest.mark.parametrize(
@@ -266,12 +314,15 @@ def test_unfrozen_layers_and_class_weights():
     assert unfrozen_layer_names(names, 2) == {"block2_add", "block10_conv", "top_conv", "top_bn"}
     assert unfrozen_layer_names(names, 0) == set()
     assert "stem_conv" not in unfrozen_layer_names(names, 99)
-    assert class_weights_for([10, 10], "auto", 1.5) is None
-    assert class_weights_for([15, 10], "auto", 1.5) is None
-    w = class_weights_for([30, 10], "auto", 1.5)
-    assert w == pytest.approx({0: 40 / 60, 1: 40 / 20})
-    assert class_weights_for([10, 10], "on", 1.5) == {0: 1.0, 1: 1.0}
-    assert class_weights_for([30, 10], "off", 1.5) is None
+    assert weighting_candidates([10, 10], "auto", 1.5) == ["off"]
+    assert weighting_candidates([15, 10], "auto", 1.5) == ["off"]
+    assert weighting_candidates([30, 10], "auto", 1.5) == ["off", "sqrt", "on"]
+    assert weighting_candidates([30, 10], "on", 1.5) == ["on"]
+    assert weights_for([30, 10], "on") == pytest.approx({0: 40 / 60, 1: 40 / 20})
+    assert weights_for([10, 10], "on") == {0: 1.0, 1: 1.0}
+    assert weights_for([30, 10], "off") is None
+    soft = weights_for([30, 10], "sqrt")  # softer than "on", still summing to the image count
+    assert 40 / 60 < soft[0] < 1 < soft[1] < 2 and 30 * soft[0] + 10 * soft[1] == pytest.approx(40)
 
 
 def test_config_validation():
