@@ -290,6 +290,7 @@ def train(
     embed_engine: str = typer.Option(_TC.embed_engine, "--embed-engine",
                                      help="Runs the frozen base: auto (ONNX Runtime on CPU, checked against TensorFlow), tensorflow or onnxruntime."),
     image_size: Optional[str] = typer.Option(None, "--image-size", help="Input size N (square) or HxW instead of the backbone's own (e.g. 160: about half the compute of 224); export, predict and bench follow it."),
+    resize: str = typer.Option(_TC.resize, "--resize", help="The deployment client's resize: mediapipe (MediaPipe Tasks CPU, the phone/Python client for uint8 models), gpu (half-pixel GPU sampler) or pillow; recorded in the run and every exported file."),
     quiet_: bool = typer.Option(False, "--quiet", "-q", help="No progress output (bars on a terminal, one line per epoch elsewhere)."),
     json_out: bool = typer.Option(False, "--json", help="Print metrics.json at the end."),
     verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
@@ -304,7 +305,7 @@ def train(
         augment=AugmentConfig(enabled=augment, views=augment_views), class_weights=class_weights, unfreeze=unfreeze,
         patience=patience, out=str(out) if out else None, name=name, overwrite=overwrite, resume=resume,
         max_pixels=max_pixels, workers=workers, embed_engine=embed_engine, verbose=0 if quiet_ else 1,
-        image_size=_parse_image_size(image_size),
+        image_size=_parse_image_size(image_size), resize=resize,
     ).validate()
     try:
         with _capture("training", verbose):

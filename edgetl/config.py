@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetl.errors import UsageError
-from edgetl.preprocess import DEFAULT_MAX_PIXELS
+from edgetl.preprocess import DEFAULT_MAX_PIXELS, LEGACY_RESIZE
 
 STRATEGIES = ("feature-extraction", "fine-tune")
 
@@ -92,6 +92,10 @@ class TrainConfig:
         verbose: 0 quiet, 1 progress bars, 2 one line per epoch.
         image_size: (height, width) input size instead of the backbone's own (``--image-size``);
             it flows through ``config.json`` to export, predict and bench.
+        resize: the deployment client's resize (``--resize``, one of :data:`edgetl.preprocess.RESIZES`):
+            training, evaluation, export verification, ``predict`` and ``bench`` resize with it, and the
+            exported files record it. ``mediapipe`` (MediaPipe Tasks' CPU path, what the Android/iOS/Python
+            client runs for uint8 models) by default; runs saved before the setting used ``pillow``.
     """
 
     data_dir: str
@@ -125,6 +129,7 @@ class TrainConfig:
     cache_limit_mb: int = 2048
     verbose: int = 1
     image_size: tuple[int, int] | None = None
+    resize: str = "mediapipe"
 
     def __post_init__(self) -> None:
         if isinstance(self.image_size, int) and not isinstance(self.image_size, bool):
@@ -186,6 +191,10 @@ class TrainConfig:
             get_spec(self.backbone).at_size(self.image_size)  # the backbone's size range
         if self.class_weights not in ("auto", "on", "off"):
             raise UsageError(f"--class-weights must be auto, on or off, got {self.class_weights!r}")
+        from edgetl.preprocess import RESIZES
+
+        if self.resize not in RESIZES:
+            raise UsageError(f"--resize must be one of {', '.join(RESIZES)}, got {self.resize!r}")
         from edgetl.embed import ENGINES
 
         if self.embed_engine not in ENGINES:
@@ -216,6 +225,7 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
         kw.setdefault("head_l2", 0.0)  # runs saved before head_l2 existed were trained without it (resume stays exact)
+        kw.setdefault("resize", LEGACY_RESIZE)  # and before resize existed, with Pillow's bilinear
         aug = kw.pop("augment", None)
         if isinstance(aug, dict):
             aug_known = {f.name for f in fields(AugmentConfig)}

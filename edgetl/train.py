@@ -656,6 +656,16 @@ def _predict(model: Any, x: Any, batch: int, verbose: int = 0) -> Any:
 # --------------------------------------------------------------------------- train
 
 
+def run_spec(config: TrainConfig) -> Any:
+    """The backbone spec a run trains: the backbone at ``--image-size``, resized with ``--resize``."""
+    from dataclasses import replace
+
+    from edgetl.models import get_spec
+
+    spec = get_spec(config.backbone).at_size(config.image_size)
+    return replace(spec, preprocessing=replace(spec.preprocessing, resize=config.resize))
+
+
 def train(config: TrainConfig, *, extra_callbacks: Sequence[Any] = ()) -> TrainResult:
     """Train a classifier on an image folder and write a complete run directory.
 
@@ -671,7 +681,7 @@ def train(config: TrainConfig, *, extra_callbacks: Sequence[Any] = ()) -> TrainR
     from edgetl.models import get_spec
 
     config.validate()
-    spec = get_spec(config.backbone).at_size(config.image_size)
+    spec = run_spec(config)
     distribute = requested_distribution()
     role = cluster_role() if distribute in ("auto", "multi-worker") else None
     if distribute == "multi-worker" and role is None:
@@ -694,7 +704,7 @@ def train(config: TrainConfig, *, extra_callbacks: Sequence[Any] = ()) -> TrainR
         run_dir, _ = _prepare_run_dir(config)
         if config.resume:
             config = _resumed_config(run_dir, config)
-            spec = get_spec(config.backbone).at_size(config.image_size)
+            spec = run_spec(config)
         return _train(config, spec, run_dir, (*extra_callbacks, *_test_hooks()), distribute=distribute, role=role)
     except BaseException:
         # A run that failed before its first checkpoint leaves nothing behind to block a retry.
