@@ -543,6 +543,8 @@ RUNTIMES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "litert-compiled": (("tflite",), ("cpu", "gpu", "npu")),
     "onnxruntime": (("onnx",), ("cpu", "cuda", "tensorrt", "openvino", "coreml", "xnnpack")),
     "openvino": (("tflite", "onnx"), ("cpu", "gpu", "npu", "auto")),
+    # The client itself (MediaPipe Tasks' ImageClassifier): its own resize from the original images.
+    "mediapipe": (("tflite",), ("cpu",)),
 }
 
 
@@ -582,6 +584,9 @@ class _Availability:
         from edgetl.runtime.openvino_runner import available_devices
 
         self.openvino = available_devices()  # [] when OpenVINO is not installed
+        import importlib.util
+
+        self.mediapipe = importlib.util.find_spec("mediapipe") is not None  # importing it is left to the row
 
 
 def _runtime_jobs(t: Target, runtime: str, device: str | None, settings: BenchSettings, av: _Availability,
@@ -595,6 +600,9 @@ def _runtime_jobs(t: Target, runtime: str, device: str | None, settings: BenchSe
         if device == "gpu" or (device is None and (settings.gpu is True or (settings.gpu is None and av.gpu_ok))):
             jobs.append(_Job(t, None, "gpu", skip=None if av.gpu_ok else f"skipped: {av.gpu_reason}", runtime=runtime))
         return jobs
+    if runtime == "mediapipe":  # one row per file: ImageClassifierOptions has no thread setting
+        skip = None if av.mediapipe else "skipped: MediaPipe is not installed (pip install 'edgetl[mediapipe]')"
+        return [_Job(t, None, "cpu", runtime=runtime, skip=skip)]
     if runtime == "litert-compiled":
         if device in (None, "cpu"):
             return [_Job(t, th, "cpu", runtime=runtime) for th in cpu]
@@ -683,7 +691,9 @@ def _set_tf_threads(n: int | None) -> None:
             pass  # TensorFlow already initialized: the row records the setting actually in force
 
 
-def _latency_batch(pixels: np.ndarray, batch: int) -> np.ndarray:
+def _latency_batch(pixels: Any, batch: int) -> Any:
+    if isinstance(pixels, list):  # image files for a runner that resizes itself
+        return (pixels * -(-batch // len(pixels)))[:batch]
     reps = -(-batch // len(pixels))
     return np.concatenate([pixels] * reps)[:batch] if reps > 1 else pixels[:batch]
 
@@ -702,6 +712,7 @@ class _BenchState:
     pixels: dict[tuple, np.ndarray] = field(default_factory=dict)  # (labels, size, resize) -> uint8 images
     accuracy: dict[tuple, dict[str, Any]] = field(default_factory=dict)  # (file, runtime, device) -> metrics
     ref: dict[tuple, tuple[str, np.ndarray, float | None]] = field(default_factory=dict)  # labels -> (name, probs, top1)
+    top1: dict[tuple, np.ndarray] = field(default_factory=dict)  # (file, runtime, device) -> predicted classes
 
     def eval_set(self, labels: list[str]) -> EvalSet | None:
         """The labelled images for a label set (found once; a data problem is raised for every row)."""
@@ -775,7 +786,7 @@ def run_bench(items: Sequence[str | Path], settings: BenchSettings = BenchSettin
     rows = [done[j] for j in range(len(jobs))]
 
     ref_names = sorted({v[0] for v in state.ref.values()})
-    notes = state.notes + speed_notes(rows, env)
+    notes = state.notes + client_agreement(rows, state.top1) + speed_notes(rows, env)
     floor, best = choose_best(rows, settings.min_accuracy, [v[2] for v in state.ref.values()], settings.min_agreement)
     if best is None and any(r.ok for r in rows):
         notes.append(f"no artifact reaches the top-1 floor of {floor:.2f} % with >= {settings.min_agreement:g} % agreement"
@@ -811,10 +822,14 @@ def _bench_row(job: _Job, state: _BenchState) -> BenchRow:
         row.detail.update(runner.describe())
         labels = list(runner.labels)
         es = state.eval_set(labels)
-        pixels, new_pixels = state.images(t.name, labels, runner.preprocessing, es)
+        if getattr(runner, "input_kind", "pixels") == "images":  # the client resizes: it gets the image files
+            pixels = list(es.paths) if es is not None else list(state.images(t.name, labels, runner.preprocessing, es)[0])
+            new_pixels = False
+        else:
+            pixels, new_pixels = state.images(t.name, labels, runner.preprocessing, es)
         _time_row(row, runner, pixels, settings)
         peak = mem.peak_delta_mb()
-        cache_mb = pixels.nbytes / 2**20 if new_pixels else 0.0  # the decoded images are not the model's memory
+        cache_mb = pixels.nbytes / 2**20 if new_pixels and isinstance(pixels, np.ndarray) else 0.0  # not the model's memory
         row.peak_mem_mb = None if peak is None else max(0.0, peak - cache_mb)
         if es is not None:
             _accuracy_row(row, runner, pixels, es, labels, state, (str(t.path), job.runtime, job.device))
@@ -851,9 +866,10 @@ def _accuracy_row(row: BenchRow, runner: Any, pixels: np.ndarray, es: EvalSet, l
     ekey = tuple(labels)
     if key not in state.accuracy:
         probs = runner.predict(pixels)
+        state.top1[key] = np.argmax(probs, axis=1) if len(probs) else np.zeros(0, np.int64)
         rref = state.ref.get(ekey)
         m = accuracy_metrics(probs, es.y, labels, rref[1] if rref else None)
-        if rref is None and (row.format == "keras" or row.precision == "fp32"):
+        if rref is None and (row.format == "keras" or row.precision == "fp32") and row.runtime != "mediapipe":
             state.ref[ekey] = (row.model, probs, m["top1"])
             m["agreement"] = 100.0
             m["max_prob_diff"] = 0.0
@@ -866,6 +882,24 @@ def _accuracy_row(row: BenchRow, runner: Any, pixels: np.ndarray, es: EvalSet, l
     if rref is not None and m.get("top1") is not None and rref[2] is not None:
         row.top1_delta_pt = m["top1"] - rref[2]
         row.detail["reference"] = rref[0]
+
+
+def client_agreement(rows: Sequence[BenchRow], top1: dict[tuple, np.ndarray]) -> list[str]:
+    """Per file with a MediaPipe row: its top-1 agreement with the LiteRT row (CPU) of the same file, set on the
+    MediaPipe row (``detail["agreement_vs_litert"]``) and returned as notes: what the phone app says vs edgetl."""
+    notes = []
+    for r in rows:
+        if r.runtime != "mediapipe" or not r.ok:
+            continue
+        mine, lite = top1.get((r.path, "mediapipe", r.device)), top1.get((r.path, "litert", "cpu"))
+        if mine is None or lite is None or len(mine) != len(lite) or not len(mine):
+            continue
+        k = int((mine == lite).sum())
+        r.detail["agreement_vs_litert"] = round(100.0 * k / len(mine), 3)
+        r.detail["agreement_vs_litert_count"] = [k, len(mine)]
+        notes.append(f"{r.model}: MediaPipe ImageClassifier vs LiteRT (edgetl's resize, "
+                     f"{r.detail.get('edgetl_resize', '?')}) top-1 agreement {100.0 * k / len(mine):.2f} % ({k}/{len(mine)})")
+    return notes
 
 
 def _precision_hint(t: Target) -> str:
