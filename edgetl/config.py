@@ -30,6 +30,12 @@ class AugmentConfig:
         contrast: max contrast change factor.
         views: augmented views per training image embedded for the frozen-base phase
             (in addition to the clean image). Each view costs one forward pass of the base.
+        resize: resize-robust views (``--no-augment-resize`` turns it off): each augmented view
+            decodes the image again and resizes it the way a randomly drawn client does (MediaPipe's
+            corner-mapped OpenCV warp, a half-pixel GPU sampler, or Pillow's antialiased bilinear,
+            after a source crop of up to 2 % per side), so the model's top-1 does not hinge on which
+            client resized the photo. Both strategies train on these views (feature extraction's head,
+            fine-tuning's cached activations).
     """
 
     enabled: bool = True
@@ -39,6 +45,7 @@ class AugmentConfig:
     brightness: float = 0.1
     contrast: float = 0.1
     views: int = 2
+    resize: bool = True
 
     def validate(self) -> None:
         for name, lo, hi in (("rotation", 0.0, 0.5), ("zoom", 0.0, 0.9), ("brightness", 0.0, 1.0), ("contrast", 0.0, 1.0)):
@@ -229,6 +236,7 @@ class TrainConfig:
         aug = kw.pop("augment", None)
         if isinstance(aug, dict):
             aug_known = {f.name for f in fields(AugmentConfig)}
+            aug = {"resize": False, **aug}  # runs saved before resize-robust views had none
             kw["augment"] = AugmentConfig(**{k: v for k, v in aug.items() if k in aug_known})
         return cls(**kw)
 

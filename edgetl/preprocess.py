@@ -218,6 +218,21 @@ def resize_array(pixels: np.ndarray, size: tuple[int, int], method: str = "media
     raise EdgetlError(f"unknown resize {method!r}; choose one of: {', '.join(RESIZES)}")
 
 
+def resize_variant(pixels: np.ndarray, size: tuple[int, int], rng: np.random.Generator,
+                   scale_jitter: float = 0.02) -> np.ndarray:
+    """One random draw of how some client resizes this image: training views for resize-robust models.
+
+    The implementation is drawn uniformly from :data:`RESIZES` (corner vs half-pixel mapping,
+    antialiased or not), after cropping each side of the source by up to ``scale_jitter`` of its
+    size (a source scale of ``1 - 2 * scale_jitter`` to 1, and a sub-pixel to few-pixel offset).
+    """
+    h, w = pixels.shape[:2]
+    if scale_jitter > 0 and h > 4 and w > 4:
+        t, b, left, r = (int(v) for v in np.floor(rng.uniform(0.0, scale_jitter, 4) * np.array([h, h, w, w]) + 0.5))
+        pixels = pixels[t:h - b, left:w - r]
+    return resize_array(pixels, size, RESIZES[int(rng.integers(len(RESIZES)))])
+
+
 _INTER_BITS = 5  # OpenCV: sub-pixel positions in 1/32 of a pixel
 _INTER_TAB = 1 << _INTER_BITS
 
@@ -239,19 +254,21 @@ def _warp_fixed_point(src: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
 
     The 2D weight table (``initInterTab2D``) is ``saturate_cast<short>((1 - fy)(1 - fx) * 2^15)`` etc. with
     fy, fx multiples of 1/32, so each weight is exactly ``wy * wx * 32`` (wy, wx in 0..32) and they sum to
-    2^15 without correction; the result is ``(sum(v * w) + 2^14) >> 15``.
+    2^15 without correction; the result is ``(sum(v * w) + 2^14) >> 15`` = ``(sum(v * wy * wx) + 2^9) >> 10``.
+    Integer sums are exact, so the two passes (columns, then rows) give the same bits as OpenCV's 2x2 sum.
     """
     h, w = src.shape[:2]
     y0, y1, fy = _fixed_point_axis(out_h, h)
     x0, x1, fx = _fixed_point_axis(out_w, w)
-    s = src.astype(np.int64)
     extra = (None,) * (src.ndim - 2)
-    wy0, wy1 = (_INTER_TAB - fy)[(slice(None), None, *extra)], fy[(slice(None), None, *extra)]
     wx0, wx1 = (_INTER_TAB - fx)[(None, slice(None), *extra)], fx[(None, slice(None), *extra)]
-    top, bottom = s[y0], s[y1]
-    acc = (top[:, x0] * wx0 + top[:, x1] * wx1) * wy0 + (bottom[:, x0] * wx0 + bottom[:, x1] * wx1) * wy1
-    acc = acc * (1 << (15 - 2 * _INTER_BITS))  # the table's weights are wy * wx * 32
-    return np.clip((acc + (1 << 14)) >> 15, 0, 255).astype(np.uint8)
+    rows = np.unique(np.concatenate([y0, y1]))  # only the source rows the output samples
+    pos = np.searchsorted(rows, np.arange(h))
+    s = src[rows].astype(np.int32)
+    horiz = s[:, x0] * wx0.astype(np.int32) + s[:, x1] * wx1.astype(np.int32)  # <= 255 * 32
+    wy0, wy1 = (_INTER_TAB - fy)[(slice(None), None, *extra)].astype(np.int32), fy[(slice(None), None, *extra)].astype(np.int32)
+    acc = horiz[pos[y0]] * wy0 + horiz[pos[y1]] * wy1  # <= 255 * 1024
+    return ((acc + (1 << 9)) >> 10).astype(np.uint8)
 
 
 def _bilinear_half_pixel(src: np.ndarray, out_h: int, out_w: int) -> np.ndarray:

@@ -208,3 +208,26 @@ def test_grayscale_and_transparent_images_through_predict(tiny_run, tmp_path):
         assert res[name].labels == res[f"rgb_{name}"].labels, name
         np.testing.assert_allclose(res[name].scores, res[f"rgb_{name}"].scores, atol=1e-6, err_msg=name)
     assert Image.open(tmp_path / "gray.png").mode == "L"
+
+
+def test_resize_variants_draw_every_client_and_repeat(tmp_path):
+    from edgetl.data import resize_views
+    from edgetl.preprocess import resize_variant
+
+    src = _smooth(90, 120, 9)
+    outs = [resize_variant(src, (24, 17), np.random.default_rng(s)) for s in range(24)]
+    assert all(o.shape == (24, 17, 3) and o.dtype == np.uint8 for o in outs)
+    plain = {m: resize_array(src, (24, 17), m) for m in RESIZES}
+    assert len({o.tobytes() for o in outs}) > 12  # methods x crops: many different views
+    assert np.array_equal(resize_variant(src, (24, 17), np.random.default_rng(3)), outs[3])
+    # no jitter: exactly one of the three clients' resizes, and all three are drawn
+    drawn = {next(m for m in RESIZES if np.array_equal(resize_variant(src, (24, 17), np.random.default_rng(s), 0.0), plain[m]))
+             for s in range(24)}
+    assert drawn == set(RESIZES)
+    paths = []
+    for i in range(3):
+        Image.fromarray(_smooth(60 + i, 80, i)).save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    pre = Preprocessing(input_size=(24, 17))
+    a, b, c = (resize_views(paths, pre, seed=0, view=v, workers=2) for v in (1, 1, 2))
+    assert a.shape == (3, 24, 17, 3) and np.array_equal(a, b) and not np.array_equal(a, c)
