@@ -24,6 +24,7 @@ TensorFlow is imported only for Keras rows.
 from __future__ import annotations
 
 import gc
+import importlib.util
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -584,9 +585,16 @@ class _Availability:
         from edgetl.runtime.openvino_runner import available_devices
 
         self.openvino = available_devices()  # [] when OpenVINO is not installed
-        import importlib.util
-
         self.mediapipe = importlib.util.find_spec("mediapipe") is not None  # importing it is left to the row
+
+
+def has_tflite_metadata(path: str | Path) -> bool:
+    """Whether a ``.tflite`` file has a ``TFLITE_METADATA`` entry (MediaPipe's ImageClassifier needs one for a
+    float input): the entry's name is stored as a plain string in the flatbuffer."""
+    try:
+        return b"TFLITE_METADATA" in Path(path).read_bytes()
+    except OSError:
+        return False
 
 
 def _runtime_jobs(t: Target, runtime: str, device: str | None, settings: BenchSettings, av: _Availability,
@@ -602,6 +610,10 @@ def _runtime_jobs(t: Target, runtime: str, device: str | None, settings: BenchSe
         return jobs
     if runtime == "mediapipe":  # one row per file: ImageClassifierOptions has no thread setting
         skip = None if av.mediapipe else "skipped: MediaPipe is not installed (pip install 'edgetl[mediapipe]')"
+        if skip is None and not has_tflite_metadata(t.path):
+            if not explicit:
+                return []  # not a file for the phone's client (run_bench notes it)
+            skip = "skipped: no TFLite metadata in this file (MediaPipe needs it; edgetl export writes it)"
         return [_Job(t, None, "cpu", runtime=runtime, skip=skip)]
     if runtime == "litert-compiled":
         if device in (None, "cpu"):
@@ -769,6 +781,9 @@ def run_bench(items: Sequence[str | Path], settings: BenchSettings = BenchSettin
     jobs = plan_jobs(targets, settings)
     env = environment()
     state = _BenchState(settings, data, run)
+    no_md = [t.name for t in targets if t.format == "tflite" and not any(j.target is t and j.runtime == "mediapipe" for j in jobs)]
+    if settings.runtimes is None and no_md and importlib.util.find_spec("mediapipe") is not None:
+        state.notes.append(f"MediaPipe rows: none for {', '.join(no_md)} (no TFLite metadata, which MediaPipe needs)")
     if settings.runtimes is None and any(t.format in ("tflite", "onnx") for t in targets) \
             and not any(j.runtime == "openvino" for j in jobs):
         state.notes.append("OpenVINO rows: OpenVINO is not installed (pip install 'edgetl[openvino]' adds them)")

@@ -72,3 +72,20 @@ def test_mediapipe_runner_predicts_like_the_client(tiny_exports, image_folder):
         assert (p_files.argmax(1) == r.labels.index("beta")).sum() >= 2
     finally:
         r.close()
+
+
+def test_file_without_metadata_gets_no_mediapipe_row(tiny_exports, image_folder, tmp_path):
+    """A float .tflite without TFLite metadata cannot be opened by MediaPipe: no row by default (a note), a
+    skipped row with the reason when mediapipe is asked for."""
+    _require_mediapipe()
+    from edgetl.bench import has_tflite_metadata
+
+    bare = tmp_path / "bare_fp32.tflite"
+    # the same model with its metadata entry renamed (same length: the flatbuffer stays valid)
+    bare.write_bytes(open(tiny_exports[0], "rb").read().replace(b"TFLITE_METADATA", b"TFLITE_NOTHING!"))
+    assert has_tflite_metadata(tiny_exports[0]) and not has_tflite_metadata(bare)
+    res = run_bench([bare], BenchSettings(**FAST), data=image_folder)
+    assert not [r for r in res.rows if r.runtime == "mediapipe"]
+    assert any("no TFLite metadata" in n for n in res.notes)
+    res = run_bench([bare], BenchSettings(runtimes=("mediapipe",), **FAST), data=image_folder)
+    assert [r.status for r in res.rows] == ["skipped: no TFLite metadata in this file (MediaPipe needs it; edgetl export writes it)"]
