@@ -95,8 +95,9 @@ def test_mediapipe_bench_rows_on_the_real_lite0_export(real_run, tmp_path):
     from edgetl.bench import BenchSettings, run_bench
 
     files = [real_run / "export" / f"efficientnet_lite0_{p}.tflite" for p in ("fp32", "int8")]
+    data = json.loads((real_run / "config.json").read_text())["data_dir"]  # its val/ split: 2 x N_VAL photos
     res = run_bench(files, BenchSettings(runtimes=("litert", "mediapipe"), threads=(1,), min_runs=3, min_time=0.0,
-                                         warmup_runs=1, warmup_time=0.0, keras=False))
+                                         warmup_runs=1, warmup_time=0.0, keras=False), data=data)
     mp_rows = [r for r in res.rows if r.runtime == "mediapipe"]
     assert len(mp_rows) == 2 and all(r.ok for r in mp_rows), [r.status for r in mp_rows]
     for r in mp_rows:
