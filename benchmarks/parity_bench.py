@@ -194,6 +194,26 @@ def save(result: dict[str, Any], out: Path, started: float, final: bool = False)
     atomic_write_text(out / f"{stamp}.md", markdown(result))
 
 
+def merge(files: list[Path], out: Path) -> int:
+    """One result from several runs' JSON files: rows of every run, in the order of DATASETS."""
+    docs = [json.loads(Path(f).read_text()) for f in files]
+    rows = sorted((r for d in docs for r in d["rows"]), key=lambda r: (DATASETS.index(r["dataset"]), list(VARIANTS).index(r["variant"])))
+    datasets = [d for d in DATASETS if any(r["dataset"] == d for r in rows)]
+    result = {**docs[0], "rows": rows, "datasets": datasets, "stamp_suffix": "" if tuple(datasets) == DATASETS else "-" + "-".join(datasets),
+              "merged_from": [{"file": Path(f).name, "command": d["command"], "total_s": d["total_s"], "complete": d["complete"]}
+                              for f, d in zip(files, docs)],
+              "command": " + ".join(d["command"] for d in docs)}
+    result["total_s"] = sum(d["total_s"] for d in docs)
+    result["checks"] = checks(result)
+    from edgetl.report import atomic_write_text, write_json
+
+    stamp = "parity_" + result["date"][:10] + result["stamp_suffix"]
+    result["complete"] = all({r["variant"] for r in rows if r["dataset"] == d} == set(VARIANTS) for d in datasets)
+    write_json(out / f"{stamp}.json", result)
+    atomic_write_text(out / f"{stamp}.md", markdown(result))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets")
@@ -201,9 +221,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-doctor", action="store_true", help="export int8 without the quantization doctor (faster)")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--suffix", default="", help="appended to the result file name (e.g. -views4)")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None,
+                    help="combine the result JSON files of separate runs (e.g. datasets run side by side) into one")
     ap.add_argument("--backbone", default="efficientnet_lite0", help=argparse.SUPPRESS)  # smoke runs on generated data
-    ap.add_argument("--train-args", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--train-args", default="", help="extra `edgetl train` options for both variants (e.g. \"--augment-views 4\")")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of " + ", ".join(VARIANTS))
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
     names = [d.strip() for d in args.datasets.split(",") if d.strip()]
     known = DATASETS if args.backbone == "efficientnet_lite0" else names
     bad = [d for d in names if d not in known or not (args.data / d).is_dir()]
@@ -225,11 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "benchmark": "device parity (issue 22)", "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "command": "python -m benchmarks.parity_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "stamp_suffix": "" if tuple(names) == DATASETS else "-" + "-".join(names), "datasets": names, "backbone": args.backbone,
+        "stamp_suffix": ("" if tuple(names) == DATASETS else "-" + "-".join(names)) + args.suffix, "datasets": names,
+        "backbone": args.backbone, "train_args": args.train_args,
         "workdir": str(work), "environment": environment(), "rows": [], "checks": []}
     for ds in names:
         split = with_test_split(args.data / ds, work)
-        for variant in VARIANTS:
+        for variant in [v for v in VARIANTS if v in args.variants.split(",")]:
             log(f"{ds} {variant}")
             result["rows"].append(run_variant(ds, variant, split, work, args.no_doctor, args.backbone, args.train_args.split()))
             save(result, args.out, started)
