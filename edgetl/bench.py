@@ -26,6 +26,7 @@ TensorFlow is imported only for Keras rows.
 from __future__ import annotations
 
 import gc
+import importlib.util
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -534,6 +535,8 @@ RUNTIMES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "litert-compiled": (("tflite",), ("cpu", "gpu", "npu")),
     "onnxruntime": (("onnx",), ("cpu", "cuda", "tensorrt", "openvino", "coreml", "xnnpack")),
     "openvino": (("tflite", "onnx"), ("cpu", "gpu", "npu", "auto")),
+    # The client itself (MediaPipe Tasks' ImageClassifier): its own resize from the original images.
+    "mediapipe": (("tflite",), ("cpu",)),
 }
 
 
@@ -583,6 +586,7 @@ class _Availability:
         if wanted and env.package_version("openvino") and any(t.format in ("tflite", "onnx") for t in targets):
             self.openvino_crash = self.probe("openvino", "cpu")  # listing the devices loads the plugins
         self.openvino = [] if self.openvino_crash else available_devices()  # [] when OpenVINO is not installed
+        self.mediapipe = importlib.util.find_spec("mediapipe") is not None  # importing it is left to the row
         self._ov_default: dict[str, str | None] = {}
 
     def probe(self, runtime: str, device: str) -> str | None:
@@ -602,6 +606,15 @@ class _Availability:
         return self._ov_default[device]
 
 
+def has_tflite_metadata(path: str | Path) -> bool:
+    """Whether a ``.tflite`` file has a ``TFLITE_METADATA`` entry (MediaPipe's ImageClassifier needs one for a
+    float input): the entry's name is stored as a plain string in the flatbuffer."""
+    try:
+        return b"TFLITE_METADATA" in Path(path).read_bytes()
+    except OSError:
+        return False
+
+
 def _runtime_jobs(t: Target, runtime: str, device: str | None, settings: BenchSettings, av: _Availability,
                   explicit: bool) -> list[_Job]:
     """The jobs of one target on one runtime (``device`` None: the runtime's default devices)."""
@@ -613,6 +626,13 @@ def _runtime_jobs(t: Target, runtime: str, device: str | None, settings: BenchSe
         if device == "gpu" or (device is None and (settings.gpu is True or (settings.gpu is None and av.gpu_ok))):
             jobs.append(_Job(t, None, "gpu", skip=None if av.gpu_ok else f"skipped: {av.gpu_reason}", runtime=runtime))
         return jobs
+    if runtime == "mediapipe":  # one row per file: ImageClassifierOptions has no thread setting
+        skip = None if av.mediapipe else "skipped: MediaPipe is not installed (pip install 'edgetl[mediapipe]')"
+        if skip is None and not has_tflite_metadata(t.path):
+            if not explicit:
+                return []  # not a file for the phone's client (run_bench notes it)
+            skip = "skipped: no TFLite metadata in this file (MediaPipe needs it; edgetl export writes it)"
+        return [_Job(t, None, "cpu", runtime=runtime, skip=skip)]
     if runtime == "litert-compiled":
         if device in (None, "cpu"):
             return [_Job(t, th, "cpu", runtime=runtime) for th in cpu]
@@ -716,7 +736,9 @@ def _set_tf_threads(n: int | None) -> None:
             pass  # TensorFlow already initialized: the row records the setting actually in force
 
 
-def _latency_batch(pixels: np.ndarray, batch: int) -> np.ndarray:
+def _latency_batch(pixels: Any, batch: int) -> Any:
+    if isinstance(pixels, list):  # image files for a runner that resizes itself
+        return (pixels * -(-batch // len(pixels)))[:batch]
     reps = -(-batch // len(pixels))
     return np.concatenate([pixels] * reps)[:batch] if reps > 1 else pixels[:batch]
 
@@ -736,6 +758,7 @@ class _BenchState:
     accuracy: dict[tuple, dict[str, Any]] = field(default_factory=dict)  # (file, runtime, device, precision) -> metrics
     ref: dict[tuple, tuple[str, np.ndarray, float | None]] = field(default_factory=dict)  # labels -> (name, probs, top1)
     decode_progress: Callable[[str], Callable[[int, int], None]] | None = None  # what -> progress(done, total) of a decode
+    top1: dict[tuple, np.ndarray] = field(default_factory=dict)  # (file, runtime, device) -> predicted classes
 
     def eval_set(self, labels: list[str]) -> EvalSet | None:
         """The labelled images for a label set (found once; a data problem is raised for every row)."""
@@ -809,6 +832,9 @@ def run_bench(items: Sequence[str | Path], settings: BenchSettings = BenchSettin
             raise
         except EdgetlError:
             pass  # a row reports it
+    no_md = [t.name for t in targets if t.format == "tflite" and not any(j.target is t and j.runtime == "mediapipe" for j in jobs)]
+    if settings.runtimes is None and no_md and importlib.util.find_spec("mediapipe") is not None:
+        state.notes.append(f"MediaPipe rows: none for {', '.join(no_md)} (no TFLite metadata, which MediaPipe needs)")
     if settings.runtimes is None and any(t.format in ("tflite", "onnx") for t in targets) \
             and not any(j.runtime == "openvino" for j in jobs):
         state.notes.append("OpenVINO rows: OpenVINO is not installed (pip install 'edgetl[openvino]' adds them)")
@@ -827,7 +853,7 @@ def run_bench(items: Sequence[str | Path], settings: BenchSettings = BenchSettin
     rows = [done[j] for j in range(len(jobs))]
 
     ref_names = sorted({v[0] for v in state.ref.values()})
-    notes = state.notes + speed_notes(rows, env)
+    notes = state.notes + client_agreement(rows, state.top1) + speed_notes(rows, env)
     floor, best, why = choose_best(rows, settings.min_accuracy, [v[2] for v in state.ref.values()], settings.min_agreement)
     if best is None and any(r.ok for r in rows):
         notes.append(why)
@@ -863,10 +889,14 @@ def _bench_row(job: _Job, state: _BenchState) -> BenchRow:
         row.detail.update(runner.describe())
         labels = list(runner.labels)
         es = state.eval_set(labels)
-        pixels, new_pixels = state.images(t.name, labels, runner.preprocessing, es)
+        if getattr(runner, "input_kind", "pixels") == "images":  # the client resizes: it gets the image files
+            pixels = list(es.paths) if es is not None else list(state.images(t.name, labels, runner.preprocessing, es)[0])
+            new_pixels = False
+        else:
+            pixels, new_pixels = state.images(t.name, labels, runner.preprocessing, es)
         _time_row(row, runner, pixels, settings)
         peak = mem.peak_delta_mb()
-        cache_mb = pixels.nbytes / 2**20 if new_pixels else 0.0  # the decoded images are not the model's memory
+        cache_mb = pixels.nbytes / 2**20 if new_pixels and isinstance(pixels, np.ndarray) else 0.0  # not the model's memory
         row.peak_mem_mb = None if peak is None else max(0.0, peak - cache_mb)
         if es is not None:
             _accuracy_row(row, runner, pixels, es, labels, state, (str(t.path), job.runtime, job.device, row.precision))
@@ -904,9 +934,10 @@ def _accuracy_row(row: BenchRow, runner: Any, pixels: np.ndarray, es: EvalSet, l
     ekey = tuple(labels)
     if key not in state.accuracy:
         probs = runner.predict(pixels)
+        state.top1[key] = np.argmax(probs, axis=1) if len(probs) else np.zeros(0, np.int64)
         rref = state.ref.get(ekey)
         m = accuracy_metrics(probs, es.y, labels, rref[1] if rref else None)
-        if rref is None and (row.format == "keras" or row.precision == "fp32"):
+        if rref is None and (row.format == "keras" or row.precision == "fp32") and row.runtime != "mediapipe":
             state.ref[ekey] = (row.model, probs, m["top1"])
             m["agreement"] = 100.0
             m["max_prob_diff"] = 0.0
@@ -920,6 +951,24 @@ def _accuracy_row(row: BenchRow, runner: Any, pixels: np.ndarray, es: EvalSet, l
     if rref is not None and m.get("top1") is not None and rref[2] is not None:
         row.top1_delta_pt = m["top1"] - rref[2]
         row.detail["reference"] = rref[0]
+
+
+def client_agreement(rows: Sequence[BenchRow], top1: dict[tuple, np.ndarray]) -> list[str]:
+    """Per file with a MediaPipe row: its top-1 agreement with the LiteRT row (CPU) of the same file, set on the
+    MediaPipe row (``detail["agreement_vs_litert"]``) and returned as notes: what the phone app says vs edgetl."""
+    notes = []
+    for r in rows:
+        if r.runtime != "mediapipe" or not r.ok:
+            continue
+        mine, lite = top1.get((r.path, "mediapipe", r.device)), top1.get((r.path, "litert", "cpu"))
+        if mine is None or lite is None or len(mine) != len(lite) or not len(mine):
+            continue
+        k = int((mine == lite).sum())
+        r.detail["agreement_vs_litert"] = round(100.0 * k / len(mine), 3)
+        r.detail["agreement_vs_litert_count"] = [k, len(mine)]
+        notes.append(f"{r.model}: MediaPipe ImageClassifier vs LiteRT (edgetl's resize, "
+                     f"{r.detail.get('edgetl_resize', '?')}) top-1 agreement {100.0 * k / len(mine):.2f} % ({k}/{len(mine)})")
+    return notes
 
 
 def _precision_hint(t: Target) -> str:

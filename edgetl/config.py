@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetl.errors import UsageError
-from edgetl.preprocess import DEFAULT_MAX_PIXELS
+from edgetl.preprocess import DEFAULT_MAX_PIXELS, LEGACY_RESIZE
 
 STRATEGIES = ("feature-extraction", "fine-tune")
 
@@ -30,6 +30,12 @@ class AugmentConfig:
         contrast: max contrast change factor.
         views: augmented views per training image embedded for the frozen-base phase
             (in addition to the clean image). Each view costs one forward pass of the base.
+        resize: resize-robust views (``--no-augment-resize`` turns it off): each augmented view
+            decodes the image again and resizes it the way a randomly drawn client does (MediaPipe's
+            corner-mapped OpenCV warp, a half-pixel GPU sampler, or Pillow's antialiased bilinear,
+            after a source crop of up to 2 % per side), so the model's top-1 does not hinge on which
+            client resized the photo. Both strategies train on these views (feature extraction's head,
+            fine-tuning's cached activations).
     """
 
     enabled: bool = True
@@ -39,6 +45,7 @@ class AugmentConfig:
     brightness: float = 0.1
     contrast: float = 0.1
     views: int = 2
+    resize: bool = True
 
     def validate(self) -> None:
         for name, lo, hi in (("rotation", 0.0, 0.5), ("zoom", 0.0, 0.9), ("brightness", 0.0, 1.0), ("contrast", 0.0, 1.0)):
@@ -101,6 +108,10 @@ class TrainConfig:
         verbose: 0 quiet, 1 progress bars, 2 one line per epoch.
         image_size: (height, width) input size instead of the backbone's own (``--image-size``);
             it flows through ``config.json`` to export, predict and bench.
+        resize: the deployment client's resize (``--resize``, one of :data:`edgetl.preprocess.RESIZES`):
+            training, evaluation, export verification, ``predict`` and ``bench`` resize with it, and the
+            exported files record it. ``mediapipe`` (MediaPipe Tasks' CPU path, what the Android/iOS/Python
+            client runs for uint8 models) by default; runs saved before the setting used ``pillow``.
     """
 
     data_dir: str
@@ -135,6 +146,7 @@ class TrainConfig:
     cache_limit_mb: int = 2048
     verbose: int = 1
     image_size: tuple[int, int] | None = None
+    resize: str = "mediapipe"
 
     def __post_init__(self) -> None:
         if isinstance(self.image_size, int) and not isinstance(self.image_size, bool):
@@ -196,11 +208,14 @@ class TrainConfig:
             get_spec(self.backbone).at_size(self.image_size)  # the backbone's size range
         from edgetl.imbalance import MODES
         from edgetl.metrics import OBJECTIVES
+        from edgetl.preprocess import RESIZES
 
         if self.class_weights not in MODES:
             raise UsageError(f"--class-weights must be one of {', '.join(MODES)}, got {self.class_weights!r}")
         if self.objective not in OBJECTIVES:
             raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.resize not in RESIZES:
+            raise UsageError(f"--resize must be one of {', '.join(RESIZES)}, got {self.resize!r}")
         from edgetl.embed import ENGINES
 
         if self.embed_engine not in ENGINES:
@@ -231,10 +246,12 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
         kw.setdefault("head_l2", 0.0)  # runs saved before head_l2 existed were trained without it (resume stays exact)
+        kw.setdefault("resize", LEGACY_RESIZE)  # and before resize existed, with Pillow's bilinear
         kw.setdefault("objective", "accuracy")  # runs saved before the objective existed selected on val loss
         aug = kw.pop("augment", None)
         if isinstance(aug, dict):
             aug_known = {f.name for f in fields(AugmentConfig)}
+            aug = {"resize": False, **aug}  # runs saved before resize-robust views had none
             kw["augment"] = AugmentConfig(**{k: v for k, v in aug.items() if k in aug_known})
         return cls(**kw)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from edgetl.errors import EdgetlError, UsageError
-from edgetl.preprocess import DEFAULT_MAX_PIXELS, Preprocessing, is_image_file, load_rgb, resize_rgb
+from edgetl.preprocess import DEFAULT_MAX_PIXELS, Preprocessing, is_image_file, load_rgb, resize_rgb, resize_variant
 
 SPLITS = ("train", "val", "test")
 
@@ -256,6 +256,24 @@ def _scan_classes(folder: Path, classes: Sequence[str], validate: bool, max_pixe
                   pre: Preprocessing | None = None, pixels: dict[str, Any] | None = None,
                   workers: int | None = None) -> Split:
     return _decode_all([_candidates(folder, classes)], classes, validate, max_pixels, pre, pixels, workers)[0]
+
+
+def resize_views(paths: Sequence[str], pre: Preprocessing, seed: int, view: int, workers: int | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Any:
+    """uint8 (N, H, W, 3): every file decoded again and resized by a randomly drawn client resize
+    (:func:`edgetl.preprocess.resize_variant`), seeded by ``(seed, view, index)`` so a run repeats exactly."""
+    import numpy as np
+
+    def one(item: tuple[int, str]) -> Any:
+        i, path = item
+        im = np.asarray(load_rgb(path, max_pixels=max_pixels), dtype=np.uint8)
+        return resize_variant(im, pre.input_size, np.random.default_rng([seed, view, i]))
+
+    h, w = pre.input_size
+    if not paths:
+        return np.zeros((0, h, w, 3), np.uint8)
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        return np.stack(list(pool.map(one, enumerate(paths))))
 
 
 def scan_folder(folder: str | Path, classes: Sequence[str], validate: bool = True,

@@ -26,8 +26,17 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 #: Default refusal limit against decompression bombs (pixels). 0 or None disables it.
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own warning threshold (~ 0.25 GB for RGBA)
 
+#: The named resize implementations (``Preprocessing.resize`` / ``edgetl train --resize``): the client a
+#: file is deployed to. ``mediapipe``: MediaPipe Tasks' CPU path (every uint8 model, and float models
+#: without a GPU delegate); ``gpu``: a GPU texture sampler (MediaPipe's GPU path, half-pixel centres);
+#: ``pillow``: Pillow's BILINEAR (antialiased), what edgetl used before the setting existed.
+RESIZES = ("mediapipe", "gpu", "pillow")
+#: What a run or file without a ``resize`` field was made with.
+LEGACY_RESIZE = "pillow"
+
 _RESAMPLE = {
-    "bilinear": Image.Resampling.BILINEAR,
+    "pillow": Image.Resampling.BILINEAR,
+    "bilinear": Image.Resampling.BILINEAR,  # the name files written before RESIZES carry: Pillow's
     "bicubic": Image.Resampling.BICUBIC,
     "nearest": Image.Resampling.NEAREST,
     "area": Image.Resampling.BOX,
@@ -42,7 +51,9 @@ class Preprocessing:
         input_size: (height, width) the model expects.
         mean: per-channel mean subtracted from pixels in [0, 255] (RGB order).
         std: per-channel divisor applied after the mean.
-        resize: Pillow resampling filter used to resize the image to ``input_size``.
+        resize: how the image is resized to ``input_size``: one of :data:`RESIZES` (the deployment
+            client's own resize, see :func:`resize_array`), or a Pillow filter name (``bilinear`` =
+            ``pillow``, ``bicubic``, ``nearest``, ``area``; the ImageNet evaluation crop uses bicubic).
         crop: fraction of the image kept by a center crop before resizing. 1.0 (the default
             for training and deployment) resizes the whole image, as MediaPipe Tasks does on
             device, so nothing near the border is lost. 0.875 is the ImageNet evaluation
@@ -154,6 +165,8 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 def resize_rgb(im: Image.Image, pre: Preprocessing) -> np.ndarray:
     """Resize a decoded RGB image to the model input: uint8 array of shape (H, W, 3)."""
     h, w = pre.input_size
+    if pre.resize in ("mediapipe", "gpu") and not 0.0 < pre.crop < 1.0:
+        return resize_array(np.asarray(im, dtype=np.uint8), (h, w), pre.resize)
     method = _RESAMPLE.get(pre.resize, Image.Resampling.BILINEAR)
     if 0.0 < pre.crop < 1.0:
         # Shorter side to size / crop, then a center crop of exactly (h, w).
@@ -165,6 +178,117 @@ def resize_rgb(im: Image.Image, pre: Preprocessing) -> np.ndarray:
     elif im.size != (w, h):
         im = im.resize((w, h), method)
     return np.asarray(im, dtype=np.uint8)
+
+
+def check_resize(name: str) -> str:
+    """``name`` when it is a known resize (:data:`RESIZES` or a Pillow filter name), else a one-line error."""
+    if name in RESIZES or name in _RESAMPLE:
+        return name
+    raise EdgetlError(f"unknown resize {name!r}; choose one of: {', '.join(RESIZES)}")
+
+
+def resize_array(pixels: np.ndarray, size: tuple[int, int], method: str = "mediapipe") -> np.ndarray:
+    """Stretch a whole uint8 (h, w, C) image onto ``size`` = (H, W) the way a deployment client does.
+
+    Args:
+        pixels: uint8 array (h, w, C) (or (h, w)).
+        size: output (H, W).
+        method: ``mediapipe``: MediaPipe Tasks' CPU path, bit for bit: ``cv::warpPerspective`` with
+            ``INTER_LINEAR`` and ``BORDER_REPLICATE`` mapping corners to corners (output x samples source
+            ``x * w / W``), with OpenCV's fixed-point bilinear (coordinates rounded to 1/32 pixel,
+            15-bit weights, rounded sum); no antialiasing. ``gpu``: a GPU sampler's ``GL_LINEAR`` with
+            clamp-to-edge at texel centres (half-pixel: source ``(x + 0.5) * w / W - 0.5``), float
+            weights, rounded; no antialiasing. ``pillow``: Pillow's BILINEAR (half-pixel, antialiased).
+
+    Returns:
+        uint8 array (H, W, C).
+    """
+    out_h, out_w = int(size[0]), int(size[1])
+    src = np.asarray(pixels)
+    if src.dtype != np.uint8:
+        raise EdgetlError(f"resize_array takes uint8 pixels, not {src.dtype}")
+    if method in ("pillow", "bilinear"):
+        if src.ndim == 3 and src.shape[2] == 1:
+            src = src[..., 0]
+        return np.asarray(Image.fromarray(src).resize((out_w, out_h), Image.Resampling.BILINEAR), dtype=np.uint8)
+    if method == "mediapipe":
+        return _warp_fixed_point(src, out_h, out_w)
+    if method == "gpu":
+        return _bilinear_half_pixel(src, out_h, out_w)
+    raise EdgetlError(f"unknown resize {method!r}; choose one of: {', '.join(RESIZES)}")
+
+
+def resize_variant(pixels: np.ndarray, size: tuple[int, int], rng: np.random.Generator,
+                   scale_jitter: float = 0.02) -> np.ndarray:
+    """One random draw of how some client resizes this image: training views for resize-robust models.
+
+    The implementation is drawn uniformly from :data:`RESIZES` (corner vs half-pixel mapping,
+    antialiased or not), after cropping each side of the source by up to ``scale_jitter`` of its
+    size (a source scale of ``1 - 2 * scale_jitter`` to 1, and a sub-pixel to few-pixel offset).
+    """
+    h, w = pixels.shape[:2]
+    if scale_jitter > 0 and h > 4 and w > 4:
+        t, b, left, r = (int(v) for v in np.floor(rng.uniform(0.0, scale_jitter, 4) * np.array([h, h, w, w]) + 0.5))
+        pixels = pixels[t:h - b, left:w - r]
+    return resize_array(pixels, size, RESIZES[int(rng.integers(len(RESIZES)))])
+
+
+_INTER_BITS = 5  # OpenCV: sub-pixel positions in 1/32 of a pixel
+_INTER_TAB = 1 << _INTER_BITS
+
+
+def _fixed_point_axis(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per output index: (first source index, second source index, fraction in 1/32), replicate border.
+
+    OpenCV's warpPerspective computes ``X = cvRound(x * M[0] * INTER_TAB_SIZE)`` in double (round half
+    to even, as ``np.rint``), then splits it into ``X >> INTER_BITS`` and ``X & (INTER_TAB_SIZE - 1)``.
+    """
+    scaled = np.rint(np.arange(n_out, dtype=np.float64) * (n_in / n_out) * _INTER_TAB).astype(np.int64)
+    i0 = scaled >> _INTER_BITS
+    frac = scaled & (_INTER_TAB - 1)
+    return np.clip(i0, 0, n_in - 1), np.clip(i0 + 1, 0, n_in - 1), frac
+
+
+def _warp_fixed_point(src: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """OpenCV's remapBilinear on 8-bit pixels with the warpPerspective coordinates of a corner-to-corner stretch.
+
+    The 2D weight table (``initInterTab2D``) is ``saturate_cast<short>((1 - fy)(1 - fx) * 2^15)`` etc. with
+    fy, fx multiples of 1/32, so each weight is exactly ``wy * wx * 32`` (wy, wx in 0..32) and they sum to
+    2^15 without correction; the result is ``(sum(v * w) + 2^14) >> 15`` = ``(sum(v * wy * wx) + 2^9) >> 10``.
+    Integer sums are exact, so the two passes (columns, then rows) give the same bits as OpenCV's 2x2 sum.
+    """
+    h, w = src.shape[:2]
+    y0, y1, fy = _fixed_point_axis(out_h, h)
+    x0, x1, fx = _fixed_point_axis(out_w, w)
+    extra = (None,) * (src.ndim - 2)
+    wx0, wx1 = (_INTER_TAB - fx)[(None, slice(None), *extra)], fx[(None, slice(None), *extra)]
+    rows = np.unique(np.concatenate([y0, y1]))  # only the source rows the output samples
+    pos = np.searchsorted(rows, np.arange(h))
+    s = src[rows].astype(np.int32)
+    horiz = s[:, x0] * wx0.astype(np.int32) + s[:, x1] * wx1.astype(np.int32)  # <= 255 * 32
+    wy0, wy1 = (_INTER_TAB - fy)[(slice(None), None, *extra)].astype(np.int32), fy[(slice(None), None, *extra)].astype(np.int32)
+    acc = horiz[pos[y0]] * wy0 + horiz[pos[y1]] * wy1  # <= 255 * 1024
+    return ((acc + (1 << 9)) >> 10).astype(np.uint8)
+
+
+def _bilinear_half_pixel(src: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Bilinear at texel centres with clamp-to-edge (GL_LINEAR / ``half_pixel_centers=True``), no antialiasing."""
+
+    def axis(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pos = np.clip((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0.0, n_in - 1)
+        i0 = np.floor(pos).astype(np.int64)
+        return i0, np.minimum(i0 + 1, n_in - 1), (pos - i0).astype(np.float32)
+
+    h, w = src.shape[:2]
+    y0, y1, fy = axis(out_h, h)
+    x0, x1, fx = axis(out_w, w)
+    extra = (None,) * (src.ndim - 2)
+    fy = fy[(slice(None), None, *extra)]
+    fx = fx[(None, slice(None), *extra)]
+    s = src.astype(np.float32)
+    top = s[y0][:, x0] * (1 - fx) + s[y0][:, x1] * fx
+    bottom = s[y1][:, x0] * (1 - fx) + s[y1][:, x1] * fx
+    return np.clip(np.rint(top * (1 - fy) + bottom * fy), 0, 255).astype(np.uint8)
 
 
 def prepare(path: str | Path, pre: Preprocessing, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -624,6 +624,16 @@ def _predict(model: Any, x: Any, batch: int, verbose: int = 0) -> Any:
 # --------------------------------------------------------------------------- train
 
 
+def run_spec(config: TrainConfig) -> Any:
+    """The backbone spec a run trains: the backbone at ``--image-size``, resized with ``--resize``."""
+    from dataclasses import replace
+
+    from edgetl.models import get_spec
+
+    spec = get_spec(config.backbone).at_size(config.image_size)
+    return replace(spec, preprocessing=replace(spec.preprocessing, resize=config.resize))
+
+
 def train(config: TrainConfig, *, extra_callbacks: Sequence[Any] = ()) -> TrainResult:
     """Train a classifier on an image folder and write a complete run directory.
 
@@ -639,7 +649,7 @@ def train(config: TrainConfig, *, extra_callbacks: Sequence[Any] = ()) -> TrainR
     from edgetl.models import get_spec
 
     config.validate()
-    spec = get_spec(config.backbone).at_size(config.image_size)
+    spec = run_spec(config)
     distribute = requested_distribution()
     role = cluster_role() if distribute in ("auto", "multi-worker") else None
     if distribute == "multi-worker" and role is None:
@@ -662,7 +672,7 @@ def train(config: TrainConfig, *, extra_callbacks: Sequence[Any] = ()) -> TrainR
         run_dir, _ = _prepare_run_dir(config)
         if config.resume:
             config = _resumed_config(run_dir, config)
-            spec = get_spec(config.backbone).at_size(config.image_size)
+            spec = run_spec(config)
         return _train(config, spec, run_dir, (*extra_callbacks, *_test_hooks()), distribute=distribute, role=role)
     except BaseException:
         # A run that failed before its first checkpoint leaves nothing behind to block a retry.
@@ -789,6 +799,7 @@ class _Run:
     act_va: Any = None
     y_views: Any = None
     view_seconds: list[float] = field(default_factory=list)
+    resize_view_seconds: float = 0.0  # decoding + client resizes of the resize-robust views (inside view_seconds)
     embed_seconds: float = 0.0
     n_embedded: int = 0
     # phases
@@ -993,6 +1004,17 @@ def _extract(r: _Run, x: np.ndarray, aug: Any | None, view: int, label: str) -> 
     return emb, (np.concatenate(acts) if acts else None)
 
 
+def _resize_view(r: _Run, view: int) -> np.ndarray:
+    """The train images of one augmented view, each resized by a randomly drawn client resize."""
+    from edgetl.data import resize_views
+
+    t0 = time.perf_counter()
+    x = resize_views(r.ds.train.paths, r.spec.preprocessing, r.cfg.seed, view, workers=r.cfg.workers,
+                     max_pixels=r.cfg.max_pixels or None)
+    r.resize_view_seconds += time.perf_counter() - t0
+    return x
+
+
 def _embed_views(r: _Run) -> None:
     """The frozen base runs once per view: clean + augmented train views, then val."""
     from edgetl.tfdata import build_augmenter
@@ -1012,7 +1034,11 @@ def _embed_views(r: _Run) -> None:
     for view in range(0, n_passes - 1):
         tv = time.perf_counter()
         label = f"{view + 1}/{n_passes} (train, " + (f"augmented view {view})" if view else "clean)")
-        tr_parts.append(_extract(r, r.xtr, r.augmenter if view else None, view, label))
+        x = r.xtr
+        if view and cfg.augment.resize:
+            x = _resize_view(r, view)
+        tr_parts.append(_extract(r, x, r.augmenter if view else None, view, label))
+        del x
         r.view_seconds.append(time.perf_counter() - tv)
     tv = time.perf_counter()
     r.emb_va, r.act_va = _extract(r, r.xva, None, 0, f"{n_passes}/{n_passes} (val)")
@@ -1338,6 +1364,8 @@ def _write_run(r: _Run) -> TrainResult:
         "embed_seconds": r.embed_seconds,
         "embed_images_per_s": r.n_embedded / r.embed_seconds if r.embed_seconds > 0 else None,
         "embed_engine": r.forward.to_dict(),
+        "resize_views": {"enabled": bool(r.cfg.augment.resize and r.augmenter is not None and r.cfg.augment.views),
+                         "decode_resize_seconds": round(r.resize_view_seconds, 2)},
         "embed_seconds_per_pass": {"train_clean": r.view_seconds[0],
                                    "train_augmented": r.view_seconds[1:-1], "val": r.view_seconds[-1]},
         "views_per_train_image": r.n_views,

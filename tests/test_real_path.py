@@ -87,3 +87,21 @@ def test_predict_and_bench_on_the_real_run(real_run, capsys, tmp_path):
     assert {r["precision"] for r in ok} >= {"fp32", "int8"}
     for r in ok:
         assert r["top1"] >= 90.0 and r["p50_ms"] > 0
+
+
+def test_mediapipe_bench_rows_on_the_real_lite0_export(real_run, tmp_path):
+    """MediaPipe Tasks' ImageClassifier as a bench row on the exported Lite0 files, fed the original photos: it
+    agrees with the LiteRT row (edgetl's own resize, the run's default ``mediapipe``) on the run's val photos."""
+    pytest.importorskip("mediapipe")
+    from edgetl.bench import BenchSettings, run_bench
+
+    files = [real_run / "export" / f"efficientnet_lite0_{p}.tflite" for p in ("fp32", "int8")]
+    data = json.loads((real_run / "config.json").read_text())["data_dir"]  # its val/ split: 2 x N_VAL photos
+    res = run_bench(files, BenchSettings(runtimes=("litert", "mediapipe"), threads=(1,), min_runs=3, min_time=0.0,
+                                         warmup_runs=1, warmup_time=0.0, keras=False), data=data)
+    mp_rows = [r for r in res.rows if r.runtime == "mediapipe"]
+    assert len(mp_rows) == 2 and all(r.ok for r in mp_rows), [r.status for r in mp_rows]
+    for r in mp_rows:
+        assert r.top1 >= 90.0 and r.p50_ms > 0 and r.detail["edgetl_resize"] == "mediapipe"
+        k, n = r.detail["agreement_vs_litert_count"]
+        assert n == 2 * N_VAL and k >= n - 1, (r.model, k, n)

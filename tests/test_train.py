@@ -65,6 +65,10 @@ def test_feature_extraction_learns(fe_result, image_folder):
     assert fe_result.val_accuracy >= 0.9
     m = _check_run(fe_result.run_dir, image_folder, "feature-extraction")
     assert m["epochs_run"]["fine_tune"] == 0 and m["views_per_train_image"] == 2 and m["fine_tune"] is None
+    # the augmented view was decoded again and resized by drawn clients (resize-robust training, the default)
+    assert m["resize_views"]["enabled"] is True and m["resize_views"]["decode_resize_seconds"] > 0
+    cfg = json.loads((fe_result.run_dir / "config.json").read_text())
+    assert cfg["preprocessing"]["resize"] == "mediapipe" and cfg["train_config"]["augment"]["resize"] is True
     # no GPU here: the frozen base ran on ONNX Runtime, checked against TensorFlow on the first batch
     assert m["embed_engine"]["engine"] == "onnxruntime" and m["embed_engine"]["max_abs_diff_vs_tensorflow"] < 1e-3
     assert {r["phase"] for r in fe_result.history} == {"head"}

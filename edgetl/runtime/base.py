@@ -4,6 +4,10 @@ A runner takes uint8 RGB pixels (N, H, W, 3) at the model's input size, exactly
 as :func:`edgetl.preprocess.prepare` makes them, and returns float32 class
 probabilities (N, C). Quantization of inputs and dequantization of outputs with
 the tensor's own scale and zero point happen inside the runner.
+
+One exception, marked ``input_kind = "images"``: a runner that is a deployment client doing its own
+resize (MediaPipe Tasks) takes the original images (files or RGB arrays of any size) in ``predict``
+and ``timer``; callers check ``getattr(runner, "input_kind", "pixels")``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from edgetl.preprocess import Preprocessing
 
 class Runner(Protocol):
     format: str  # "keras", "tflite", "onnx"
-    runtime: str  # "tensorflow", "litert", "litert-compiled", "onnxruntime", "openvino"
+    runtime: str  # "tensorflow", "litert", "litert-compiled", "onnxruntime", "openvino", "mediapipe"
     precision: str  # "fp32", "fp16", "dynamic", "int8", ...
     device: str  # "cpu", "gpu", "npu", "cuda", ...
     threads: int | None  # CPU threads in force (None: not a CPU setting)

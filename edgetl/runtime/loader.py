@@ -27,7 +27,8 @@ def runner_for(path: str | Path, threads: int | None = None, providers: Sequence
         providers: ONNX Runtime execution providers (``cpu``, ``cuda``, ``tensorrt`` or full names);
             None: CPU plus CUDA/TensorRT when present.
         runtime: force a runtime (``litert``, ``litert-compiled``, ``onnxruntime``, ``openvino``,
-            ``tensorflow``) instead of the suffix.
+            ``tensorflow``, ``mediapipe``: MediaPipe Tasks' ImageClassifier, which takes images, not pixels)
+            instead of the suffix.
         **kwargs: passed to the runner (``use_gpu=True`` for LiteRT; ``device=`` for OpenVINO
             (cpu, gpu, npu, auto) and LiteRT's CompiledModel (cpu, gpu, npu); ``inference_precision=``
             for OpenVINO: ``f32`` by default, None for the device's own default, e.g. bf16).
@@ -68,6 +69,10 @@ def runner_for(path: str | Path, threads: int | None = None, providers: Sequence
         from edgetl.runtime.litert_compiled import CompiledModelRunner
 
         return CompiledModelRunner(p, threads=threads, accelerator=kwargs.get("device") or "cpu")
+    if kind == "mediapipe":
+        from edgetl.runtime.mediapipe_runner import MediaPipeRunner
+
+        return MediaPipeRunner(p)
     if kind in ("tensorflow", "keras"):
         return keras_file_runner(p)
     raise ModelFileError(f"{p}: unsupported model file type {p.suffix or '(no suffix)'!r}; expected a run directory or {', '.join(SUFFIXES)}")
