@@ -126,6 +126,7 @@ class Bench:
         ft = m.get("fine_tune") or {}
         return {"dataset": ds, "strategy": strategy, "args": list(extra), "run_dir": str(out), "split": "test",
                 "accuracy": 100 * t["accuracy"], "correct": t["correct"], "total": t["total"], "ci95": wilson(t["correct"], t["total"]),
+                "balanced_accuracy": _pct(t.get("balanced_accuracy")), "macro_f1": t.get("macro_f1"),
                 "val_accuracy": 100 * v["accuracy"], "val_correct": v["correct"], "val_total": v["total"],
                 "fine_tune_kept": ft.get("kept"), "fine_tune": ft or None, "epochs_run": m.get("epochs_run"),
                 "wall_s": wall, "train_wall_s": m.get("train_wall_seconds"), "decode_s": m.get("decode_seconds"),
@@ -256,6 +257,7 @@ class Bench:
         for r in ok:
             rows.append({"dataset": ds, "strategy": strategy, "model": r["model"], "runtime": r["runtime"], "precision": r["precision"],
                          "correct": r["correct"], "total": r["n_images"], "accuracy": r["top1"], "ci95": wilson(r["correct"], r["n_images"]),
+                         "balanced_accuracy": r.get("balanced_accuracy"), "macro_f1": r.get("macro_f1"),
                          "agreement": r.get("agreement"), "drop_pt": round(keras["top1"] - r["top1"], 2),
                          "agreeing": int(round((r.get("agreement") or 0) * r["n_images"] / 100))})
         self.result["test"] += rows
@@ -352,6 +354,16 @@ def _cell(r: dict[str, Any]) -> str:
     return accuracy_cell(r["correct"], r["total"])
 
 
+def _pct(fraction: float | None) -> float | None:
+    return None if fraction is None else round(100.0 * fraction, 2)
+
+
+def _scores(r: dict[str, Any]) -> dict[str, Any]:
+    """The balanced accuracy (%) and macro-F1 cells of a row ('-' for results files written before they existed)."""
+    b, f = r.get("balanced_accuracy"), r.get("macro_f1")
+    return {"balanced accuracy": "-" if b is None else f"{b:.2f} %", "macro-F1": "-" if f is None else f"{f:.3f}"}
+
+
 def markdown(result: dict[str, Any], final: bool = True) -> str:
     """The results page: checks first, then every measurement behind them."""
     from edgetl.report import markdown_table
@@ -367,12 +379,13 @@ def markdown(result: dict[str, Any], final: bool = True) -> str:
              markdown_table([{**c, "met": {True: "yes", False: "**no**", None: "n/a"}[c["met"]]} for c in result["checks"]],
                             ["metric", "measured", "target", "met", "detail"]), "",
              "## Training", "",
-             markdown_table([{**r, "test accuracy": _cell(r), "val (selection)": f"{r['val_correct']}/{r['val_total']}",
+             markdown_table([{**r, "test accuracy": _cell(r), **_scores(r), "val (selection)": f"{r['val_correct']}/{r['val_total']}",
                               "fine-tuned weights": {True: "kept", False: "head-only restored", None: "-"}[r.get("fine_tune_kept")],
                               "wall_s": round(r["wall_s"], 1),
                               "ft img/s": round(r["fine_tune_images_per_s"], 1) if r.get("fine_tune_images_per_s") else None}
                              for r in result["train"]],
-                            ["dataset", "strategy", "test accuracy", "val (selection)", "fine-tuned weights", "wall_s", "ft img/s"])]
+                            ["dataset", "strategy", "test accuracy", "balanced accuracy", "macro-F1", "val (selection)",
+                             "fine-tuned weights", "wall_s", "ft img/s"])]
     dec = result.get("decomposition") or {}
     b = result.get("baseline")
     if b:
@@ -413,9 +426,10 @@ def markdown(result: dict[str, Any], final: bool = True) -> str:
                   markdown_table(rows, ["recipe", "float test accuracy", "train s", "tflite", "tflite test accuracy"])]
     if result.get("test"):
         lines += ["", "## Every file on the test split (`edgetl bench --data <test>`)", "",
-                  markdown_table([{**r, "test accuracy": _cell(r), "agreement": f"{r['agreement']:.2f} % ({r['agreeing']}/{r['total']})"
+                  markdown_table([{**r, "test accuracy": _cell(r), **_scores(r), "agreement": f"{r['agreement']:.2f} % ({r['agreeing']}/{r['total']})"
                                    if r.get("agreement") is not None else "-"} for r in result["test"]],
-                                 ["dataset", "strategy", "model", "runtime", "precision", "test accuracy", "agreement", "drop_pt"])]
+                                 ["dataset", "strategy", "model", "runtime", "precision", "test accuracy", "balanced accuracy",
+                                  "macro-F1", "agreement", "drop_pt"])]
     if result["export"]:
         rows = []
         for e in result["export"]:

@@ -52,6 +52,9 @@ def test_markdown_names_the_split_and_shows_counts_with_intervals():
                                          "fine_tune_images_per_s": 33.9}]})
     text = brun.markdown(res, final=False)
     assert "96.18 % (302/314, 93.4-97.8)" in text  # k/n and the Wilson interval beside the accuracy
+    assert "| balanced accuracy | macro-F1 |" in text  # beside accuracy in both tables; '-' where a file predates them
+    res["test"][1].update(balanced_accuracy=95.5, macro_f1=0.951)
+    assert "| 95.50 % | 0.951 |" in brun.markdown(res, final=False)
     assert "head-only restored" in text and "Partial" in text
     assert "test split" in text
 
