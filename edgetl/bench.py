@@ -758,7 +758,7 @@ class _BenchState:
     accuracy: dict[tuple, dict[str, Any]] = field(default_factory=dict)  # (file, runtime, device, precision) -> metrics
     ref: dict[tuple, tuple[str, np.ndarray, float | None]] = field(default_factory=dict)  # labels -> (name, probs, top1)
     decode_progress: Callable[[str], Callable[[int, int], None]] | None = None  # what -> progress(done, total) of a decode
-    top1: dict[tuple, np.ndarray] = field(default_factory=dict)  # (file, runtime, device) -> predicted classes
+    top1: dict[tuple, np.ndarray] = field(default_factory=dict)  # (file, runtime, device, precision) -> predicted classes
 
     def eval_set(self, labels: list[str]) -> EvalSet | None:
         """The labelled images for a label set (found once; a data problem is raised for every row)."""
@@ -960,7 +960,8 @@ def client_agreement(rows: Sequence[BenchRow], top1: dict[tuple, np.ndarray]) ->
     for r in rows:
         if r.runtime != "mediapipe" or not r.ok:
             continue
-        mine, lite = top1.get((r.path, "mediapipe", r.device)), top1.get((r.path, "litert", "cpu"))
+        mine = top1.get((r.path, "mediapipe", r.device, r.precision))
+        lite = next((v for k, v in top1.items() if k[:3] == (r.path, "litert", "cpu")), None)  # the file's own precision
         if mine is None or lite is None or len(mine) != len(lite) or not len(mine):
             continue
         k = int((mine == lite).sum())
