@@ -111,6 +111,17 @@ def test_float_int8_size_and_export_json(all_formats):
         assert {"size_bytes", "export_s", "verification", "drop", "within_budget"} <= set(a)
         assert {"accuracy", "agreement", "max_abs_diff"} <= set(a["verification"])
     assert not list(out.glob("*.tmp")) and not list(out.glob(".doctor-*"))
+    lm = data["low_margin"]
+    assert lm["images"] == data["n_verify"] and 0 <= lm["low_margin"] <= lm["images"] and lm["threshold"] == 0.05
+
+
+def test_low_margin_share_counts_near_ties():
+    from edgetl.export.verify import low_margin
+
+    probs = np.array([[0.51, 0.49, 0.0], [0.9, 0.05, 0.05], [0.3, 0.33, 0.37], [0.2, 0.8, 0.0]])
+    lm = low_margin(probs)
+    assert (lm["low_margin"], lm["images"], lm["share_pct"]) == (2, 4, 50.0)
+    assert low_margin(probs, threshold=0.01)["low_margin"] == 0 and low_margin(np.zeros((0, 3))) is None
 
 
 def test_qat_reported_next_to_ptq(all_formats):

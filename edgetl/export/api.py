@@ -28,7 +28,7 @@ from edgetl.export.artifacts import (  # noqa: F401 - re-exported: the per-artif
     within_budget,
 )
 from edgetl.export.metadata import LABELS_NAME
-from edgetl.export.verify import accuracy
+from edgetl.export.verify import accuracy, low_margin
 from edgetl.quant import QuantizationConfig
 from edgetl.quiet import Progress
 from edgetl.report import atomic_write_text, write_json
@@ -160,6 +160,8 @@ class ExportResult:
     total_s: float = 0.0
     json_path: str | None = None
     verified_on: dict[str, Any] | None = None
+    #: the float model's near-ties on the verification images (:func:`edgetl.export.verify.low_margin`)
+    low_margin: dict[str, Any] | None = None
 
     @property
     def failed(self) -> list[Artifact]:
@@ -197,6 +199,7 @@ class ExportResult:
             "n_verify": self.n_verify,
             "n_calib": self.n_calib,
             "verified_on": self.verified_on,
+            "low_margin": self.low_margin,
             "max_drop": self.max_drop,
             "min_agreement": self.min_agreement,
             "artifacts": [a.to_dict() for a in self.artifacts],
@@ -330,7 +333,12 @@ def _export_run(run_dir: str | Path, config: ExportConfig | None = None,
 
     result = ExportResult(str(run.path), str(out_dir), run.backbone, list(run.labels), keras_acc, len(val_px),
                           0 if calib_px is None else len(calib_px), config.max_drop, artifacts, warnings,
-                          min_agreement=config.min_agreement, verified_on=_verified_on(run, ds, len(val_px), changed))
+                          min_agreement=config.min_agreement, verified_on=_verified_on(run, ds, len(val_px), changed),
+                          low_margin=low_margin(ref))
+    if result.low_margin and any(f.quantized for f in fmts):
+        lm = result.low_margin
+        say(f"float model: {lm['share_pct']:.1f}% of the {lm['images']} verification images are near-ties "
+            f"(top-2 margin < {lm['threshold']:g}): the images int8 agreement can lose")
 
     # The quantization doctor: explicit, or automatic when an int8 artifact misses the budget.
     targets = [a for a in artifacts if a.format in ("tflite_int8", "onnx_int8") and a.error is None]
