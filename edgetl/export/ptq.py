@@ -335,8 +335,8 @@ def _add_sum(sums: list[Any], i: int, layer: Any, x: Any) -> None:
 
 
 def gptq_round(model: Any, inputs: np.ndarray, batch: int = 8, progress: Callable[[str], None] | None = None,
-               step: Callable[[int, int], None] | None = None, sequential: int = SEQUENTIAL,
-               bias_correction: bool = BIAS_CORRECTION) -> RoundingReport:
+               step: Callable[[int, int], None] | None = None, sequential: int | None = None,
+               bias_correction: bool | None = None) -> RoundingReport:
     """Round every Conv2D / DepthwiseConv2D / Dense kernel of ``model`` in place with GPTQ.
 
     Args:
@@ -345,12 +345,12 @@ def gptq_round(model: Any, inputs: np.ndarray, batch: int = 8, progress: Callabl
         batch: images per forward pass while H is accumulated.
         progress: called with one line per rounded layer.
         step: called as ``step(done, total)`` over the statistics passes and the layers.
-        sequential: layers per statistics pass. ``1`` (the default): each layer's ``H`` is measured
+        sequential: layers per statistics pass (default ``SEQUENTIAL``). ``1``: each layer's ``H`` is measured
             on the inputs it gets from the *already rounded* layers before it, so each layer also
             compensates the error its prefix left (sequential GPTQ, as the reference implementation
             runs it); ``k``: the next ``k`` layers share one pass; ``0``: one pass for all layers,
             every ``H`` from the float model (the original, parallel version).
-        bias_correction: sequential only: each layer's bias absorbs the mean output shift that the
+        bias_correction: (default ``BIAS_CORRECTION``) sequential only: each layer's bias absorbs the mean output shift that the
             rounded prefix and its own rounding cause on the calibration images (``b += W mean(x_float)
             - Q mean(x_rounded)``, per output channel; empirical bias correction, Nagel et al., 2019).
 
@@ -358,6 +358,8 @@ def gptq_round(model: Any, inputs: np.ndarray, batch: int = 8, progress: Callabl
     """
     import keras
 
+    sequential = SEQUENTIAL if sequential is None else sequential
+    bias_correction = BIAS_CORRECTION if bias_correction is None else bias_correction
     targets = _targets(model)
     report = RoundingReport()
     if not targets:
