@@ -178,7 +178,7 @@ def test_sequential_gptq_sees_the_rounded_prefix_and_stays_on_the_grid():
     for mode in (0, 1):
         m = ptq.copy_model(base)
         before = {l.name: l.get_weights()[0].copy() for l in ptq._targets(m)}
-        rep = ptq.gptq_round(m, x, sequential=mode)
+        rep = ptq.gptq_round(m, x, sequential=mode)  # 1: fully sequential
         assert rep.layers == 4
         kernels[mode] = {}
         for name, ref in before.items():

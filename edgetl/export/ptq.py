@@ -35,8 +35,10 @@ DAMP = 0.01
 QMAX = 127
 #: GPTQ's "act-order" (see :func:`_gptq`)
 ACT_ORDER = True
-#: layers per statistics pass of :func:`gptq_round` (1: sequential, each H from the rounded prefix; 0: parallel)
-SEQUENTIAL = 1
+#: layers per statistics pass of :func:`gptq_round` (1: fully sequential, each H from the rounded prefix;
+#: 0: parallel). Fully sequential costs one prefix pass per layer: measured 312 s for Lite0's 50 layers on
+#: 64 images on the shared 2-core Xeon, over the export's time budget; 8 layers per pass is ~7 passes.
+SEQUENTIAL = 8
 #: empirical bias correction of the sequential pass (see :func:`gptq_round`)
 BIAS_CORRECTION = True
 
@@ -346,10 +348,10 @@ def gptq_round(model: Any, inputs: np.ndarray, batch: int = 8, progress: Callabl
         progress: called with one line per rounded layer.
         step: called as ``step(done, total)`` over the statistics passes and the layers.
         sequential: layers per statistics pass (default ``SEQUENTIAL``). ``1``: each layer's ``H`` is measured
-            on the inputs it gets from the *already rounded* layers before it, so each layer also
-            compensates the error its prefix left (sequential GPTQ, as the reference implementation
-            runs it); ``k``: the next ``k`` layers share one pass; ``0``: one pass for all layers,
-            every ``H`` from the float model (the original, parallel version).
+            on the inputs it gets from the *already rounded* layers before it (sequential GPTQ, as the
+            reference implementation runs it); ``k``: the next ``k`` layers share one pass (each sees
+            the rounded layers of the earlier passes); ``0``: one pass for all layers, every ``H`` from
+            the float model (the original, parallel version).
         bias_correction: (default ``BIAS_CORRECTION``) sequential only: each layer's bias absorbs the mean output shift that the
             rounded prefix and its own rounding cause on the calibration images (``b += W mean(x_float)
             - Q mean(x_rounded)``, per output channel; empirical bias correction, Nagel et al., 2019).
@@ -370,21 +372,27 @@ def gptq_round(model: Any, inputs: np.ndarray, batch: int = 8, progress: Callabl
     total = len(groups) * n_batches + len(targets)
     report.sequential = len(groups) > 1
     correct = bias_correction and report.sequential
-    reference = copy_model(model) if correct else None  # the float model, for the float means
+    n_batches = -(-len(inputs) // batch)
+    total = (len(groups) + correct) * n_batches + len(targets)
     done = 0
+    sums_f: list[Any] = [None] * len(targets)
+    if correct:  # the float model's input means of every layer: one pass before anything is rounded
+        probe = keras.Model(model.inputs, [t.input for t in targets])
+        for start in range(0, len(inputs), batch):
+            outs = probe(inputs[start : start + batch], training=False)
+            _accumulate(None, targets, [outs] if len(targets) == 1 else outs, sums_f)
+            done += 1
+            if step:
+                step(done, total)
+    first = 0
     for group in groups:
         # the model's layers are rounded in place: this probe runs the already rounded prefix
         probe = keras.Model(model.inputs, [t.input for t in group])
-        ref_probe = keras.Model(reference.inputs, [reference.get_layer(t.name).input for t in group]) if correct else None
         hs: list[Any] = [None] * len(group)
         sums_q: list[Any] = [None] * len(group)
-        sums_f: list[Any] = [None] * len(group)
         for start in range(0, len(inputs), batch):
             outs = probe(inputs[start : start + batch], training=False)
             _accumulate(hs, group, [outs] if len(group) == 1 else outs, sums_q if correct else None)
-            if correct:
-                fouts = ref_probe(inputs[start : start + batch], training=False)
-                _accumulate(None, group, [fouts] if len(group) == 1 else fouts, sums_f)
             done += 1
             if step:
                 step(done, total)
@@ -395,7 +403,9 @@ def gptq_round(model: Any, inputs: np.ndarray, batch: int = 8, progress: Callabl
             w_float = layer.get_weights()[0].copy()
             _round_layer(layer, h, report, progress)
             if correct:
-                _correct_bias(layer, w_float, sums_f[i][0] / sums_f[i][1], sums_q[i][0] / sums_q[i][1], report)
+                f = sums_f[first + i]
+                _correct_bias(layer, w_float, f[0] / f[1], sums_q[i][0] / sums_q[i][1], report)
+        first += len(group)
     return report
 
 
