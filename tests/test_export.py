@@ -505,6 +505,7 @@ def test_cli_default_export(tiny_run, tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "tflite_fp32" in out and "onnx_fp32" in out and "keras (reference)" in out
+    assert "near-ties" not in out  # the low-margin line only beside int8 files
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export.json", "labels.txt", "tiny_cnn_fp32.onnx", "tiny_cnn_fp32.tflite"]
 
 
