@@ -97,6 +97,7 @@ def summarize(rows: list[dict]) -> dict:
 
 def _markdown(result: dict) -> str:
     lines = [f"# int8 across seeds on {result['dataset']} (test split), {result['date']}", "",
+             f"Seeds measured: {', '.join(f'{s} seed {k}' for s, k in result['seeds_done'])} (of seeds {result['seeds']}).", "",
              f"CPU: {result['cpu']} (shared, 2 cores); p50 at 1 thread, int8 and fp32 timed side by side per runtime. "
              "Budgets: worst seed agreement >= 99.0 %, drop <= 0.5 pt, size <= 0.40 of fp32, export --int8 <= 360 s.", "",
              "| strategy | seed | float test acc | low-margin share | file | remedy | agreement | drop pt | size/fp32 | p50 int8 / fp32 ms | export s |",
@@ -143,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         data = subset_train(data, args.train_fraction, args.work)
         name = data.name
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows = []
+    from edgetl.report import atomic_write_text
+
+    now = _dt.datetime.now()
+    stem = RESULTS / f"int8_seeds_{name}_{now:%Y%m%d-%H%M%S}"
+    rows: list[dict] = []
     for strategy in args.strategies.split(","):
         for seed in seeds:
             run_dir = train_seed(data, strategy, seed, args.work / f"run_{name}_{strategy}_s{seed}")
@@ -155,17 +160,16 @@ def main(argv: list[str] | None = None) -> int:
             row = bench_strategy(data, strategy, run_dir, work, runtimes=True)
             row["seed"] = seed
             rows.append(row)
-    if args.train_only:
-        return 0
-    now = _dt.datetime.now()
-    result = {"dataset": name, "date": now.isoformat(timespec="seconds"), "cpu": cpu_info().get("model", platform.processor()),
-              "python": platform.python_version(), "seeds": seeds, "rows": rows, "summary": summarize(rows)}
-    RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"int8_seeds_{name}_{now:%Y%m%d-%H%M%S}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
-    stem.with_suffix(".md").write_text(_markdown(result))
-    print(_markdown(result))
-    print(f"wrote {stem}.json and .md")
+            # written after every seed: a run cut short keeps what it measured
+            result = {"dataset": name, "date": now.isoformat(timespec="seconds"),
+                      "cpu": cpu_info().get("model", platform.processor()), "python": platform.python_version(),
+                      "seeds": seeds, "seeds_done": [(r["strategy"], r["seed"]) for r in rows],
+                      "rows": rows, "summary": summarize(rows)}
+            RESULTS.mkdir(exist_ok=True)
+            atomic_write_text(stem.with_suffix(".json"), json.dumps(result, indent=2, default=str))
+            atomic_write_text(stem.with_suffix(".md"), _markdown(result))
+            print(_markdown(result), flush=True)
+            print(f"wrote {stem}.json and .md", flush=True)
     return 0
 
 
