@@ -440,6 +440,21 @@ def test_slow_fallback_is_timed_and_dropped_before_verification(monkeypatch):
     p50["v"] = 15.0
     assert not doctor._too_slow(ctx, plain, cand(), 1, False, report)  # 1.5x: within the limit
     assert len(report["attempts"]) == 1
+    # a slow single timing (a busy moment of the shared CPU) is confirmed side by side before dropping
+    p50["v"] = 300.0
+    plain.path = "plain.tflite"
+    paired = {"blocks": [[10.0, 10.0, 10.0], [12.0, 12.0, 12.0]]}
+    monkeypatch.setattr(doctor, "paired_latency", lambda paths, px: doctor_timing(paired["blocks"]))
+    c = cand()
+    assert not doctor._too_slow(ctx, plain, c, 1, False, report) and c.latency["paired_ratio_to_plain"] == 1.2
+    paired["blocks"] = [[10.0, 10.0, 10.0], [31.0, 30.0, 29.0]]
+    assert doctor._too_slow(ctx, plain, cand(), 1, False, report) and "3x" in report["attempts"][-1]["skipped"]
+
+
+def doctor_timing(blocks):
+    from edgetl.runtime.timing import PairedTiming
+
+    return PairedTiming(blocks, 5, 1)
 
 
 # --------------------------------------------------------------------------- atomic writes
