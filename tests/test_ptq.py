@@ -195,3 +195,29 @@ def test_sequential_gptq_sees_the_rounded_prefix_and_stays_on_the_grid():
               or not np.allclose(biases[0].get(n, 0), biases[1].get(n, 0))]
     assert differ, "sequential GPTQ rounded every later layer exactly like the parallel version"
     assert dev[1] < dev[0], dev
+
+
+def test_qat_activation_ranges_start_at_the_float_models():
+    """tfmot starts every activation range at [-6, 6]; init_ranges sets each to the float model's on the images."""
+    from edgetl.export import qat as Q
+
+    m, _ = ptq.fold_batchnorm(_model(seed=1))
+    tk = Q.to_tf_keras(m)
+    q, _ = Q.quantize_aware(tk)
+    x = _pixels(16, 3).astype(np.float32)
+    assert Q.init_ranges(q, tk, x) >= 3
+    checked = 0
+    for layer in q.layers:
+        inner = getattr(layer, "layer", None)
+        for v in layer.weights:
+            if v.name.split("/")[-1].startswith(("output_max", "post_activation_max")) and inner is not None:
+                ref = tf_keras_output(tk, inner.name, x)
+                np.testing.assert_allclose(float(np.max(v.numpy())), max(0.0, float(ref.max())), rtol=1e-5)
+                checked += 1
+    assert checked >= 3
+
+
+def tf_keras_output(tk, name, x):
+    import tf_keras
+
+    return tf_keras.Model(tk.inputs, tk.get_layer(name).output).predict(x, verbose=0)

@@ -148,6 +148,7 @@ def qat_finetune(ctx: Any, seconds: float | None = None, epochs: int | None = No
     picked = stratified_sample(ctx.train_samples, cfg.qat_samples, seed=cfg.seed)
     x = prepare_batch([s.path for s in picked], ctx.run.preprocessing).astype(np.float32)
     y = ctx.model.predict(x, batch_size=32, verbose=0).astype(np.float32)
+    n_init = init_ranges(qat, tk, x[:64])
     qat.compile(optimizer=tf_keras.optimizers.Adam(QAT_LR), loss="categorical_crossentropy",
                 metrics=[tf_keras.metrics.CategoricalAccuracy(name="agreement")])
     budget = f", at most {seconds:.0f} s" if seconds is not None else ""
@@ -162,9 +163,44 @@ def qat_finetune(ctx: Any, seconds: float | None = None, epochs: int | None = No
     notes.append(f"QAT: {stop.steps} step(s) of 16 images ({stop.steps * 16 / max(1, len(x)):.1f} epoch(s) of {len(x)} "
                  f"images) in {took:.0f} s{budget + ' budget' if budget else ''}"
                  + (" (stopped by the time budget)" if stop.hit else "")
-                 + f", distilled from the float model, {n_bn} BN folded, final train agreement "
+                 + f", distilled from the float model, {n_bn} BN folded, {n_init} activation ranges set from the "
+                 "float model's activations, final train agreement "
                  f"{100 * hist.history['agreement'][-1]:.1f}%")
     return qat, notes
+
+
+def init_ranges(qat: Any, tk: Any, x: np.ndarray) -> int:
+    """Set every activation quantizer's range (tfmot starts them at [-6, 6] and moves them by a 0.999
+    moving average: a short fine-tune never gets them right) to the float model's range on ``x``;
+    returns how many ranges were set."""
+    import tf_keras
+
+    pairs = []
+    for layer in qat.layers:
+        inner = getattr(layer, "layer", None)
+        try:
+            src = tk.get_layer(inner.name) if inner is not None else None
+        except ValueError:
+            src = None
+        if src is not None:
+            pairs.append((layer, src.output))
+        elif type(layer).__name__ == "QuantizeLayer":
+            pairs.append((layer, tk.inputs[0]))
+    if not pairs:
+        return 0
+    outs = tf_keras.Model(tk.inputs, [t for _, t in pairs]).predict(x, batch_size=16, verbose=0)
+    outs = outs if isinstance(outs, list) else [outs]
+    n = 0
+    for (layer, _), out in zip(pairs, outs):
+        lo, hi = min(0.0, float(np.min(out))), max(0.0, float(np.max(out)))
+        for v in layer.weights:
+            short = v.name.split("/")[-1].split(":")[0]
+            if short.endswith(("post_activation_min", "output_min")) or short == f"{layer.name}_min":
+                v.assign(np.full(v.shape, lo, v.dtype.as_numpy_dtype))
+                n += 1
+            elif short.endswith(("post_activation_max", "output_max")) or short == f"{layer.name}_max":
+                v.assign(np.full(v.shape, hi, v.dtype.as_numpy_dtype))
+    return n
 
 
 def _TimeLimit(tf_keras: Any, seconds: float | None) -> Any:
