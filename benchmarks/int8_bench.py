@@ -81,7 +81,9 @@ def _accuracy_row(probs: np.ndarray, y: np.ndarray) -> dict:
     return {"k": k, "n": int(len(y)), "accuracy": round(100 * k / max(1, len(y)), 2), "ci95": wilson(k, len(y))}
 
 
-def bench_strategy(data: Path, strategy: str, run_dir: Path, work: Path) -> dict:
+def bench_strategy(data: Path, strategy: str, run_dir: Path, work: Path, runtimes: bool = False) -> dict:
+    """One strategy's row. ``runtimes``: also each int8 file's p50 vs its fp32 file on the same runtime
+    (LiteRT, ONNX Runtime; 1 thread, paired interleaved timing) and the float model's low-margin share on test."""
     from edgetl.bench import quick_latency
     from edgetl.export.api import ExportConfig, export_run
     from edgetl.run import load_run
@@ -93,22 +95,28 @@ def bench_strategy(data: Path, strategy: str, run_dir: Path, work: Path) -> dict
     t0 = time.perf_counter()
     res = export_run(run_dir, ExportConfig(int8=True, out_dir=str(out)), progress=lambda s: print("   ", s, flush=True))
     export_s = time.perf_counter() - t0
-    plain_dir = work / f"plain_{strategy}"
-    export_run(run_dir, ExportConfig(formats=("tflite_int8",), doctor=False, quant_report=False, out_dir=str(plain_dir)))
-    plain = next(plain_dir.glob("*_int8.tflite"))
-    # the converters' own int8 (round-to-nearest weights), for the record: what edgetl's PTQ improved on
-    rtn_dir = work / f"nearest_{strategy}"
-    export_run(run_dir, ExportConfig(formats=("tflite_int8", "onnx_int8"), doctor=False, quant_report=False,
-                                     rounding="nearest", out_dir=str(rtn_dir)))
+    plain = rtn_dir = None
+    if not runtimes:  # the seeds benchmark skips these two extra exports (time)
+        plain_dir = work / f"plain_{strategy}"
+        export_run(run_dir, ExportConfig(formats=("tflite_int8",), doctor=False, quant_report=False, out_dir=str(plain_dir)))
+        plain = next(plain_dir.glob("*_int8.tflite"))
+        # the converters' own int8 (round-to-nearest weights), for the record: what edgetl's PTQ improved on
+        rtn_dir = work / f"nearest_{strategy}"
+        export_run(run_dir, ExportConfig(formats=("tflite_int8", "onnx_int8"), doctor=False, quant_report=False,
+                                         rounding="nearest", out_dir=str(rtn_dir)))
 
     px, y = _test_images(run, data)
     ref = KerasRunner(run.load_model(), run.labels, run.preprocessing).predict(px)
+    from edgetl.export.verify import low_margin
+
+    lm = low_margin(ref)
     row: dict = {"strategy": strategy, "run": str(run_dir), "export_int8_s": round(export_s, 1),
-                 "keras_test": _accuracy_row(ref, y), "doctor": res.doctor, "artifacts": {}}
+                 "keras_test": _accuracy_row(ref, y), "doctor": res.doctor, "artifacts": {},
+                 "low_margin_pct": lm["share_pct"] if lm else None, "low_margin_val": res.low_margin}
     sizes = {a.format: a.size_bytes for a in res.artifacts if a.error is None}
     fp32_tflite = next(Path(a.path) for a in res.artifacts if a.format == "tflite_fp32")
-    lat = {"fp32": quick_latency(fp32_tflite, px[:1], min_runs=50, min_time=3.0)["p50_ms"],
-           "plain_int8": quick_latency(plain, px[:1], min_runs=50, min_time=3.0)["p50_ms"]}
+    lat = {} if plain is None else {"fp32": quick_latency(fp32_tflite, px[:1], min_runs=50, min_time=3.0)["p50_ms"],
+                                    "plain_int8": quick_latency(plain, px[:1], min_runs=50, min_time=3.0)["p50_ms"]}
     for a in res.artifacts:
         if a.format not in ("tflite_int8", "onnx_int8") or a.error:
             continue
@@ -120,15 +128,22 @@ def bench_strategy(data: Path, strategy: str, run_dir: Path, work: Path) -> dict
                  "test": acc, "agreement_pct": agree, "drop_pt": round(row["keras_test"]["accuracy"] - acc["accuracy"], 2),
                  "val_agreement_pct": a.verification.agreement if a.verification else None,
                  "size_over_fp32": round(a.size_bytes / sizes[fp32_fmt], 3) if sizes.get(fp32_fmt) else None}
-        if a.format == "tflite_int8":
+        if a.format == "tflite_int8" and lat:
             p50 = quick_latency(a.path, px[:1], min_runs=50, min_time=3.0)["p50_ms"]
             entry.update({"p50_ms": p50, "plain_int8_p50_ms": lat["plain_int8"], "fp32_p50_ms": lat["fp32"],
                           "shipped_over_plain_int8_p50": round(p50 / lat["plain_int8"], 3),
                           "shipped_over_fp32_p50": round(p50 / lat["fp32"], 3)})
+        fp32_path = next((Path(b.path) for b in res.artifacts if b.format == fp32_fmt and b.error is None), None)
+        if runtimes and fp32_path is not None:
+            from edgetl.runtime.timing import paired_latency
+
+            t = paired_latency([fp32_path, a.path], px[:1], threads=1, repeats=9, runs_per_block=10)
+            entry.update({"int8_p50_ms": round(t.p50(1), 3), "fp32_p50_ms": round(t.p50(0), 3),
+                          "int8_over_fp32_p50": round(t.ratio(1, 0), 3), "timing": "paired, 1 thread, 9 x 10 runs"})
         entry["met"] = {k: _met(k, entry.get(k)) for k in TARGETS if k in entry}
         row["artifacts"][a.format] = entry
     row["round_to_nearest"] = {}
-    for f in sorted(rtn_dir.glob("*_int8.*")):
+    for f in sorted(rtn_dir.glob("*_int8.*")) if rtn_dir else []:
         if f.suffix not in (".tflite", ".onnx"):
             continue
         probs = runner_for(f, threads=None).predict(px)

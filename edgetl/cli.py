@@ -388,6 +388,10 @@ def export(
         typer.echo(json.dumps(result.to_dict(), indent=2))
     else:
         typer.echo(format_table(result.rows(), ROW_COLUMNS))
+        lm = result.low_margin
+        if lm and any("int" in a.format or "qat" in a.format for a in result.artifacts):
+            typer.echo(f"float model near-ties (top-2 margin < {lm['threshold']:g}): {lm['low_margin']}/{lm['images']} "
+                       f"verification images ({lm['share_pct']:.1f}%), beside the int8 agreement above")
         for d in result.doctor:
             w = d.get("winner")
             typer.echo(f"doctor[{d['target']}]: " + (f"kept {w['format']} ({w['remedy'] or 'original'})" if w else "no remedy met the budget"))

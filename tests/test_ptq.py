@@ -158,3 +158,66 @@ def test_bad_rounding_option_is_a_usage_error():
         ExportConfig(int8=True, rounding="stochastic").resolve_formats()
     with pytest.raises(UsageError, match="--rounding-samples"):
         ExportConfig(int8=True, rounding_samples=0).resolve_formats()
+
+
+def test_sequential_gptq_sees_the_rounded_prefix_and_stays_on_the_grid():
+    """Sequential GPTQ (each H from the already rounded layers, biases corrected for the mean shift) is not
+    the parallel version (every H from the float model): the first layer's kernel has no rounded prefix, so
+    both round it alike; the layers after it differ. Every kernel stays on the converters' per-channel int8
+    grid with its scale unchanged, and the sequential model is closer to the float model's outputs."""
+    base, _ = ptq.fold_batchnorm(_model(seed=2))
+    for layer in ptq._targets(base):  # one outlier weight per channel: a coarse grid, large rounding errors
+        w = layer.get_weights()
+        k = w[0].reshape(-1, w[0].shape[-1] if w[0].ndim != 4 or w[0].shape[-1] > 1 else w[0].shape[2])
+        k[0] *= 30.0
+        w[0] = k.reshape(w[0].shape)
+        layer.set_weights(w)
+    x = _pixels(24, 5).astype(np.float32)
+    kernels, biases, dev = {}, {}, {}
+    want = base.predict(x, verbose=0)
+    for mode in (0, 1):
+        m = ptq.copy_model(base)
+        before = {l.name: l.get_weights()[0].copy() for l in ptq._targets(m)}
+        rep = ptq.gptq_round(m, x, sequential=mode)  # 1: fully sequential
+        assert rep.layers == 4
+        kernels[mode] = {}
+        for name, ref in before.items():
+            k = m.get_layer(name).get_weights()[0]
+            frac, max_change = _on_grid(k, ref)
+            assert frac < 1e-3 and max_change < 1e-6, (mode, name)
+            kernels[mode][name] = k
+        biases[mode] = {l.name: l.get_weights()[1] for l in ptq._targets(m) if len(l.get_weights()) > 1}
+        assert rep.sequential == bool(mode) and rep.bias_corrected == (len(biases[mode]) if mode else 0)
+        dev[mode] = float(np.abs(m.predict(x, verbose=0) - want).mean())
+    names = [l.name for l in ptq._targets(base)]
+    np.testing.assert_allclose(kernels[0][names[0]], kernels[1][names[0]], atol=1e-7)
+    differ = [n for n in names[1:] if not np.allclose(kernels[0][n], kernels[1][n])
+              or not np.allclose(biases[0].get(n, 0), biases[1].get(n, 0))]
+    assert differ, "sequential GPTQ rounded every later layer exactly like the parallel version"
+    assert dev[1] < dev[0], dev
+
+
+def test_qat_activation_ranges_start_at_the_float_models():
+    """tfmot starts every activation range at [-6, 6]; init_ranges sets each to the float model's on the images."""
+    from edgetl.export import qat as Q
+
+    m, _ = ptq.fold_batchnorm(_model(seed=1))
+    tk = Q.to_tf_keras(m)
+    q, _ = Q.quantize_aware(tk)
+    x = _pixels(16, 3).astype(np.float32)
+    assert Q.init_ranges(q, tk, x) >= 3
+    checked = 0
+    for layer in q.layers:
+        inner = getattr(layer, "layer", None)
+        for v in layer.weights:
+            if v.name.split("/")[-1].startswith(("output_max", "post_activation_max")) and inner is not None:
+                ref = tf_keras_output(tk, inner.name, x)
+                np.testing.assert_allclose(float(np.max(v.numpy())), max(0.0, float(ref.max())), rtol=1e-5)
+                checked += 1
+    assert checked >= 3
+
+
+def tf_keras_output(tk, name, x):
+    import tf_keras
+
+    return tf_keras.Model(tk.inputs, tk.get_layer(name).output).predict(x, verbose=0)

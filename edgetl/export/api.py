@@ -28,7 +28,7 @@ from edgetl.export.artifacts import (  # noqa: F401 - re-exported: the per-artif
     within_budget,
 )
 from edgetl.export.metadata import LABELS_NAME
-from edgetl.export.verify import accuracy
+from edgetl.export.verify import accuracy, low_margin
 from edgetl.quant import QuantizationConfig
 from edgetl.quiet import Progress
 from edgetl.report import atomic_write_text, write_json
@@ -42,6 +42,10 @@ EXPORT_JSON = "export.json"
 #: verification before it, ``export --int8`` stays within about 6 minutes on 2 cores for a
 #: Lite0 fine-tune (measured on sign_digits); ``--doctor`` alone has no limit.
 AUTO_DOCTOR_TIME = 120.0
+#: seconds of QAT training the doctor's QAT remedy gets (see ExportConfig.qat_time)
+QAT_TIME = 120.0
+#: epochs (over qat_samples images) the doctor's QAT remedy may train, within QAT_TIME
+QAT_DOCTOR_EPOCHS = 10
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,9 @@ class ExportConfig:
         seed: seed of the stratified samples.
         qat_epochs: epochs of quantization-aware fine-tuning.
         qat_samples: training images used by QAT (stratified).
+        qat_time: seconds of QAT training the doctor may spend on its last 8-bit remedy, reached only
+            when every post-training remedy missed the budget; QAT's own limit, not counted in the doctor's
+            (``doctor_time``), so it is reached even when the post-training remedies used all of theirs.
         threads: threads of the runtimes during verification (default: all cores).
         quant_report: write the per-layer quantization report of every int8 file
             (``quant_report_<format>.json`` and ``.png``).
@@ -96,6 +103,7 @@ class ExportConfig:
     seed: int = 0
     qat_epochs: int = 1
     qat_samples: int = 300
+    qat_time: float = QAT_TIME
     threads: int | None = None
     quant_report: bool = True
     rounding: str = "gptq"
@@ -122,6 +130,8 @@ class ExportConfig:
             raise UsageError(f"--max-drop must be >= 0, got {self.max_drop}")
         if self.doctor_time is not None and self.doctor_time <= 0:
             raise UsageError(f"--doctor-time must be > 0 seconds, got {self.doctor_time}")
+        if self.qat_time <= 0:
+            raise UsageError(f"qat_time must be > 0 seconds, got {self.qat_time}")
         if not 0 <= self.min_agreement <= 100:
             raise UsageError(f"--min-agreement must be in 0-100 (percent), got {self.min_agreement}")
         names: list[str] = list(self.formats) if self.formats else list(DEFAULT_FORMATS)
@@ -160,6 +170,8 @@ class ExportResult:
     total_s: float = 0.0
     json_path: str | None = None
     verified_on: dict[str, Any] | None = None
+    #: the float model's near-ties on the verification images (:func:`edgetl.export.verify.low_margin`)
+    low_margin: dict[str, Any] | None = None
 
     @property
     def failed(self) -> list[Artifact]:
@@ -197,6 +209,7 @@ class ExportResult:
             "n_verify": self.n_verify,
             "n_calib": self.n_calib,
             "verified_on": self.verified_on,
+            "low_margin": self.low_margin,
             "max_drop": self.max_drop,
             "min_agreement": self.min_agreement,
             "artifacts": [a.to_dict() for a in self.artifacts],
@@ -330,7 +343,12 @@ def _export_run(run_dir: str | Path, config: ExportConfig | None = None,
 
     result = ExportResult(str(run.path), str(out_dir), run.backbone, list(run.labels), keras_acc, len(val_px),
                           0 if calib_px is None else len(calib_px), config.max_drop, artifacts, warnings,
-                          min_agreement=config.min_agreement, verified_on=_verified_on(run, ds, len(val_px), changed))
+                          min_agreement=config.min_agreement, verified_on=_verified_on(run, ds, len(val_px), changed),
+                          low_margin=low_margin(ref))
+    if result.low_margin and any(f.quantized for f in fmts):
+        lm = result.low_margin
+        say(f"float model: {lm['share_pct']:.1f}% of the {lm['images']} verification images are near-ties "
+            f"(top-2 margin < {lm['threshold']:g}): the images int8 agreement can lose")
 
     # The quantization doctor: explicit, or automatic when an int8 artifact misses the budget.
     targets = [a for a in artifacts if a.format in ("tflite_int8", "onnx_int8") and a.error is None]

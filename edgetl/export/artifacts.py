@@ -93,6 +93,8 @@ class ExportContext:
     reports: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # format -> per-layer rows
     calibrated: dict[tuple[Any, ...], bytes] = field(default_factory=dict)  # see calibrated_for()
     test_samples: list[Any] = field(default_factory=list)  # the data's test split: where the doctor reports
+    qat_seconds: float | None = None  # the doctor's training-time budget for its QAT remedy (None: epochs only)
+    qat_epochs: int | None = None  # the doctor's QAT epochs (None: config.qat_epochs)
 
     def facts(self, fmt: ExportFormat, io_type: str, **extra: Any) -> ModelFacts:
         return ModelFacts(
@@ -217,7 +219,7 @@ def build_artifact_bytes(ctx: ExportContext, fmt: ExportFormat, quant: Quantizat
         if fmt.name == "tflite_qat":
             from edgetl.export.qat import qat_finetune
 
-            model, qat_notes = qat_finetune(ctx)
+            model, qat_notes = qat_finetune(ctx, seconds=ctx.qat_seconds, epochs=ctx.qat_epochs)
             notes += qat_notes
         elif quant.needs_calibration:
             model, affine = ctx.quant_model(quant, "tflite")

@@ -115,14 +115,28 @@ def quantize_aware(tk_model: Any) -> tuple[Any, list[str]]:
     return qat, notes
 
 
-def qat_finetune(ctx: Any) -> tuple[Any, list[str]]:
-    """Rebuild in tf_keras, annotate, fine-tune briefly on training images; return the QAT model."""
+#: Adam learning rate of the QAT fine-tune: low, the float weights are already good; QAT only moves them
+#: (and the fake-quant ranges) toward what survives 8-bit rounding
+QAT_LR = 1e-5
+
+
+def qat_finetune(ctx: Any, seconds: float | None = None, epochs: int | None = None) -> tuple[Any, list[str]]:
+    """BN folded, rebuilt in tf_keras, annotated, fine-tuned by distillation from the float model.
+
+    Trains ``epochs`` (default ``qat_epochs``) epochs over ``qat_samples`` training images, or until ``seconds`` of training
+    have passed (the doctor's time budget for this remedy), whichever comes first; at least one step.
+    The targets are the float model's own probabilities: the goal is an int8 file that agrees with the
+    float model, not a model fitted to the labels again.
+    """
     from edgetl.data import stratified_sample
+    from edgetl.export import ptq
     from edgetl.preprocess import prepare_batch
 
     cfg = ctx.config
+    epochs = epochs or cfg.qat_epochs
     notes: list[str] = []
-    tk = to_tf_keras(ctx.model)
+    folded, n_bn = ptq.fold_batchnorm(ctx.model)  # tfmot would fold Conv+BN itself, but not every pattern
+    tk = to_tf_keras(folded)
     probe = ctx.calibration()[:8].astype(np.float32)
     diff = float(np.max(np.abs(tk.predict(probe, verbose=0) - ctx.model.predict(probe, verbose=0))))
     if diff > 1e-3:
@@ -133,13 +147,75 @@ def qat_finetune(ctx: Any) -> tuple[Any, list[str]]:
     notes += qnotes
     picked = stratified_sample(ctx.train_samples, cfg.qat_samples, seed=cfg.seed)
     x = prepare_batch([s.path for s in picked], ctx.run.preprocessing).astype(np.float32)
-    # Distillation targets: the float model's own probabilities. The goal of QAT here is an int8
-    # file that agrees with the float model, not a new model fitted to the labels again.
     y = ctx.model.predict(x, batch_size=32, verbose=0).astype(np.float32)
-    qat.compile(optimizer=tf_keras.optimizers.Adam(1e-5), loss="categorical_crossentropy",
+    n_init = init_ranges(qat, tk, x[:64])
+    qat.compile(optimizer=tf_keras.optimizers.Adam(QAT_LR), loss="categorical_crossentropy",
                 metrics=[tf_keras.metrics.CategoricalAccuracy(name="agreement")])
-    ctx.say(f"  QAT: fine-tuning {cfg.qat_epochs} epoch(s) on {len(x)} training images (targets: the float model's probabilities)")
-    hist = qat.fit(x, y, epochs=cfg.qat_epochs, batch_size=16, shuffle=True, verbose=0)
-    notes.append(f"QAT: {cfg.qat_epochs} epoch(s) on {len(x)} images distilled from the float model, final train "
-                 f"agreement {100 * hist.history['agreement'][-1]:.1f}%")
+    budget = f", at most {seconds:.0f} s" if seconds is not None else ""
+    ctx.say(f"  QAT: fine-tuning up to {epochs} epoch(s) on {len(x)} training images{budget} "
+            f"({n_bn} BN folded, Adam {QAT_LR:g}, targets: the float model's probabilities)")
+    stop = _TimeLimit(tf_keras, seconds)
+    import time
+
+    t0 = time.perf_counter()
+    hist = qat.fit(x, y, epochs=epochs, batch_size=16, shuffle=True, verbose=0, callbacks=[stop])
+    took = time.perf_counter() - t0
+    notes.append(f"QAT: {stop.steps} step(s) of 16 images ({stop.steps * 16 / max(1, len(x)):.1f} epoch(s) of {len(x)} "
+                 f"images) in {took:.0f} s{budget + ' budget' if budget else ''}"
+                 + (" (stopped by the time budget)" if stop.hit else "")
+                 + f", distilled from the float model, {n_bn} BN folded, {n_init} activation ranges set from the "
+                 "float model's activations, final train agreement "
+                 f"{100 * hist.history['agreement'][-1]:.1f}%")
     return qat, notes
+
+
+def init_ranges(qat: Any, tk: Any, x: np.ndarray) -> int:
+    """Set every activation quantizer's range (tfmot starts them at [-6, 6] and moves them by a 0.999
+    moving average: a short fine-tune never gets them right) to the float model's range on ``x``;
+    returns how many ranges were set."""
+    import tf_keras
+
+    pairs = []
+    for layer in qat.layers:
+        inner = getattr(layer, "layer", None)
+        try:
+            src = tk.get_layer(inner.name) if inner is not None else None
+        except ValueError:
+            src = None
+        if src is not None:
+            pairs.append((layer, src.output))
+        elif type(layer).__name__ == "QuantizeLayer":
+            pairs.append((layer, tk.inputs[0]))
+    if not pairs:
+        return 0
+    outs = tf_keras.Model(tk.inputs, [t for _, t in pairs]).predict(x, batch_size=16, verbose=0)
+    outs = outs if isinstance(outs, list) else [outs]
+    n = 0
+    for (layer, _), out in zip(pairs, outs):
+        lo, hi = min(0.0, float(np.min(out))), max(0.0, float(np.max(out)))
+        for v in layer.weights:
+            short = v.name.split("/")[-1].split(":")[0]
+            if short.endswith(("post_activation_min", "output_min")) or short == f"{layer.name}_min":
+                v.assign(np.full(v.shape, lo, v.dtype.as_numpy_dtype))
+                n += 1
+            elif short.endswith(("post_activation_max", "output_max")) or short == f"{layer.name}_max":
+                v.assign(np.full(v.shape, hi, v.dtype.as_numpy_dtype))
+    return n
+
+
+def _TimeLimit(tf_keras: Any, seconds: float | None) -> Any:
+    """A tf_keras callback that stops training once ``seconds`` have passed (after at least one step)."""
+    import time
+
+    class TimeLimit(tf_keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.t0, self.steps, self.hit = time.perf_counter(), 0, False
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            self.steps += 1
+            if seconds is not None and time.perf_counter() - self.t0 > seconds:
+                self.hit = True
+                self.model.stop_training = True
+
+    return TimeLimit()

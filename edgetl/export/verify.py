@@ -101,3 +101,18 @@ def compare(probs: np.ndarray, reference: np.ndarray, labels: np.ndarray | None 
 
 def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(100.0 * np.mean(np.asarray(probs).argmax(-1) == np.asarray(labels))) if len(labels) else 0.0
+
+
+#: a float prediction whose top-2 probability margin is below this is a near-tie (int8 noise can flip it)
+LOW_MARGIN = 0.05
+
+
+def low_margin(reference: np.ndarray, threshold: float = LOW_MARGIN) -> dict[str, Any] | None:
+    """The float model's near-ties on the verification images: share (percent) and count of images whose
+    top-2 probability margin is below ``threshold``; where int8 agreement is hardest to keep."""
+    p = np.asarray(reference, np.float64)
+    if p.ndim != 2 or len(p) == 0 or p.shape[1] < 2:
+        return None
+    top2 = np.sort(p, axis=1)[:, -2:]
+    k = int(np.sum(top2[:, 1] - top2[:, 0] < threshold))
+    return {"threshold": threshold, "images": int(len(p)), "low_margin": k, "share_pct": round(100 * k / len(p), 2)}
