@@ -78,6 +78,7 @@ class ShardCache:
         self.shard_size = int(key_doc["shard_size"])
         self.computed = 0
         self.reused = 0
+        self.rows_computed = 0
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             if not (self.folder / "key.json").is_file():
@@ -87,6 +88,10 @@ class ShardCache:
 
     def shard_path(self, part: str, index: int) -> Path:
         return self.folder / part / f"{index:05d}.npy"
+
+    def complete(self, parts: Sequence[tuple[str, int]]) -> bool:
+        """Whether every shard of every ``(part, rows)`` is on disk."""
+        return all(self.shard_path(part, i).is_file() for part, n in parts for i in range((n + self.shard_size - 1) // self.shard_size))
 
     def fill(self, part: str, n: int, compute: Callable[[int, int], np.ndarray]) -> None:
         """Every shard of ``part`` (``n`` rows): ``compute(start, stop)`` for each one not on disk yet."""
@@ -101,6 +106,7 @@ class ShardCache:
                 raise EdgetlError(f"internal error: shard {part}/{index} has {len(arr)} rows, expected {stop - start}")
             atomic_write(path, lambda fh: np.save(fh, arr, allow_pickle=False))
             self.computed += 1
+            self.rows_computed += len(arr)
             if after_shard is not None:
                 after_shard(part, index)
 
@@ -136,4 +142,4 @@ class ShardCache:
 
     def to_dict(self) -> dict[str, Any]:
         return {"dir": str(self.folder), "key": self.key, "shard_size": self.shard_size,
-                "shards_computed": self.computed, "shards_reused": self.reused}
+                "shards_computed": self.computed, "shards_reused": self.reused, "rows_computed": self.rows_computed}

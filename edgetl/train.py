@@ -2,7 +2,10 @@
 
 How it stays fast on a CPU:
 
-* every image is decoded and resized exactly once (thread pool) into uint8 arrays;
+* fine-tuning decodes and resizes every image once (thread pool) into uint8 arrays in RAM;
+  feature extraction keeps no decoded image: the files are checked once, then decoded a shard
+  at a time for the frozen-base pass, whose embeddings go to an on-disk cache
+  (:mod:`edgetl.embed_cache`: resumable shard by shard, reused when only head settings change);
 * the frozen base runs once per image view, not once per epoch: the head is trained on
   cached pooled embeddings of the clean images plus ``augment.views`` augmented views;
 * for fine-tuning, the same forward pass also caches the activations at the input of the
@@ -31,7 +34,7 @@ import numpy as np
 
 from edgetl import __version__, quiet
 from edgetl.config import TrainConfig
-from edgetl.embed import frozen_forward
+from edgetl.embed import FrozenForward, frozen_forward
 from edgetl.errors import EdgetlError, UsageError
 from edgetl.imbalance import choose_weighting, imbalance_lines, weighting_candidates, weights_for
 from edgetl.locking import LOCK_NAME, DirLock, check_output_dir
@@ -1035,24 +1038,38 @@ def _embed_views(r: _Run) -> None:
     cfg = r.cfg
     r.augmenter = build_augmenter(cfg.augment, cfg.seed)
     t0 = time.perf_counter()
+    r.mode = progress_mode(cfg.verbose)
+    n_passes = 2 + (cfg.augment.views if r.augmenter is not None else 0)
+    cache = _open_embed_cache(r) if r.xtr is None else None
+    parts = [(f"train_v{v}", len(r.ytr)) for v in range(n_passes - 1)] + [("val", len(r.yva))]
+    if cache is not None and cache.complete(parts):  # nothing to embed: no engine to set up
+        r.forward = FrozenForward("cached", run=lambda b: [])
+        _log(cfg, f"every embedding is in the cache {cache.folder}")
+    else:
+        _start_forward(r)
+    forward, n_notes = r.forward, len(r.forward.notes)
+    if cache is not None:
+        _embed_streamed(r, n_passes, cache)
+        r.n_embedded = cache.rows_computed
+    else:
+        _embed_in_memory(r, n_passes)
+        r.n_embedded = len(r.emb_tr) + len(r.emb_va)
+    r.embed_seconds = time.perf_counter() - t0
+    for note in forward.notes[n_notes:]:  # a fallback decided on the first batch
+        _warn(cfg, note, r.warnings)
+    if r.n_embedded:
+        _log(cfg, f"embedded {r.n_embedded} views in {r.embed_seconds:.1f} s ({r.n_embedded / r.embed_seconds:.1f} images/s, {forward.engine}"
+                  + (f", max |difference| vs TensorFlow {forward.max_abs_diff:.1e}" if forward.max_abs_diff is not None else "") + ")")
+
+
+def _start_forward(r: _Run) -> None:
+    """The frozen base as a batch function (on ONNX Runtime when it reproduces TensorFlow)."""
+    cfg = r.cfg
     r.forward = forward = frozen_forward(r.extractor, cfg.embed_engine, gpu=bool(r.plan.gpus))
     for note in forward.notes:
         _warn(cfg, note, r.warnings)
-    n_notes = len(forward.notes)
     _log(cfg, f"embedding {len(r.ytr)} train images x {r.n_views} view(s) + {len(r.yva)} val images with the frozen {r.spec.name} "
               f"({forward.engine}{f', converted in {forward.convert_seconds:.1f} s' if forward.convert_seconds else ''}) ...")
-    r.mode = progress_mode(cfg.verbose)
-    n_passes = 2 + (cfg.augment.views if r.augmenter is not None else 0)
-    if r.xtr is None:
-        _embed_streamed(r, n_passes)
-    else:
-        _embed_in_memory(r, n_passes)
-    r.embed_seconds = time.perf_counter() - t0
-    r.n_embedded = len(r.emb_tr) + len(r.emb_va)
-    for note in forward.notes[n_notes:]:  # a fallback decided on the first batch
-        _warn(cfg, note, r.warnings)
-    _log(cfg, f"embedded {r.n_embedded} views in {r.embed_seconds:.1f} s ({r.n_embedded / r.embed_seconds:.1f} images/s, {forward.engine}"
-              + (f", max |difference| vs TensorFlow {forward.max_abs_diff:.1e}" if forward.max_abs_diff is not None else "") + ")")
 
 
 def _pass_label(view: int, n_passes: int) -> str:
@@ -1093,15 +1110,20 @@ def _embed_cache_key(r: _Run, shard_size: int) -> dict[str, Any]:
             "seed": r.cfg.seed, "augment": aug if r.augmenter is not None else None, "shard_size": shard_size}
 
 
-def _embed_streamed(r: _Run, n_passes: int) -> None:
+def _open_embed_cache(r: _Run) -> Any:
+    from edgetl import embed_cache
+
+    r.embed_cache = embed_cache.ShardCache(_embed_cache_key(r, max(r.cfg.batch_size, 32) * embed_cache.SHARD_BATCHES))
+    return r.embed_cache
+
+
+def _embed_streamed(r: _Run, n_passes: int, cache: Any) -> None:
     """The views from the files, a shard at a time, through the on-disk cache (only shards not on
     disk yet are decoded and embedded); the embeddings are read back memory-mapped."""
-    from edgetl import embed_cache
     from edgetl.data import decode_paths
 
     cfg, pre = r.cfg, r.spec.preprocessing
     bs = max(cfg.batch_size, 32)
-    cache = r.embed_cache = embed_cache.ShardCache(_embed_cache_key(r, bs * embed_cache.SHARD_BATCHES))
 
     def shard(paths: Sequence[str], view: int, label: str) -> Any:
         def compute(start: int, stop: int) -> np.ndarray:
@@ -1451,7 +1473,7 @@ def _write_run(r: _Run) -> TrainResult:
         "train_wall_seconds": wall,
         "decode_seconds": r.decode_seconds,
         "embed_seconds": r.embed_seconds,
-        "embed_images_per_s": r.n_embedded / r.embed_seconds if r.embed_seconds > 0 else None,
+        "embed_images_per_s": r.n_embedded / r.embed_seconds if r.embed_seconds > 0 and r.n_embedded else None,
         "embed_engine": r.forward.to_dict(),
         "embed_cache": r.embed_cache.to_dict() if r.embed_cache is not None else None,
         "resize_views": {"enabled": bool(r.cfg.augment.resize and r.augmenter is not None and r.cfg.augment.views),

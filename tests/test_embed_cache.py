@@ -105,6 +105,7 @@ def test_kill_resumes_from_last_finished_shard(data, tmp_path, small_shards, cap
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in done} == before
     m = _metrics(res)
     assert m["embed_cache"]["shards_reused"] == 2 and m["embed_cache"]["shards_computed"] == 5
+    assert m["embed_cache"]["rows_computed"] == 16 + 80 + 20
     assert m["embed_cache"]["dir"] == str(folder)
 
 
@@ -115,6 +116,7 @@ def test_cache_reused_when_only_head_settings_change(data, tmp_path, small_shard
     again = _train(data, tmp_path / "second", lr=0.01, epochs=2, dropout=0.3, class_weights="off", head_l2=1e-3)
     assert len(captured["extract"]) == n_first  # no frozen-base pass at all
     assert _metrics(again)["embed_cache"] == {**_metrics(again)["embed_cache"], "shards_computed": 0, "shards_reused": 7}
+    assert _metrics(again)["embed_engine"]["engine"] == "cached"  # not even converted to ONNX
     assert np.array_equal(captured["emb"][0][0], captured["emb"][1][0])
     # a second augmented view reuses both earlier views and embeds only its own shards
     _train(data, tmp_path / "two_views", augment=AugmentConfig(views=2))
