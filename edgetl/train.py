@@ -1113,7 +1113,12 @@ def _embed_cache_key(r: _Run, shard_size: int) -> dict[str, Any]:
 def _open_embed_cache(r: _Run) -> Any:
     from edgetl import embed_cache
 
-    r.embed_cache = embed_cache.ShardCache(_embed_cache_key(r, max(r.cfg.batch_size, 32) * embed_cache.SHARD_BATCHES))
+    key = _embed_cache_key(r, max(r.cfg.batch_size, 32) * embed_cache.SHARD_BATCHES)
+    try:
+        r.embed_cache = embed_cache.ShardCache(key)
+    except EdgetlError as exc:  # e.g. a read-only home: the run folder is writable (checked at start)
+        _warn(r.cfg, f"{exc}; caching the embeddings in the run folder instead", r.warnings)
+        r.embed_cache = embed_cache.ShardCache(key, root=r.run_dir / "embed_cache")
     return r.embed_cache
 
 

@@ -146,3 +146,13 @@ def test_shard_cache_writes_atomically_and_joins(tmp_path):
     assert isinstance(joined, np.memmap) and np.array_equal(joined, rows)
     assert ShardCache({"shard_size": 4, "what": "other"}, root=tmp_path).folder != cache.folder
     assert json.loads((cache.folder / "key.json").read_text())["what"] == "test"
+
+
+def test_unwritable_cache_falls_back_to_the_run_folder(data, tmp_path, monkeypatch):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("EDGETL_EMBED_CACHE", str(blocker / "cache"))
+    res = _train(data, tmp_path / "run", augment=AugmentConfig(enabled=False), epochs=1)
+    m = _metrics(res)
+    assert m["embed_cache"]["dir"].startswith(str(res.run_dir / "embed_cache"))
+    assert any("caching the embeddings in the run folder" in w for w in res.warnings)
