@@ -68,6 +68,20 @@ def weights_sha256(arrays: Sequence[np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def key_doc(spec: Any, cfg: Any, frozen_weights: Sequence[np.ndarray], ds: Any, augmented: bool) -> dict[str, Any]:
+    """Everything a run's cached embeddings depend on: the backbone and its frozen weights, the
+    preprocessing (input size, resize), the train and val files, and for the augmented views the
+    seed and augmentation (not their number: a run with more views reuses the first ones)."""
+    from dataclasses import asdict
+
+    aug = {k: v for k, v in asdict(cfg.augment).items() if k != "views"}
+    return {"backbone": spec.name, "weights_sha256": weights_sha256(frozen_weights),
+            "preprocessing": spec.preprocessing.to_dict(), "max_pixels": cfg.max_pixels,
+            "train_files": files_stamp(ds.train.paths), "val_files": files_stamp(ds.val.paths),
+            "seed": cfg.seed, "augment": aug if augmented else None,
+            "shard_size": max(cfg.batch_size, 32) * SHARD_BATCHES}
+
+
 class ShardCache:
     """The shards of one cache key: ``<root>/<key>/<part>/<index>.npy`` plus joined ``<name>.npy``."""
 

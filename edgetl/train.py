@@ -1097,23 +1097,10 @@ def _embed_in_memory(r: _Run, n_passes: int) -> None:
     r.y_views = np.tile(r.ytr, len(tr_parts))
 
 
-def _embed_cache_key(r: _Run, shard_size: int) -> dict[str, Any]:
-    """Everything the cached embeddings depend on (see :mod:`edgetl.embed_cache`)."""
-    from dataclasses import asdict
-
-    from edgetl.embed_cache import files_stamp, weights_sha256
-
-    aug = {k: v for k, v in asdict(r.cfg.augment).items() if k != "views"}  # more views reuse the first ones
-    return {"backbone": r.spec.name, "weights_sha256": weights_sha256(r.extractor.get_weights()),
-            "preprocessing": r.spec.preprocessing.to_dict(), "max_pixels": r.cfg.max_pixels,
-            "train_files": files_stamp(r.ds.train.paths), "val_files": files_stamp(r.ds.val.paths),
-            "seed": r.cfg.seed, "augment": aug if r.augmenter is not None else None, "shard_size": shard_size}
-
-
 def _open_embed_cache(r: _Run) -> Any:
     from edgetl import embed_cache
 
-    key = _embed_cache_key(r, max(r.cfg.batch_size, 32) * embed_cache.SHARD_BATCHES)
+    key = embed_cache.key_doc(r.spec, r.cfg, r.extractor.get_weights(), r.ds, augmented=r.augmenter is not None)
     try:
         r.embed_cache = embed_cache.ShardCache(key)
     except EdgetlError as exc:  # e.g. a read-only home: the run folder is writable (checked at start)
