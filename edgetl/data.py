@@ -258,14 +258,29 @@ def _scan_classes(folder: Path, classes: Sequence[str], validate: bool, max_pixe
     return _decode_all([_candidates(folder, classes)], classes, validate, max_pixels, pre, pixels, workers)[0]
 
 
-def resize_views(paths: Sequence[str], pre: Preprocessing, seed: int, view: int, workers: int | None = None,
+def decode_paths(paths: Sequence[str], pre: Preprocessing, workers: int | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Any:
+    """uint8 (N, H, W, 3) model inputs of ``paths``, decoded and resized exactly like
+    ``load_dataset(preprocessing=pre)`` does (a file that no longer decodes raises EdgetlError)."""
+    import numpy as np
+
+    h, w = pre.input_size
+    if not paths:
+        return np.zeros((0, h, w, 3), np.uint8)
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        return np.stack(list(pool.map(lambda p: resize_rgb(load_rgb(p, max_pixels=max_pixels), pre), paths)))
+
+
+def resize_views(paths: Sequence[str], pre: Preprocessing, seed: int, view: int, workers: int | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, start: int = 0) -> Any:
     """uint8 (N, H, W, 3): every file decoded again and resized by a randomly drawn client resize
-    (:func:`edgetl.preprocess.resize_variant`), seeded by ``(seed, view, index)`` so a run repeats exactly."""
+    (:func:`edgetl.preprocess.resize_variant`), seeded by ``(seed, view, start + index)`` so a run
+    repeats exactly, whether the split is resized at once or a chunk at a time from ``start``."""
     import numpy as np
 
     def one(item: tuple[int, str]) -> Any:
         i, path = item
+        i += start
         im = np.asarray(load_rgb(path, max_pixels=max_pixels), dtype=np.uint8)
         return resize_variant(im, pre.input_size, np.random.default_rng([seed, view, i]))
 

@@ -96,14 +96,15 @@ def pixels_dataset(x: np.ndarray, batch_size: int, augmenter: Augmenter | None =
 
 
 def pixel_batches(x: np.ndarray, batch_size: int, augmenter: Augmenter | None = None, view: int = 0,
-                  chunk_batches: int = 8) -> Any:
+                  chunk_batches: int = 8, first_batch: int = 0) -> Any:
     """The batches of :func:`pixels_dataset` as numpy arrays, computed in chunks, not overlapped.
 
     For a consumer that uses every core itself (ONNX Runtime): clean batches are plain numpy casts,
     augmented ones are made ``chunk_batches`` at a time by tf.data and only then handed over, so
     TensorFlow's threads and the consumer's never compete for the same cores. On 2 cores this ran
     Lite0 on ONNX Runtime at ~210 (clean) and ~137 (augmented) images/s, against ~125 and ~60-120
-    with the augmentation pipelined alongside it (measured).
+    with the augmentation pipelined alongside it (measured). ``first_batch`` numbers the batches of a
+    chunk of a split (see :func:`pixels_dataset`).
     """
     for start in range(0, len(x), batch_size * chunk_batches):
         part = x[start:start + batch_size * chunk_batches]
@@ -111,7 +112,7 @@ def pixel_batches(x: np.ndarray, batch_size: int, augmenter: Augmenter | None = 
             for i in range(0, len(part), batch_size):
                 yield part[i:i + batch_size].astype(np.float32)
         else:
-            yield from [b.numpy() for b in pixels_dataset(part, batch_size, augmenter, view, first_batch=start // batch_size)]
+            yield from [b.numpy() for b in pixels_dataset(part, batch_size, augmenter, view, first_batch=first_batch + start // batch_size)]
 
 
 def training_dataset(

@@ -2,7 +2,10 @@
 
 How it stays fast on a CPU:
 
-* every image is decoded and resized exactly once (thread pool) into uint8 arrays;
+* fine-tuning decodes and resizes every image once (thread pool) into uint8 arrays in RAM;
+  feature extraction keeps no decoded image: the files are checked once, then decoded a shard
+  at a time for the frozen-base pass, whose embeddings go to an on-disk cache
+  (:mod:`edgetl.embed_cache`: resumable shard by shard, reused when only head settings change);
 * the frozen base runs once per image view, not once per epoch: the head is trained on
   cached pooled embeddings of the clean images plus ``augment.views`` augmented views;
 * for fine-tuning, the same forward pass also caches the activations at the input of the
@@ -31,7 +34,7 @@ import numpy as np
 
 from edgetl import __version__, quiet
 from edgetl.config import TrainConfig
-from edgetl.embed import frozen_forward
+from edgetl.embed import FrozenForward, frozen_forward
 from edgetl.errors import EdgetlError, UsageError
 from edgetl.imbalance import choose_weighting, imbalance_lines, weighting_candidates, weights_for
 from edgetl.locking import LOCK_NAME, DirLock, check_output_dir
@@ -802,6 +805,7 @@ class _Run:
     resize_view_seconds: float = 0.0  # decoding + client resizes of the resize-robust views (inside view_seconds)
     embed_seconds: float = 0.0
     n_embedded: int = 0
+    embed_cache: Any = None  # the on-disk shards of a streamed pass (edgetl.embed_cache.ShardCache)
     # phases
     head_epochs_run: int = 0
     ft_epochs_run: int = 0
@@ -862,6 +866,12 @@ def _setup(r: _Run, distribute: str, role: WorkerRole | None) -> None:
         r.history.extend(r.resume_state[0].get("history", []))
 
 
+def _streams(cfg: TrainConfig) -> bool:
+    """Whether the images are decoded a shard at a time from the files (feature extraction: only the
+    embeddings are kept) instead of all at once into RAM (fine-tuning on images or activations)."""
+    return cfg.strategy != "fine-tune" or cfg.fine_tune_epochs == 0
+
+
 def _load_data(r: _Run) -> None:
     """Decode + resize every image once; class weights; the run's ``config.json`` (status running)."""
     from edgetl.data import load_dataset, summarize_skipped
@@ -869,15 +879,19 @@ def _load_data(r: _Run) -> None:
     cfg = r.cfg
     _log(cfg, f"loading images from {cfg.data_dir} ...")
     t0 = time.perf_counter()
+    stream = _streams(cfg)
     r.ds = ds = load_dataset(cfg.data_dir, val_split=cfg.val_split, seed=cfg.seed, max_pixels=cfg.max_pixels or None,
-                             preprocessing=r.spec.preprocessing, workers=cfg.workers,
-                             progress=quiet.Progress("decoding images").update if cfg.verbose else None)
+                             preprocessing=None if stream else r.spec.preprocessing, workers=cfg.workers,
+                             progress=quiet.Progress("checking images" if stream else "decoding images").update if cfg.verbose else None)
     r.decode_seconds = time.perf_counter() - t0
     msg = summarize_skipped(ds.skipped)
     if msg:
         _warn(cfg, msg, r.warnings)
-    r.xtr, r.ytr = ds.arrays("train")
-    r.xva, r.yva = ds.arrays("val")
+    if stream:  # the frozen-base pass decodes the files a shard at a time (_embed_streamed)
+        r.ytr, r.yva = (np.asarray(sp.labels, np.int32) for sp in (ds.train, ds.val))
+    else:
+        r.xtr, r.ytr = ds.arrays("train")
+        r.xva, r.yva = ds.arrays("val")
     r.classes = classes = ds.classes
     fingerprint = ds.fingerprint()
     if r.resume_state:
@@ -975,8 +989,10 @@ def _build_graphs(r: _Run) -> None:
                 _multi_worker_build_fix(m, r.strategy)
 
 
-def _extract(r: _Run, x: np.ndarray, aug: Any | None, view: int, label: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """One forward pass of the frozen base over ``x``: (embeddings, float16 tail activations or None)."""
+def _extract(r: _Run, x: np.ndarray, aug: Any | None, view: int, label: str,
+             first_batch: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """One forward pass of the frozen base over ``x`` (from batch ``first_batch`` of its split):
+    (embeddings, float16 tail activations or None)."""
     import keras
 
     from edgetl.tfdata import pixel_batches, pixels_dataset
@@ -988,9 +1004,9 @@ def _extract(r: _Run, x: np.ndarray, aug: Any | None, view: int, label: str) -> 
     with quiet.to_console() if r.mode == "bars" else contextlib.nullcontext():
         bar = keras.utils.Progbar(int(np.ceil(len(x) / bs))) if r.mode == "bars" else None
         if r.forward.engine == "onnxruntime":  # uses every core: no TF work alongside it
-            batches = pixel_batches(x, bs, aug, view)
+            batches = pixel_batches(x, bs, aug, view, first_batch=first_batch)
         else:
-            batches = (b.numpy() for b in pixels_dataset(x, bs, aug, view=view))
+            batches = (b.numpy() for b in pixels_dataset(x, bs, aug, view=view, first_batch=first_batch))
         for i, b in enumerate(batches):
             out = r.forward(b)
             embs.append(out[0])
@@ -1004,13 +1020,13 @@ def _extract(r: _Run, x: np.ndarray, aug: Any | None, view: int, label: str) -> 
     return emb, (np.concatenate(acts) if acts else None)
 
 
-def _resize_view(r: _Run, view: int) -> np.ndarray:
-    """The train images of one augmented view, each resized by a randomly drawn client resize."""
+def _resize_view(r: _Run, view: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """The train images ``[start:stop]`` of one augmented view, each resized by a randomly drawn client resize."""
     from edgetl.data import resize_views
 
     t0 = time.perf_counter()
-    x = resize_views(r.ds.train.paths, r.spec.preprocessing, r.cfg.seed, view, workers=r.cfg.workers,
-                     max_pixels=r.cfg.max_pixels or None)
+    x = resize_views(r.ds.train.paths[start:stop], r.spec.preprocessing, r.cfg.seed, view, workers=r.cfg.workers,
+                     max_pixels=r.cfg.max_pixels or None, start=start)
     r.resize_view_seconds += time.perf_counter() - t0
     return x
 
@@ -1022,18 +1038,51 @@ def _embed_views(r: _Run) -> None:
     cfg = r.cfg
     r.augmenter = build_augmenter(cfg.augment, cfg.seed)
     t0 = time.perf_counter()
+    r.mode = progress_mode(cfg.verbose)
+    n_passes = 2 + (cfg.augment.views if r.augmenter is not None else 0)
+    cache = _open_embed_cache(r) if r.xtr is None else None
+    parts = [(f"train_v{v}", len(r.ytr)) for v in range(n_passes - 1)] + [("val", len(r.yva))]
+    if cache is not None and cache.complete(parts):  # nothing to embed: no engine to set up
+        r.forward = FrozenForward("cached", run=lambda b: [])
+        _log(cfg, f"every embedding is in the cache {cache.folder}")
+    else:
+        _start_forward(r)
+    forward, n_notes = r.forward, len(r.forward.notes)
+    if cache is not None:
+        _embed_streamed(r, n_passes, cache)
+        r.n_embedded = cache.rows_computed
+    else:
+        _embed_in_memory(r, n_passes)
+        r.n_embedded = len(r.emb_tr) + len(r.emb_va)
+    r.embed_seconds = time.perf_counter() - t0
+    for note in forward.notes[n_notes:]:  # a fallback decided on the first batch
+        _warn(cfg, note, r.warnings)
+    if r.n_embedded:
+        _log(cfg, f"embedded {r.n_embedded} views in {r.embed_seconds:.1f} s ({r.n_embedded / r.embed_seconds:.1f} images/s, {forward.engine}"
+                  + (f", max |difference| vs TensorFlow {forward.max_abs_diff:.1e}" if forward.max_abs_diff is not None else "") + ")")
+
+
+def _start_forward(r: _Run) -> None:
+    """The frozen base as a batch function (on ONNX Runtime when it reproduces TensorFlow)."""
+    cfg = r.cfg
     r.forward = forward = frozen_forward(r.extractor, cfg.embed_engine, gpu=bool(r.plan.gpus))
     for note in forward.notes:
         _warn(cfg, note, r.warnings)
-    n_notes = len(forward.notes)
     _log(cfg, f"embedding {len(r.ytr)} train images x {r.n_views} view(s) + {len(r.yva)} val images with the frozen {r.spec.name} "
               f"({forward.engine}{f', converted in {forward.convert_seconds:.1f} s' if forward.convert_seconds else ''}) ...")
-    r.mode = progress_mode(cfg.verbose)
-    n_passes = 2 + (cfg.augment.views if r.augmenter is not None else 0)
+
+
+def _pass_label(view: int, n_passes: int) -> str:
+    return f"{view + 1}/{n_passes} (train, " + (f"augmented view {view})" if view else "clean)")
+
+
+def _embed_in_memory(r: _Run, n_passes: int) -> None:
+    """The views from the decoded images in RAM (fine-tuning keeps them for its own phase)."""
+    cfg = r.cfg
     tr_parts = []
     for view in range(0, n_passes - 1):
         tv = time.perf_counter()
-        label = f"{view + 1}/{n_passes} (train, " + (f"augmented view {view})" if view else "clean)")
+        label = _pass_label(view, n_passes)
         x = r.xtr
         if view and cfg.augment.resize:
             x = _resize_view(r, view)
@@ -1046,12 +1095,49 @@ def _embed_views(r: _Run) -> None:
     r.emb_tr = np.concatenate([p[0] for p in tr_parts])
     r.act_tr = np.concatenate([p[1] for p in tr_parts]) if r.tail is not None else None
     r.y_views = np.tile(r.ytr, len(tr_parts))
-    r.embed_seconds = time.perf_counter() - t0
-    r.n_embedded = len(r.emb_tr) + len(r.emb_va)
-    for note in forward.notes[n_notes:]:  # a fallback decided on the first batch
-        _warn(cfg, note, r.warnings)
-    _log(cfg, f"embedded {r.n_embedded} views in {r.embed_seconds:.1f} s ({r.n_embedded / r.embed_seconds:.1f} images/s, {forward.engine}"
-              + (f", max |difference| vs TensorFlow {forward.max_abs_diff:.1e}" if forward.max_abs_diff is not None else "") + ")")
+
+
+def _open_embed_cache(r: _Run) -> Any:
+    from edgetl import embed_cache
+
+    key = embed_cache.key_doc(r.spec, r.cfg, r.extractor.get_weights(), r.ds, augmented=r.augmenter is not None)
+    try:
+        r.embed_cache = embed_cache.ShardCache(key)
+    except EdgetlError as exc:  # e.g. a read-only home: the run folder is writable (checked at start)
+        _warn(r.cfg, f"{exc}; caching the embeddings in the run folder instead", r.warnings)
+        r.embed_cache = embed_cache.ShardCache(key, root=r.run_dir / "embed_cache")
+    return r.embed_cache
+
+
+def _embed_streamed(r: _Run, n_passes: int, cache: Any) -> None:
+    """The views from the files, a shard at a time, through the on-disk cache (only shards not on
+    disk yet are decoded and embedded); the embeddings are read back memory-mapped."""
+    from edgetl.data import decode_paths
+
+    cfg, pre = r.cfg, r.spec.preprocessing
+    bs = max(cfg.batch_size, 32)
+
+    def shard(paths: Sequence[str], view: int, label: str) -> Any:
+        def compute(start: int, stop: int) -> np.ndarray:
+            if view and cfg.augment.resize:
+                x = _resize_view(r, view, start, stop)
+            else:
+                x = decode_paths(paths[start:stop], pre, cfg.workers, cfg.max_pixels or None)
+            return _extract(r, x, r.augmenter if view else None, view, f"{label} [{start}:{stop}]", first_batch=start // bs)[0]
+        return compute
+
+    for view in range(0, n_passes - 1):
+        tv = time.perf_counter()
+        cache.fill(f"train_v{view}", len(r.ytr), shard(r.ds.train.paths, view, _pass_label(view, n_passes)))
+        r.view_seconds.append(time.perf_counter() - tv)
+    tv = time.perf_counter()
+    cache.fill("val", len(r.yva), shard(r.ds.val.paths, 0, f"{n_passes}/{n_passes} (val)"))
+    r.view_seconds.append(time.perf_counter() - tv)
+    r.emb_tr = cache.read([f"train_v{v}" for v in range(n_passes - 1)], len(r.ytr), r.feat_dim)
+    r.emb_va = cache.read(["val"], len(r.yva), r.feat_dim)
+    r.y_views = np.tile(r.ytr, n_passes - 1)
+    if cache.reused:
+        _log(cfg, f"embedding cache {cache.folder}: {cache.reused} shard(s) reused, {cache.computed} computed")
 
 
 def _sample_weights(r: _Run, y: np.ndarray) -> np.ndarray | None:
@@ -1288,18 +1374,20 @@ def _evaluate(r: _Run) -> None:
     both candidates (fine-tuned, head-only) are evaluated and the keep/restore decision recorded."""
     cfg, classes = r.cfg, r.classes
     val_probs = _predict_val(r)
-    n_check = min(32, len(r.xva))
-    full_probs = np.asarray(_predict(r.full, r.xva[:n_check], cfg.batch_size), np.float32)
+    n_check = min(32, len(r.yva))
+    full_probs = _predict_images(r, r.xva, r.ds.val.paths[:n_check], n_check)
     r.agree = float(np.max(np.abs(full_probs - val_probs[:n_check]))) if n_check else 0.0
     if r.agree > 1e-2:
         raise EdgetlError(f"internal check failed: the saved graph and the training path disagree by {r.agree:.4f}")
     r.metrics["val"] = classification_metrics(val_probs, r.yva, classes)
-    test = r.ds.arrays("test") if r.ds.test is not None else None
+    test = None
+    if r.ds.test is not None:  # decoded a chunk at a time when the run streams its images
+        test = r.ds.arrays("test") if r.xtr is not None else (None, np.asarray(r.ds.test.labels, np.int32))
 
     def test_metrics() -> dict[str, Any] | None:
         if test is None:
             return None
-        return classification_metrics(np.asarray(_predict(r.full, test[0], cfg.batch_size), np.float32), test[1], classes)
+        return classification_metrics(_predict_images(r, test[0], r.ds.test.paths, len(test[1])), test[1], classes)
 
     if test is not None:
         r.metrics["test"] = test_metrics()
@@ -1325,6 +1413,21 @@ def _evaluate(r: _Run) -> None:
         finally:
             r.ft_model.set_weights(final_w)
         _add_candidate_metrics(doc[other], o_val, o_test)
+
+
+def _predict_images(r: _Run, x: np.ndarray | None, paths: Sequence[str], n: int) -> np.ndarray:
+    """The one-graph model's probabilities on the first ``n`` images: of ``x`` when decoded in RAM,
+    else decoded from ``paths`` a chunk at a time."""
+    from edgetl.data import decode_paths
+    from edgetl.embed_cache import SHARD_BATCHES
+
+    bs = r.cfg.batch_size
+    if x is not None:
+        return np.asarray(_predict(r.full, x[:n], bs), np.float32)
+    chunk = max(bs, 32) * SHARD_BATCHES
+    parts = [np.asarray(_predict(r.full, decode_paths(paths[i:min(n, i + chunk)], r.spec.preprocessing, r.cfg.workers,
+                                                      r.cfg.max_pixels or None), bs), np.float32) for i in range(0, n, chunk)]
+    return np.concatenate(parts) if parts else np.zeros((0, r.n_cls), np.float32)
 
 
 def _majority_doc(r: _Run, y_test: np.ndarray | None) -> dict[str, Any] | None:
@@ -1362,8 +1465,9 @@ def _write_run(r: _Run) -> TrainResult:
         "train_wall_seconds": wall,
         "decode_seconds": r.decode_seconds,
         "embed_seconds": r.embed_seconds,
-        "embed_images_per_s": r.n_embedded / r.embed_seconds if r.embed_seconds > 0 else None,
+        "embed_images_per_s": r.n_embedded / r.embed_seconds if r.embed_seconds > 0 and r.n_embedded else None,
         "embed_engine": r.forward.to_dict(),
+        "embed_cache": r.embed_cache.to_dict() if r.embed_cache is not None else None,
         "resize_views": {"enabled": bool(r.cfg.augment.resize and r.augmenter is not None and r.cfg.augment.views),
                          "decode_resize_seconds": round(r.resize_view_seconds, 2)},
         "embed_seconds_per_pass": {"train_clean": r.view_seconds[0],

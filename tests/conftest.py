@@ -63,6 +63,18 @@ def pytest_make_collect_report(collector):
             _fail_missing_tool(report, reason)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _embed_cache_dir(tmp_path_factory):
+    """Feature-extraction runs cache their embeddings in a session folder, not the user's cache."""
+    old = os.environ.get("EDGETL_EMBED_CACHE")
+    os.environ["EDGETL_EMBED_CACHE"] = str(tmp_path_factory.mktemp("embed_cache"))
+    yield
+    if old is None:
+        os.environ.pop("EDGETL_EMBED_CACHE", None)
+    else:
+        os.environ["EDGETL_EMBED_CACHE"] = old
+
+
 def shared_dataset(name: str) -> Path:
     """Path to ``../shared/datasets/NAME``, or skip the test cleanly when it is absent."""
     p = DATASETS / name
