@@ -79,11 +79,12 @@ def _objective(ctx: Any) -> str:
 
 
 def balanced_accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Mean per-class recall in percent, over the classes present in ``labels`` (local: no metrics module yet)."""
-    y = np.asarray(labels)
-    pred = np.asarray(probs).argmax(1)
-    recalls = [float(np.mean(pred[y == c] == c)) for c in np.unique(y)]
-    return 100.0 * float(np.mean(recalls)) if recalls else 0.0
+    """Mean per-class recall in percent over the classes present in ``labels`` (edgetl/metrics.py)."""
+    from edgetl.metrics import balanced_accuracy as balanced
+
+    probs = np.asarray(probs)
+    b = balanced(labels, probs.argmax(1), probs.shape[1]) if probs.ndim == 2 and len(probs) else None
+    return 100.0 * b if b is not None else 0.0
 
 
 def _verify(ctx: Any, art: Any) -> Any:
