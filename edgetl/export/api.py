@@ -44,8 +44,6 @@ EXPORT_JSON = "export.json"
 AUTO_DOCTOR_TIME = 120.0
 #: seconds of QAT training the doctor's QAT remedy gets (see ExportConfig.qat_time)
 QAT_TIME = 120.0
-#: epochs (over qat_samples images) the doctor's QAT remedy may train, within QAT_TIME
-QAT_DOCTOR_EPOCHS = 10
 
 
 @dataclass(frozen=True)
@@ -347,7 +345,7 @@ def _export_run(run_dir: str | Path, config: ExportConfig | None = None,
                           low_margin=low_margin(ref))
     if result.low_margin and any(f.quantized for f in fmts):
         lm = result.low_margin
-        say(f"float model: {lm['share_pct']:.1f}% of the {lm['images']} verification images are near-ties "
+        say(f"  float model: {lm['share_pct']:.1f}% of the {lm['images']} verification images are near-ties "
             f"(top-2 margin < {lm['threshold']:g}): the images int8 agreement can lose")
 
     # The quantization doctor: explicit, or automatic when an int8 artifact misses the budget.

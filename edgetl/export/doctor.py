@@ -64,11 +64,11 @@ MAX_FALLBACK_SLOWDOWN = 2.0
 #: (a plain int8 file is ~0.28-0.30): the int8 promise is a ~4x smaller file, not only a faithful one.
 MAX_SIZE_RATIO = 0.40
 QAT_REMEDY = "quantization-aware training"
+#: epochs (over qat_samples images) the doctor's QAT remedy may train, within the export's ``qat_time``
+QAT_DOCTOR_EPOCHS = 10
 
 
 def _qat_epochs(ctx: Any) -> int:
-    from edgetl.export.api import QAT_DOCTOR_EPOCHS
-
     return max(ctx.config.qat_epochs, QAT_DOCTOR_EPOCHS)
 
 
