@@ -45,9 +45,40 @@ from benchmarks.run import check, edgetl, log  # noqa: E402
 from benchmarks.splits import accuracy_cell, wilson, with_test_split  # noqa: E402
 
 DATASETS = ("sign_digits", "hymenoptera", "cats_dogs")  # smallest first
+# Sets that are not in ../shared, built from it in the workdir (issue 22: "downscaled photos and
+# 1-channel images"): every split's images converted, class folders and splits kept.
+DERIVED = {"sign_digits_gray": ("sign_digits", "1-channel (Pillow 'L') PNG"),
+           "hymenoptera_small": ("hymenoptera", "photos downscaled to at most 96 px (Pillow LANCZOS), JPEG quality 90")}
+SMALL_SIDE = 96
 VARIANTS = {"before": ["--resize", "pillow", "--no-augment-resize"], "after": []}
 PRECISIONS = ("fp32", "int8")
 MIN_AGREEMENT, MAX_GAP, MAX_FLIP = 99.5, 0.5, 0.5
+
+
+def derived_dataset(name: str, data: Path, work: Path) -> Path:
+    """The ``DERIVED`` set ``name`` under ``work`` (built once, atomically), from its source's test layout."""
+    from PIL import Image
+
+    out = work / name
+    if out.exists():
+        return out
+    src = with_test_split(data / DERIVED[name][0], work)
+    tmp = out.with_name(out.name + ".partial")
+    files = sorted(Path(root) / n for root, _, names in os.walk(src, followlinks=True) for n in names)  # train/ is a symlink
+    for f in files:
+        if f.suffix.lower() not in {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}:
+            continue
+        rel = f.relative_to(src)
+        (tmp / rel.parent).mkdir(parents=True, exist_ok=True)
+        with Image.open(f) as im:
+            if name.endswith("_gray"):
+                im.convert("L").save((tmp / rel).with_suffix(".png"))
+            else:
+                im = im.convert("RGB")
+                im.thumbnail((SMALL_SIDE, SMALL_SIDE), Image.LANCZOS)
+                im.save((tmp / rel).with_suffix(".jpg"), quality=90)
+    tmp.rename(out)
+    return out
 
 
 def test_images(split: Path, labels: list[str]) -> tuple[list[str], list[int]]:
@@ -164,6 +195,8 @@ def markdown(result: dict[str, Any]) -> str:
              f"Feature extraction, {result.get('backbone', 'efficientnet_lite0')} (default input size), test splits. `before`: `--resize pillow --no-augment-resize`; "
              "`after`: defaults (`--resize mediapipe`, resize-robust views). Flip: the three resizes "
              "(mediapipe, gpu, pillow) on the same file do not all give the same top-1.", ""]
+    lines += [f"`{d}`: not in ../shared, built in the workdir from `{DERIVED[d][0]}`: {DERIVED[d][1]}." for d in result["datasets"] if d in DERIVED]
+    lines += [""] if any(d in DERIVED for d in result["datasets"]) else []
     rows = []
     for r in result["rows"]:
         for p, f in r["files"].items():
@@ -197,8 +230,9 @@ def save(result: dict[str, Any], out: Path, started: float, final: bool = False)
 def merge(files: list[Path], out: Path) -> int:
     """One result from several runs' JSON files: rows of every run, in the order of DATASETS."""
     docs = [json.loads(Path(f).read_text()) for f in files]
-    rows = sorted((r for d in docs for r in d["rows"]), key=lambda r: (DATASETS.index(r["dataset"]), list(VARIANTS).index(r["variant"])))
-    datasets = [d for d in DATASETS if any(r["dataset"] == d for r in rows)]
+    order = DATASETS + tuple(DERIVED)
+    rows = sorted((r for d in docs for r in d["rows"]), key=lambda r: (order.index(r["dataset"]), list(VARIANTS).index(r["variant"])))
+    datasets = [d for d in order if any(r["dataset"] == d for r in rows)]
     result = {**docs[0], "rows": rows, "datasets": datasets, "stamp_suffix": "" if tuple(datasets) == DATASETS else "-" + "-".join(datasets),
               "merged_from": [{"file": Path(f).name, "command": d["command"], "total_s": d["total_s"], "complete": d["complete"]}
                               for f, d in zip(files, docs)],
@@ -217,7 +251,8 @@ def merge(files: list[Path], out: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets")
-    ap.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated, of " + ", ".join(DATASETS))
+    ap.add_argument("--datasets", default=",".join(DATASETS),
+                    help="comma-separated, of " + ", ".join(DATASETS + tuple(DERIVED)) + " (the last two are built from the first two)")
     ap.add_argument("--no-doctor", action="store_true", help="export int8 without the quantization doctor (faster)")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -231,10 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         return merge(args.merge, args.out)
     names = [d.strip() for d in args.datasets.split(",") if d.strip()]
-    known = DATASETS if args.backbone == "efficientnet_lite0" else names
-    bad = [d for d in names if d not in known or not (args.data / d).is_dir()]
+    known = DATASETS + tuple(DERIVED) if args.backbone == "efficientnet_lite0" else names
+    bad = [d for d in names if d not in known or not (args.data / DERIVED.get(d, (d,))[0]).is_dir()]
     if bad or not names:
-        print(f"error: dataset(s) {bad or names} unknown or not under {args.data}; choose from {', '.join(DATASETS)}", file=sys.stderr)
+        print(f"error: dataset(s) {bad or names} unknown or not under {args.data}; choose from {', '.join(DATASETS + tuple(DERIVED))}",
+              file=sys.stderr)
         return 2
     try:
         from edgetl.runtime.mediapipe_runner import mediapipe_vision
@@ -255,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         "backbone": args.backbone, "train_args": args.train_args,
         "workdir": str(work), "environment": environment(), "rows": [], "checks": []}
     for ds in names:
-        split = with_test_split(args.data / ds, work)
+        split = derived_dataset(ds, args.data, work) if ds in DERIVED else with_test_split(args.data / ds, work)
         for variant in [v for v in VARIANTS if v in args.variants.split(",")]:
             log(f"{ds} {variant}")
             result["rows"].append(run_variant(ds, variant, split, work, args.no_doctor, args.backbone, args.train_args.split()))

@@ -47,3 +47,32 @@ def test_checks_can_fail_and_merge_orders_datasets(tmp_path):
     assert not any(k.startswith("cats_dogs fp32 test accuracy after") for k in checks)  # no before run to compare
     md = (tmp_path / "parity_2026-12-05-sign_digits-cats_dogs.md").read_text()
     assert "| sign_digits | after | int8 | mediapipe | 99.36 % (312/314)" in md and "**no**" in md
+
+
+def test_derived_sets_are_built_from_the_source_layout(tmp_path):
+    """sign_digits_gray: every split's image as a 1-channel PNG; hymenoptera_small: downscaled photos,
+    val halved into val/test like the source; built once, atomically."""
+    import numpy as np
+    from PIL import Image
+
+    data, work = tmp_path / "datasets", tmp_path / "work"
+    rng = np.random.default_rng(0)
+    for ds, splits, size in (("sign_digits", ("train", "val", "test"), (40, 40)), ("hymenoptera", ("train", "val"), (300, 200))):
+        for split in splits:
+            for cls in ("a", "b"):
+                d = data / ds / split / cls
+                d.mkdir(parents=True)
+                for i in range(3):
+                    Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).save(d / f"{i}.jpg")
+    work.mkdir()
+    gray = pb.derived_dataset("sign_digits_gray", data, work)
+    files = sorted(gray.rglob("*.png"))
+    assert len(files) == 18 and not (work / "sign_digits_gray.partial").exists()
+    assert {Image.open(f).mode for f in files} == {"L"}
+    small = pb.derived_dataset("hymenoptera_small", data, work)
+    counts = {s: len(list((small / s).rglob("*.jpg"))) for s in ("train", "val", "test")}
+    assert counts == {"train": 6, "val": 4, "test": 2}
+    assert max(Image.open(f).size for f in small.rglob("*.jpg")) == (pb.SMALL_SIDE, 64)
+    (small / "train" / "a" / "0.jpg").unlink()
+    assert pb.derived_dataset("hymenoptera_small", data, work) == small  # reused, not rebuilt
+    assert not (small / "train" / "a" / "0.jpg").exists()
