@@ -995,7 +995,7 @@ def _extract(r: _Run, x: np.ndarray, aug: Any | None, view: int, label: str,
     (embeddings, float16 tail activations or None)."""
     import keras
 
-    from edgetl.tfdata import pixel_batches, pixels_dataset
+    from edgetl.data import pixel_batches, pixels_dataset
 
     bs = max(r.cfg.batch_size, 32)
     tp = time.perf_counter()
@@ -1033,7 +1033,7 @@ def _resize_view(r: _Run, view: int, start: int = 0, stop: int | None = None) ->
 
 def _embed_views(r: _Run) -> None:
     """The frozen base runs once per view: clean + augmented train views, then val."""
-    from edgetl.tfdata import build_augmenter
+    from edgetl.data import build_augmenter
 
     cfg = r.cfg
     r.augmenter = build_augmenter(cfg.augment, cfg.seed)
@@ -1175,7 +1175,7 @@ def _fit_head(r: _Run) -> None:
     """Phase 1: the classifier on the cached embeddings (then copied into the one-graph model)."""
     import tensorflow as tf
 
-    from edgetl.tfdata import training_dataset
+    from edgetl.data import training_dataset
 
     cfg = r.cfg
     # The head's steps are tiny (one Dense layer): 32 steps per graph call removes the per-step
@@ -1222,7 +1222,7 @@ def _fit_candidate_head(r: _Run, weighting: str, cw: dict[int, float] | None) ->
     import keras
     import tensorflow as tf
 
-    from edgetl.tfdata import training_dataset
+    from edgetl.data import training_dataset
 
     cfg = r.cfg
     keras.utils.set_random_seed(cfg.seed)
@@ -1290,7 +1290,7 @@ def _fine_tune_data(r: _Run) -> tuple[Any, Any, int]:
     """(training dataset, validation data, training examples): cached activations, or images."""
     import tensorflow as tf
 
-    from edgetl.tfdata import training_dataset
+    from edgetl.data import training_dataset
 
     cfg = r.cfg
     yva_1h = tf.one_hot(r.yva, r.n_cls)
