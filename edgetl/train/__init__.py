@@ -17,8 +17,7 @@ How it stays fast on a CPU:
 The saved ``model.keras`` is always one graph (pixels -> base -> head -> ``probs``):
 the head and the fine-tuned blocks are layers of that graph, trained in place.
 
-
-The package, one concern per module (each step reads and fills the shared :class:`state._Run`):
+The package, one concern per module (each step reads and fills the shared :class:`~edgetl.train.state._Run`):
 
 * :mod:`~edgetl.train.core`: ``train()``, the run directory, resume, multi-worker roles, setup, data;
 * :mod:`~edgetl.train.distribute`: devices, ``TF_CONFIG`` roles, tf.distribute strategies, precision;
