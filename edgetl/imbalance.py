@@ -1,4 +1,4 @@
-"""Class weighting that has to earn its place on val (no TensorFlow here; train.py fits the heads).
+"""Class weighting that has to earn its place on val (no TensorFlow here; edgetl/train/head.py fits the heads).
 
 Inverse-frequency class weights trade the large classes' accuracy for the small classes' recall.
 Whether that trade pays depends on the data (on a 14:1 inspection set they cost 21 points of test

@@ -13,7 +13,7 @@ import shutil
 import pytest
 
 from conftest import make_image_folder
-from edgetl import bench as bench_mod
+from edgetl.bench import targets as bench_mod  # where check_labels_up_front looks up _opened_labels
 from edgetl.cli import main
 from edgetl.runtime import fileinfo
 from test_runtime import artifacts, build_artifacts  # noqa: F401 - shared session fixture

@@ -106,7 +106,7 @@ def test_errors(tmp_path):
 
 def test_tf_pipelines():
     from edgetl.config import AugmentConfig
-    from edgetl.tfdata import build_augmenter, pixels_dataset, training_dataset
+    from edgetl.data import build_augmenter, pixels_dataset, training_dataset
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
@@ -126,7 +126,7 @@ def test_augmenter_is_seeded_and_flips_exactly():
     import tensorflow as tf
 
     from edgetl.config import AugmentConfig
-    from edgetl.tfdata import Augmenter, build_augmenter, pixels_dataset
+    from edgetl.data import Augmenter, build_augmenter, pixels_dataset
 
     rng = np.random.default_rng(1)
     x = rng.integers(0, 256, (8, 24, 24, 3), dtype=np.uint8)
@@ -149,7 +149,7 @@ def test_augmenter_is_seeded_and_flips_exactly():
 
 def test_training_dataset_augments_differently_each_epoch():
     from edgetl.config import AugmentConfig
-    from edgetl.tfdata import build_augmenter, training_dataset
+    from edgetl.data import build_augmenter, training_dataset
 
     x = np.full((4, 16, 16, 3), 128, np.uint8)
     x[:, :, :8] = 20  # left half dark: a flip or a rotation changes the pixels
@@ -162,7 +162,7 @@ def test_training_dataset_augments_differently_each_epoch():
 
 def test_pixel_batches_match_the_pipeline():
     from edgetl.config import AugmentConfig
-    from edgetl.tfdata import build_augmenter, pixel_batches, pixels_dataset
+    from edgetl.data import build_augmenter, pixel_batches, pixels_dataset
 
     x = np.random.default_rng(2).integers(0, 256, (23, 16, 16, 3), dtype=np.uint8)
     aug = build_augmenter(AugmentConfig(), 5)

@@ -34,10 +34,10 @@ def small_shards(monkeypatch, tmp_path):
 @pytest.fixture
 def captured(monkeypatch):
     """The embeddings the head is trained on, and the number of frozen-base passes over a shard/split."""
-    from edgetl import train as train_mod
+    from edgetl.train import core, embed
 
     seen: dict[str, list] = {"emb": [], "extract": []}
-    fit_head, extract = train_mod._fit_head, train_mod._extract
+    fit_head, extract = core._fit_head, embed._extract
 
     def fit_head_spy(r):
         seen["emb"].append((np.array(r.emb_tr), np.array(r.emb_va), np.array(r.y_views), type(r.emb_tr)))
@@ -47,8 +47,8 @@ def captured(monkeypatch):
         seen["extract"].append(len(x))
         return extract(r, x, *a, **kw)
 
-    monkeypatch.setattr(train_mod, "_fit_head", fit_head_spy)
-    monkeypatch.setattr(train_mod, "_extract", extract_spy)
+    monkeypatch.setattr(core, "_fit_head", fit_head_spy)  # looked up by _train (edgetl/train/core.py)
+    monkeypatch.setattr(embed, "_extract", extract_spy)  # looked up by the frozen-base pass (edgetl/train/embed.py)
     return seen
 
 
@@ -63,10 +63,10 @@ def _metrics(res) -> dict:
 
 
 def test_streamed_equals_in_memory(data, tmp_path, small_shards, captured, monkeypatch):
-    from edgetl import train as train_mod
+    from edgetl.train import core
 
     streamed = _train(data, tmp_path / "streamed")
-    monkeypatch.setattr(train_mod, "_streams", lambda cfg: False)
+    monkeypatch.setattr(core, "_streams", lambda cfg: False)
     in_memory = _train(data, tmp_path / "in_memory")
     (tr_s, va_s, y_s, kind), (tr_m, va_m, y_m, kind_m) = captured["emb"]
     assert kind is np.memmap and kind_m is not np.memmap  # the head read the cache memory-mapped

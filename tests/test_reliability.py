@@ -413,11 +413,11 @@ def test_export_killed_at_several_points(tiny_run, tmp_path):
 
 
 def test_out_under_a_regular_file_fails_before_training(data, tmp_path, capsys, monkeypatch):
-    import edgetl.train
+    import edgetl.train.core
 
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
-    monkeypatch.setattr(edgetl.train, "_train", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr(edgetl.train.core, "_train", lambda *a, **k: pytest.fail("training started"))
     code, _, err = run_cli(capsys, "train", data, "--out", blocker / "run", *TRAIN_FAST)
     assert code == 1 and "cannot write to the run directory" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(capsys, "export", "--out", blocker / "exp", tmp_path / "nope")
@@ -428,7 +428,7 @@ def test_read_only_out_fails_before_training(data, tmp_path, capsys, monkeypatch
     """As root chmod does not stop writes, so a read-only folder is simulated: os.open gets EACCES there."""
     import errno
 
-    import edgetl.train
+    import edgetl.train.core
 
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -440,7 +440,7 @@ def test_read_only_out_fails_before_training(data, tmp_path, capsys, monkeypatch
         return real_open(path, flags, *a, **k)
 
     monkeypatch.setattr(os, "open", guarded)
-    monkeypatch.setattr(edgetl.train, "_train", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr(edgetl.train.core, "_train", lambda *a, **k: pytest.fail("training started"))
     code, _, err = run_cli(capsys, "train", data, "--out", ro / "run", *TRAIN_FAST)
     assert code == 1 and "cannot write to" in err and "Permission denied" in err, err
     assert len(err.strip().splitlines()) == 1
@@ -448,10 +448,10 @@ def test_read_only_out_fails_before_training(data, tmp_path, capsys, monkeypatch
 
 def test_full_disk_fails_before_training(data, tmp_path, capsys, monkeypatch):
     import edgetl.locking
-    import edgetl.train
+    import edgetl.train.core
 
     monkeypatch.setattr(edgetl.locking, "free_bytes", lambda p: 20 * 2**20)
-    monkeypatch.setattr(edgetl.train, "_train", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr(edgetl.train.core, "_train", lambda *a, **k: pytest.fail("training started"))
     code, _, err = run_cli(capsys, "train", data, "--out", tmp_path / "run", *TRAIN_FAST)
     assert code == 1 and "not enough free space" in err and "20 MB free" in err and "100 MB" in err, err
     assert not (tmp_path / "run").exists()

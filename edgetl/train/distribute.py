@@ -1,0 +1,191 @@
+"""Devices and tf.distribute: the device plan, the multi-worker role from ``TF_CONFIG``, the strategy,
+mixed precision, and the two Keras 3 fixes that let ``fit`` run under MultiWorkerMirroredStrategy."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from edgetl.errors import UsageError
+
+
+DISTRIBUTE_ENV = "EDGETL_DISTRIBUTE"
+DISTRIBUTE_CHOICES = ("auto", "none", "mirrored", "multi-worker")
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """How to use the accelerators that are present (decided from the device list only)."""
+
+    gpus: int
+    mixed_precision: bool
+    jit_compile: bool
+    distribute: str  # "none", "mirrored" or "multi-worker"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"gpus": self.gpus, "mixed_precision": self.mixed_precision, "jit_compile": self.jit_compile, "distribute": self.distribute}
+
+
+@dataclass(frozen=True)
+class WorkerRole:
+    """This process's place in a multi-worker cluster described by ``TF_CONFIG``."""
+
+    index: int  # position in the cluster (the chief is 0)
+    workers: int  # processes that train (chief + workers)
+    chief: bool  # the one process that writes the run directory
+
+    def describe(self) -> str:
+        return f"{'chief' if self.chief else 'worker'} {self.index} of {self.workers}"
+
+
+def cluster_role(env: dict[str, str] | None = None) -> WorkerRole | None:
+    """The multi-worker role from the standard ``TF_CONFIG`` variable, or None for one process.
+
+    ``TF_CONFIG`` is ``{"cluster": {"worker": ["host:port", ...], "chief": [...]}, "task": {"type": "worker", "index": 0}}``.
+    The chief is the ``chief`` task, or worker 0 when the cluster has no ``chief`` (the TensorFlow convention).
+
+    Raises:
+        UsageError: TF_CONFIG is not valid JSON or does not name this task.
+    """
+    raw = (os.environ if env is None else env).get("TF_CONFIG", "").strip()
+    if not raw:
+        return None
+    try:
+        doc = json.loads(raw)
+        cluster = doc.get("cluster") or {}
+        chiefs = list(cluster.get("chief") or [])
+        workers = list(cluster.get("worker") or [])
+        task = doc.get("task") or {}
+        ttype, tindex = str(task.get("type", "worker")), int(task.get("index", 0))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise UsageError(f"TF_CONFIG is not a valid cluster description ({type(exc).__name__}: {exc})") from None
+    n = len(chiefs) + len(workers)
+    if n <= 1:
+        return None
+    if ttype not in ("chief", "worker") or tindex < 0 or tindex >= len(chiefs if ttype == "chief" else workers):
+        raise UsageError(f"TF_CONFIG task {ttype}:{tindex} is not in its cluster (chief: {len(chiefs)}, worker: {len(workers)}); "
+                         "edgetl trains on chief and worker tasks only")
+    index = tindex if ttype == "chief" else len(chiefs) + tindex
+    return WorkerRole(index, n, ttype == "chief" or (not chiefs and tindex == 0))
+
+
+def requested_distribution(env: dict[str, str] | None = None) -> str:
+    """``EDGETL_DISTRIBUTE`` (auto, none, mirrored, multi-worker); ``auto`` when unset.
+
+    Raises:
+        UsageError: an unknown value.
+    """
+    value = (os.environ if env is None else env).get(DISTRIBUTE_ENV, "").strip().lower() or "auto"
+    if value not in DISTRIBUTE_CHOICES:
+        raise UsageError(f"{DISTRIBUTE_ENV} must be one of {', '.join(DISTRIBUTE_CHOICES)}, got {value!r}")
+    return value
+
+
+def plan_devices(gpus: Sequence[Any], distribute: str = "auto", role: WorkerRole | None = None) -> DevicePlan:
+    """Mixed precision and XLA on a GPU, MirroredStrategy on several; plain float32 on CPU.
+
+    On CPU, XLA recompiles for every input shape and oneDNN kernels are already fast, so it stays off.
+    ``distribute`` overrides the strategy (``auto``: multi-worker when ``role`` is a cluster, mirrored
+    with several GPUs, else none); a mirrored run on a CPU uses every logical CPU device.
+    """
+    n = len(gpus)
+    if distribute == "auto":
+        distribute = "multi-worker" if role is not None else ("mirrored" if n > 1 else "none")
+    if distribute == "multi-worker" and role is None:
+        raise UsageError(f"{DISTRIBUTE_ENV}=multi-worker needs TF_CONFIG describing a cluster of two or more workers")
+    return DevicePlan(n, n > 0, n > 0, distribute)
+
+
+def _make_strategy(plan: DevicePlan) -> Any:
+    """The tf.distribute strategy of ``plan`` (None: the default, one device).
+
+    A strategy's ``scope()`` is a one-shot context manager: every ``with`` needs a fresh one (:func:`_scope`).
+    """
+    import tensorflow as tf
+
+    if plan.distribute == "multi-worker":
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        _fix_keras_multi_worker_reduce()
+        return strategy
+    if plan.distribute == "mirrored":
+        if plan.gpus:
+            return tf.distribute.MirroredStrategy()
+        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices=cpus)
+    return None
+
+
+def _scope(strategy: Any) -> Any:
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+
+def _multi_worker_build_fix(model: Any, strategy: Any) -> None:
+    """Let Keras 3 ``fit``/``evaluate`` start under MultiWorkerMirroredStrategy.
+
+    Keras 3 (3.15 here) learns the input shapes by all-reducing the first distributed batch
+    (``_maybe_symbolic_build``), which fails across workers with "Attempt to convert a value
+    (PerReplica ...) to a Tensor" (keras-team/keras#20585). Shapes are all it needs, so this model
+    builds from this worker's local batch instead: no cross-worker op, same variables.
+    """
+    import types
+
+    import tensorflow as tf
+
+    if not (hasattr(model, "_maybe_symbolic_build") and hasattr(model, "_symbolic_build")):
+        return
+
+    def local(v: Any) -> Any:
+        return strategy.experimental_local_results(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v
+
+    def _maybe_symbolic_build(self: Any, iterator: Any = None, data_batch: Any = None) -> None:
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(local, next(it))
+                break
+        with strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    model._maybe_symbolic_build = types.MethodType(_maybe_symbolic_build, model)
+
+
+def _fix_keras_multi_worker_reduce() -> None:
+    """Let Keras 3 report scalar logs under MultiWorkerMirroredStrategy (process-wide, idempotent).
+
+    Keras 3 (3.15 here) averages each step's logs across workers with ``strategy.reduce("MEAN", v, axis=0)``,
+    which fails on scalars ("Invalid reduction dimension 0 for input with 0 dimensions";
+    keras-team/keras#20585). Scalars are averaged with ``axis=None`` instead; everything else goes
+    to Keras unchanged. Installed only when a multi-worker strategy is created.
+    """
+    import tensorflow as tf
+
+    try:
+        from keras.src.backend.tensorflow import trainer as kt
+    except ImportError:  # pragma: no cover - another Keras layout: nothing to fix here
+        return
+    original = getattr(kt, "reduce_per_replica", None)
+    multi = getattr(kt, "_collective_all_reduce_multi_worker", None)
+    if original is None or multi is None or getattr(original, "_edgetl_fixed", False):
+        return
+
+    def rank(v: Any) -> int | None:
+        v = v.values[0] if isinstance(v, tf.distribute.DistributedValues) else v
+        shape = getattr(v, "shape", None)
+        return None if shape is None else len(shape)
+
+    def reduce_per_replica(values: Any, strategy: Any, reduction: Any) -> Any:
+        if reduction in ("auto", "mean") and multi(strategy):
+            return tf.nest.map_structure(
+                lambda v: strategy.reduce("MEAN", v, axis=None) if rank(v) == 0 else original(v, strategy, reduction), values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica._edgetl_fixed = True  # type: ignore[attr-defined]
+    kt.reduce_per_replica = reduce_per_replica
+
+
+def _set_precision(plan: DevicePlan) -> None:
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_float16" if plan.mixed_precision else "float32")

@@ -1,0 +1,166 @@
+"""The frozen-base pass: every view of every image through the frozen base once, in RAM (fine-tuning)
+or streamed a shard at a time through the on-disk cache (:mod:`edgetl.embed_cache`)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgetl import quiet
+from edgetl.embed import FrozenForward, frozen_forward
+from edgetl.errors import EdgetlError
+from edgetl.train.state import _log, _Run, _warn, progress_mode
+
+
+def _extract(r: _Run, x: np.ndarray, aug: Any | None, view: int, label: str,
+             first_batch: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """One forward pass of the frozen base over ``x`` (from batch ``first_batch`` of its split):
+    (embeddings, float16 tail activations or None)."""
+    import keras
+
+    from edgetl.data import pixel_batches, pixels_dataset
+
+    bs = max(r.cfg.batch_size, 32)
+    tp = time.perf_counter()
+    embs: list[np.ndarray] = []
+    acts: list[np.ndarray] = []
+    with quiet.to_console() if r.mode == "bars" else contextlib.nullcontext():
+        bar = keras.utils.Progbar(int(np.ceil(len(x) / bs))) if r.mode == "bars" else None
+        if r.forward.engine == "onnxruntime":  # uses every core: no TF work alongside it
+            batches = pixel_batches(x, bs, aug, view, first_batch=first_batch)
+        else:
+            batches = (b.numpy() for b in pixels_dataset(x, bs, aug, view=view, first_batch=first_batch))
+        for i, b in enumerate(batches):
+            out = r.forward(b)
+            embs.append(out[0])
+            if len(out) > 1:
+                acts.append(out[1].astype(np.float16))
+            if bar is not None:
+                bar.update(i + 1)
+    if r.mode == "lines":
+        _log(r.cfg, f"frozen-base pass {label}: {len(x)} images in {time.perf_counter() - tp:.1f} s")
+    emb = np.concatenate(embs) if embs else np.zeros((0, r.feat_dim), np.float32)
+    return emb, (np.concatenate(acts) if acts else None)
+
+
+def _resize_view(r: _Run, view: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """The train images ``[start:stop]`` of one augmented view, each resized by a randomly drawn client resize."""
+    from edgetl.data import resize_views
+
+    t0 = time.perf_counter()
+    x = resize_views(r.ds.train.paths[start:stop], r.spec.preprocessing, r.cfg.seed, view, workers=r.cfg.workers,
+                     max_pixels=r.cfg.max_pixels or None, start=start)
+    r.resize_view_seconds += time.perf_counter() - t0
+    return x
+
+
+def _embed_views(r: _Run) -> None:
+    """The frozen base runs once per view: clean + augmented train views, then val."""
+    from edgetl.data import build_augmenter
+
+    cfg = r.cfg
+    r.augmenter = build_augmenter(cfg.augment, cfg.seed)
+    t0 = time.perf_counter()
+    r.mode = progress_mode(cfg.verbose)
+    n_passes = 2 + (cfg.augment.views if r.augmenter is not None else 0)
+    cache = _open_embed_cache(r) if r.xtr is None else None
+    parts = [(f"train_v{v}", len(r.ytr)) for v in range(n_passes - 1)] + [("val", len(r.yva))]
+    if cache is not None and cache.complete(parts):  # nothing to embed: no engine to set up
+        r.forward = FrozenForward("cached", run=lambda b: [])
+        _log(cfg, f"every embedding is in the cache {cache.folder}")
+    else:
+        _start_forward(r)
+    forward, n_notes = r.forward, len(r.forward.notes)
+    if cache is not None:
+        _embed_streamed(r, n_passes, cache)
+        r.n_embedded = cache.rows_computed
+    else:
+        _embed_in_memory(r, n_passes)
+        r.n_embedded = len(r.emb_tr) + len(r.emb_va)
+    r.embed_seconds = time.perf_counter() - t0
+    for note in forward.notes[n_notes:]:  # a fallback decided on the first batch
+        _warn(cfg, note, r.warnings)
+    if r.n_embedded:
+        _log(cfg, f"embedded {r.n_embedded} views in {r.embed_seconds:.1f} s ({r.n_embedded / r.embed_seconds:.1f} images/s, {forward.engine}"
+                  + (f", max |difference| vs TensorFlow {forward.max_abs_diff:.1e}" if forward.max_abs_diff is not None else "") + ")")
+
+
+def _start_forward(r: _Run) -> None:
+    """The frozen base as a batch function (on ONNX Runtime when it reproduces TensorFlow)."""
+    cfg = r.cfg
+    r.forward = forward = frozen_forward(r.extractor, cfg.embed_engine, gpu=bool(r.plan.gpus))
+    for note in forward.notes:
+        _warn(cfg, note, r.warnings)
+    _log(cfg, f"embedding {len(r.ytr)} train images x {r.n_views} view(s) + {len(r.yva)} val images with the frozen {r.spec.name} "
+              f"({forward.engine}{f', converted in {forward.convert_seconds:.1f} s' if forward.convert_seconds else ''}) ...")
+
+
+def _pass_label(view: int, n_passes: int) -> str:
+    return f"{view + 1}/{n_passes} (train, " + (f"augmented view {view})" if view else "clean)")
+
+
+def _embed_in_memory(r: _Run, n_passes: int) -> None:
+    """The views from the decoded images in RAM (fine-tuning keeps them for its own phase)."""
+    cfg = r.cfg
+    tr_parts = []
+    for view in range(0, n_passes - 1):
+        tv = time.perf_counter()
+        label = _pass_label(view, n_passes)
+        x = r.xtr
+        if view and cfg.augment.resize:
+            x = _resize_view(r, view)
+        tr_parts.append(_extract(r, x, r.augmenter if view else None, view, label))
+        del x
+        r.view_seconds.append(time.perf_counter() - tv)
+    tv = time.perf_counter()
+    r.emb_va, r.act_va = _extract(r, r.xva, None, 0, f"{n_passes}/{n_passes} (val)")
+    r.view_seconds.append(time.perf_counter() - tv)
+    r.emb_tr = np.concatenate([p[0] for p in tr_parts])
+    r.act_tr = np.concatenate([p[1] for p in tr_parts]) if r.tail is not None else None
+    r.y_views = np.tile(r.ytr, len(tr_parts))
+
+
+def _open_embed_cache(r: _Run) -> Any:
+    from edgetl import embed_cache
+
+    key = embed_cache.key_doc(r.spec, r.cfg, r.extractor.get_weights(), r.ds, augmented=r.augmenter is not None)
+    try:
+        r.embed_cache = embed_cache.ShardCache(key)
+    except EdgetlError as exc:  # e.g. a read-only home: the run folder is writable (checked at start)
+        _warn(r.cfg, f"{exc}; caching the embeddings in the run folder instead", r.warnings)
+        r.embed_cache = embed_cache.ShardCache(key, root=r.run_dir / "embed_cache")
+    return r.embed_cache
+
+
+def _embed_streamed(r: _Run, n_passes: int, cache: Any) -> None:
+    """The views from the files, a shard at a time, through the on-disk cache (only shards not on
+    disk yet are decoded and embedded); the embeddings are read back memory-mapped."""
+    from edgetl.data import decode_paths
+
+    cfg, pre = r.cfg, r.spec.preprocessing
+    bs = max(cfg.batch_size, 32)
+
+    def shard(paths: Sequence[str], view: int, label: str) -> Any:
+        def compute(start: int, stop: int) -> np.ndarray:
+            if view and cfg.augment.resize:
+                x = _resize_view(r, view, start, stop)
+            else:
+                x = decode_paths(paths[start:stop], pre, cfg.workers, cfg.max_pixels or None)
+            return _extract(r, x, r.augmenter if view else None, view, f"{label} [{start}:{stop}]", first_batch=start // bs)[0]
+        return compute
+
+    for view in range(0, n_passes - 1):
+        tv = time.perf_counter()
+        cache.fill(f"train_v{view}", len(r.ytr), shard(r.ds.train.paths, view, _pass_label(view, n_passes)))
+        r.view_seconds.append(time.perf_counter() - tv)
+    tv = time.perf_counter()
+    cache.fill("val", len(r.yva), shard(r.ds.val.paths, 0, f"{n_passes}/{n_passes} (val)"))
+    r.view_seconds.append(time.perf_counter() - tv)
+    r.emb_tr = cache.read([f"train_v{v}" for v in range(n_passes - 1)], len(r.ytr), r.feat_dim)
+    r.emb_va = cache.read(["val"], len(r.yva), r.feat_dim)
+    r.y_views = np.tile(r.ytr, n_passes - 1)
+    if cache.reused:
+        _log(cfg, f"embedding cache {cache.folder}: {cache.reused} shard(s) reused, {cache.computed} computed")
