@@ -195,6 +195,8 @@ def markdown(result: dict[str, Any]) -> str:
              f"Feature extraction, {result.get('backbone', 'efficientnet_lite0')} (default input size), test splits. `before`: `--resize pillow --no-augment-resize`; "
              "`after`: defaults (`--resize mediapipe`, resize-robust views). Flip: the three resizes "
              "(mediapipe, gpu, pillow) on the same file do not all give the same top-1.", ""]
+    if result.get("train_args"):
+        lines += [f"Extra `edgetl train` options for every run (they override the above): `{result['train_args']}`.", ""]
     lines += [f"`{d}`: not in ../shared, built in the workdir from `{DERIVED[d][0]}`: {DERIVED[d][1]}." for d in result["datasets"] if d in DERIVED]
     lines += [""] if any(d in DERIVED for d in result["datasets"]) else []
     rows = []
