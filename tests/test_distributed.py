@@ -227,3 +227,19 @@ def test_bad_distribution_settings_are_one_line_errors(image_folder, tmp_path, c
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "r").exists()
         monkeypatch.delenv(key)
+
+
+def test_distributed_train_data_takes_the_same_steps_on_every_shard():
+    """Unequal shards (7 and 5 rows) give the same number of batches per epoch: the smallest shard's."""
+    import tensorflow as tf
+
+    from edgetl.train.distribute import distributed_train_data
+
+    strategy = tf.distribute.get_strategy()  # one replica: the per-worker dataset as it is built
+    epochs = []
+    for rows in (7, 5):
+        ds, steps = distributed_train_data(strategy, 2, 5, 4, lambda b, rows=rows: tf.data.Dataset.range(rows).batch(b))
+        epochs.append((steps, [[len(b) for b in ds] for _ in range(2)]))  # two epochs
+    # 2 steps of the per-replica batch 4 (global 4 over 1 replica) on both shards, every epoch; each step
+    # is a batch of the shard's own rows (the last one partial)
+    assert epochs == [(2, [[4, 3], [4, 3]]), (2, [[4, 1], [4, 1]])], epochs

@@ -55,7 +55,8 @@ def _resize_view(r: _Run, view: int, start: int = 0, stop: int | None = None,
     from edgetl.data import resize_views
 
     t0 = time.perf_counter()
-    x = resize_views((r.ds.train.paths if paths is None else paths)[start:stop], r.spec.preprocessing, r.cfg.seed, view, workers=r.cfg.workers,
+    files = r.ds.train.paths if paths is None else paths
+    x = resize_views(files[start:stop], r.spec.preprocessing, r.cfg.seed, view, workers=r.cfg.workers,
                      max_pixels=r.cfg.max_pixels or None, start=start)
     r.resize_view_seconds += time.perf_counter() - t0
     return x
