@@ -217,6 +217,7 @@ def _setup(r: _Run, distribute: str, role: WorkerRole | None) -> None:
 
     tf.get_logger().setLevel("ERROR")  # retracing notices from predicting several views
     r.plan = plan_devices(tf.config.list_physical_devices("GPU"), distribute, role)
+    r.role = role if r.plan.distribute == "multi-worker" else None
     # Before any other TensorFlow op: MultiWorkerMirroredStrategy configures the collective ops at start-up.
     r.strategy = _make_strategy(r.plan)
     _set_precision(r.plan)

@@ -1,10 +1,13 @@
 """Devices and tf.distribute: the device plan, the multi-worker role from ``TF_CONFIG``, the strategy,
-mixed precision, and the two Keras 3 fixes that let ``fit`` run under MultiWorkerMirroredStrategy."""
+mixed precision, the shards of a multi-worker run (which rows each worker embeds, the head's
+per-worker datasets, gathering small arrays) and the two Keras 3 fixes that let ``fit`` run under
+MultiWorkerMirroredStrategy (:func:`keras_private_names` lists the private names they rely on)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -183,6 +186,75 @@ def _fix_keras_multi_worker_reduce() -> None:
 
     reduce_per_replica._edgetl_fixed = True  # type: ignore[attr-defined]
     kt.reduce_per_replica = reduce_per_replica
+
+
+def shard_rows(n: int, index: int, count: int) -> range:
+    """The rows of worker ``index`` of ``count`` among ``n``: every ``count``-th from ``index`` (the
+    ``InputContext.shard`` convention; strided, so each worker gets every class of a class-sorted list)."""
+    return range(index, n, count)
+
+
+def gather_shards(strategy: Any, local: Any, n: int, count: int) -> Any:
+    """The ``n`` rows of every worker's :func:`shard_rows` part, in their original order, on every worker.
+
+    ``local`` is this worker's part. Public tf.distribute only: each worker's part, zero-padded to the
+    largest, becomes the value of its first local replica (``experimental_distribute_values_from_function``)
+    and ``strategy.gather`` all-gathers them (a collective: every worker must call it, in the same order).
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    local = np.asarray(local)
+    if n == 0:  # the same on every worker: no collective to skip on one side only
+        return local[:0]
+    sizes = [len(shard_rows(n, k, count)) for k in range(count)]
+    rows = max(sizes)
+    padded = np.zeros((rows, *local.shape[1:]), local.dtype)
+    padded[:len(local)] = local
+    replicas = strategy.num_replicas_in_sync
+    per_worker = max(1, replicas // count)
+    value = strategy.experimental_distribute_values_from_function(lambda ctx: tf.constant(padded))
+    every = np.asarray(strategy.gather(value, axis=0)).reshape(replicas, rows, *local.shape[1:])
+    out = np.empty((n, *local.shape[1:]), local.dtype)
+    for k in range(count):
+        out[k::count] = every[k * per_worker][:sizes[k]]
+    return out
+
+
+def distributed_train_data(strategy: Any, count: int, smallest: int, global_batch: int,
+                           make: Any) -> tuple[Any, int]:
+    """The head's training input of a multi-worker run: each worker's dataset from its own rows.
+
+    ``make(batch)`` builds this worker's shuffled, batched dataset at the per-replica batch
+    (``InputContext.get_per_replica_batch_size``). Every worker takes the same number of steps per epoch
+    (collectives deadlock on unequal counts): as many as the smallest worker's ``smallest`` rows need,
+    each worker repeating its rows (a larger shard drops a few random rows per epoch).
+    Returns (distributed dataset, steps per epoch).
+    """
+    replicas = strategy.num_replicas_in_sync
+    per_replica = max(1, global_batch // replicas)
+    local_replicas = max(1, replicas // count)
+    steps = max(1, math.ceil(smallest / (per_replica * local_replicas)))
+
+    def fn(ctx: Any) -> Any:
+        return make(ctx.get_per_replica_batch_size(per_replica * replicas)).repeat().take(steps * local_replicas)
+
+    return strategy.distribute_datasets_from_function(fn), steps
+
+
+def keras_private_names() -> dict[str, bool]:
+    """The private Keras names the two multi-worker fixes below rely on, and whether this Keras has
+    them (tests/test_distributed.py fails when the pinned Keras renames one)."""
+    import keras
+
+    try:
+        from keras.src.backend.tensorflow import trainer as kt
+    except ImportError:  # pragma: no cover
+        kt = None
+    return {"keras.src.backend.tensorflow.trainer.reduce_per_replica": hasattr(kt, "reduce_per_replica"),
+            "keras.src.backend.tensorflow.trainer._collective_all_reduce_multi_worker": hasattr(kt, "_collective_all_reduce_multi_worker"),
+            "keras.Model._maybe_symbolic_build": hasattr(keras.Model, "_maybe_symbolic_build"),
+            "keras.Model._symbolic_build": hasattr(keras.Model, "_symbolic_build")}
 
 
 def _set_precision(plan: DevicePlan) -> None:

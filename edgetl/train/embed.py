@@ -1,5 +1,7 @@
 """The frozen-base pass: every view of every image through the frozen base once, in RAM (fine-tuning)
-or streamed a shard at a time through the on-disk cache (:mod:`edgetl.embed_cache`)."""
+or streamed a shard at a time through the on-disk cache (:mod:`edgetl.embed_cache`). In a multi-worker
+run the streamed pass is sharded: each worker embeds only its rows (:func:`shard_rows`) and keeps its
+own train embeddings for the head; the val embeddings and each worker's counts are all-gathered."""
 
 from __future__ import annotations
 
@@ -46,12 +48,15 @@ def _extract(r: _Run, x: np.ndarray, aug: Any | None, view: int, label: str,
     return emb, (np.concatenate(acts) if acts else None)
 
 
-def _resize_view(r: _Run, view: int, start: int = 0, stop: int | None = None) -> np.ndarray:
-    """The train images ``[start:stop]`` of one augmented view, each resized by a randomly drawn client resize."""
+def _resize_view(r: _Run, view: int, start: int = 0, stop: int | None = None,
+                 paths: Sequence[str] | None = None) -> np.ndarray:
+    """The train images ``[start:stop]`` (of ``paths``, default all train files) of one augmented view,
+    each resized by a randomly drawn client resize."""
     from edgetl.data import resize_views
 
     t0 = time.perf_counter()
-    x = resize_views(r.ds.train.paths[start:stop], r.spec.preprocessing, r.cfg.seed, view, workers=r.cfg.workers,
+    files = r.ds.train.paths if paths is None else paths
+    x = resize_views(files[start:stop], r.spec.preprocessing, r.cfg.seed, view, workers=r.cfg.workers,
                      max_pixels=r.cfg.max_pixels or None, start=start)
     r.resize_view_seconds += time.perf_counter() - t0
     return x
@@ -67,7 +72,11 @@ def _embed_views(r: _Run) -> None:
     r.mode = progress_mode(cfg.verbose)
     n_passes = 2 + (cfg.augment.views if r.augmenter is not None else 0)
     cache = _open_embed_cache(r) if r.xtr is None else None
-    parts = [(f"train_v{v}", len(r.ytr)) for v in range(n_passes - 1)] + [("val", len(r.yva))]
+    # Streamed + multi-worker: each worker embeds its rows only (fine-tuning decodes every image in RAM: not sharded).
+    r.shard = (r.role.index, r.role.workers) if cache is not None and r.role is not None else None
+    sfx = _part_suffix(r)
+    parts = ([(f"train_v{v}{sfx}", len(_rows(r, len(r.ytr)))) for v in range(n_passes - 1)]
+             + [(f"val{sfx}", len(_rows(r, len(r.yva))))])
     if cache is not None and cache.complete(parts):  # nothing to embed: no engine to set up
         r.forward = FrozenForward("cached", run=lambda b: [])
         _log(cfg, f"every embedding is in the cache {cache.folder}")
@@ -81,11 +90,44 @@ def _embed_views(r: _Run) -> None:
         _embed_in_memory(r, n_passes)
         r.n_embedded = len(r.emb_tr) + len(r.emb_va)
     r.embed_seconds = time.perf_counter() - t0
+    if r.role is not None:
+        _gather_worker_parts(r)
     for note in forward.notes[n_notes:]:  # a fallback decided on the first batch
         _warn(cfg, note, r.warnings)
     if r.n_embedded:
         _log(cfg, f"embedded {r.n_embedded} views in {r.embed_seconds:.1f} s ({r.n_embedded / r.embed_seconds:.1f} images/s, {forward.engine}"
                   + (f", max |difference| vs TensorFlow {forward.max_abs_diff:.1e}" if forward.max_abs_diff is not None else "") + ")")
+
+
+def _rows(r: _Run, n: int) -> range:
+    """The rows of ``n`` this process embeds: its shard in a sharded multi-worker run, else all."""
+    from edgetl.train.distribute import shard_rows
+
+    return shard_rows(n, *r.shard) if r.shard is not None else range(n)
+
+
+def _part_suffix(r: _Run) -> str:
+    """Cache part names of a worker's shard (``train_v0.w1of2``): shards of different splits never mix."""
+    return f".w{r.shard[0]}of{r.shard[1]}" if r.shard is not None else ""
+
+
+def _gather_worker_parts(r: _Run) -> None:
+    """Multi-worker: every worker gets the whole val set's embeddings (so the val loss, early stopping and
+    the chief's metrics are those of one run) and ``r.metrics["distributed"]`` each worker's share and seconds."""
+    from edgetl.train.distribute import gather_shards
+
+    workers = r.role.workers
+    if r.shard is not None:
+        t0 = time.perf_counter()
+        r.emb_va = gather_shards(r.strategy, np.asarray(r.emb_va, np.float32), len(r.yva), workers)
+        _log(r.cfg, f"gathered {len(r.emb_va)} val embeddings from {workers} workers in {time.perf_counter() - t0:.1f} s")
+    n_tr, n_va = len(_rows(r, len(r.ytr))), len(_rows(r, len(r.yva)))
+    mine = np.array([[r.role.index, n_tr, n_va, r.n_embedded, r.embed_seconds]], np.float64)
+    every = gather_shards(r.strategy, mine, workers, workers)
+    r.metrics["distributed"] = {
+        "num_workers": workers, "sharded": r.shard is not None, "task": r.role.index,
+        "per_worker": [{"task": int(t), "images": int(a + b), "train_images": int(a), "val_images": int(b),
+                        "embedded_views": int(e), "seconds": round(float(s), 3)} for t, a, b, e, s in every]}
 
 
 def _start_forward(r: _Run) -> None:
@@ -143,10 +185,15 @@ def _embed_streamed(r: _Run, n_passes: int, cache: Any) -> None:
     cfg, pre = r.cfg, r.spec.preprocessing
     bs = max(cfg.batch_size, 32)
 
+    sfx = _part_suffix(r)
+    tr_rows, va_rows = _rows(r, len(r.ytr)), _rows(r, len(r.yva))
+    tr_paths = [r.ds.train.paths[i] for i in tr_rows]
+    va_paths = [r.ds.val.paths[i] for i in va_rows]
+
     def shard(paths: Sequence[str], view: int, label: str) -> Any:
         def compute(start: int, stop: int) -> np.ndarray:
             if view and cfg.augment.resize:
-                x = _resize_view(r, view, start, stop)
+                x = _resize_view(r, view, start, stop, paths)
             else:
                 x = decode_paths(paths[start:stop], pre, cfg.workers, cfg.max_pixels or None)
             return _extract(r, x, r.augmenter if view else None, view, f"{label} [{start}:{stop}]", first_batch=start // bs)[0]
@@ -154,13 +201,13 @@ def _embed_streamed(r: _Run, n_passes: int, cache: Any) -> None:
 
     for view in range(0, n_passes - 1):
         tv = time.perf_counter()
-        cache.fill(f"train_v{view}", len(r.ytr), shard(r.ds.train.paths, view, _pass_label(view, n_passes)))
+        cache.fill(f"train_v{view}{sfx}", len(tr_paths), shard(tr_paths, view, _pass_label(view, n_passes)))
         r.view_seconds.append(time.perf_counter() - tv)
     tv = time.perf_counter()
-    cache.fill("val", len(r.yva), shard(r.ds.val.paths, 0, f"{n_passes}/{n_passes} (val)"))
+    cache.fill(f"val{sfx}", len(va_paths), shard(va_paths, 0, f"{n_passes}/{n_passes} (val)"))
     r.view_seconds.append(time.perf_counter() - tv)
-    r.emb_tr = cache.read([f"train_v{v}" for v in range(n_passes - 1)], len(r.ytr), r.feat_dim)
-    r.emb_va = cache.read(["val"], len(r.yva), r.feat_dim)
-    r.y_views = np.tile(r.ytr, n_passes - 1)
+    r.emb_tr = cache.read([f"train_v{v}{sfx}" for v in range(n_passes - 1)], len(tr_paths), r.feat_dim)
+    r.emb_va = cache.read([f"val{sfx}"], len(va_paths), r.feat_dim)  # this worker's rows: gathered after the pass
+    r.y_views = np.tile(np.asarray(r.ytr)[list(tr_rows)], n_passes - 1)
     if cache.reused:
         _log(cfg, f"embedding cache {cache.folder}: {cache.reused} shard(s) reused, {cache.computed} computed")

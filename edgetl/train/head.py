@@ -25,11 +25,32 @@ def _sample_weights(r: _Run, y: np.ndarray) -> np.ndarray | None:
     return np.array([r.cw[int(c)] for c in y], np.float32) if r.cw else None
 
 
+def _train_data(r: _Run, sample_weight: np.ndarray | None) -> Any:
+    """The head's training batches: from ``r.emb_tr``, or in a sharded multi-worker run each worker's
+    own embeddings through ``distribute_datasets_from_function`` (no training row crosses workers:
+    only the gradients are all-reduced)."""
+    from edgetl.data import training_dataset
+    from edgetl.train.distribute import distributed_train_data, shard_rows
+
+    cfg = r.cfg
+
+    def make(batch: int) -> Any:
+        return training_dataset(r.emb_tr, r.y_views, r.n_cls, batch, cfg.seed, sample_weight=sample_weight)
+
+    if r.shard is None:
+        return make(cfg.batch_size)
+    workers = r.shard[1]
+    views = len(r.emb_tr) // max(1, len(shard_rows(len(r.ytr), *r.shard)))
+    smallest = min(len(shard_rows(len(r.ytr), k, workers)) for k in range(workers)) * views
+    ds, steps = distributed_train_data(r.strategy, workers, smallest, cfg.batch_size, make)
+    _log(cfg, f"worker {r.shard[0]}: the head trains on its own {len(r.emb_tr)} embeddings, {steps} steps per epoch "
+              f"(global batch {cfg.batch_size} over {r.strategy.num_replicas_in_sync} replicas)")
+    return ds
+
+
 def _fit_head(r: _Run) -> None:
     """Phase 1: the classifier on the cached embeddings (then copied into the one-graph model)."""
     import tensorflow as tf
-
-    from edgetl.data import training_dataset
 
     cfg = r.cfg
     # The head's steps are tiny (one Dense layer): 32 steps per graph call removes the per-step
@@ -47,8 +68,7 @@ def _fit_head(r: _Run) -> None:
                 r.head.set_weights(best_w)
             r.head_epochs_run = int(state[0]["epoch"])
         else:
-            train_ds = training_dataset(r.emb_tr, r.y_views, r.n_cls, cfg.batch_size, cfg.seed,
-                                        sample_weight=_sample_weights(r, r.y_views))
+            train_ds = _train_data(r, _sample_weights(r, r.y_views))
             _log(cfg, f"training the head for up to {cfg.epochs} epochs on {len(r.emb_tr)} embeddings")
             _fit_phase(r, "head", r.head, train_ds, _val_data(r, r.emb_va, tf.one_hot(r.yva, r.n_cls)), cfg.epochs, 0,
                        len(r.emb_tr), state, best_w, start)
@@ -69,8 +89,6 @@ def _fit_candidate_head(r: _Run, weighting: str, cw: dict[int, float] | None) ->
     import keras
     import tensorflow as tf
 
-    from edgetl.data import training_dataset
-
     cfg = r.cfg
     keras.utils.set_random_seed(cfg.seed)
     with _scope(r.strategy):
@@ -79,7 +97,7 @@ def _fit_candidate_head(r: _Run, weighting: str, cw: dict[int, float] | None) ->
     if r.plan.distribute == "multi-worker":
         _multi_worker_build_fix(head, r.strategy)
     sw = np.array([cw[int(c)] for c in r.y_views], np.float32) if cw else None
-    train_ds = training_dataset(r.emb_tr, r.y_views, r.n_cls, cfg.batch_size, cfg.seed, sample_weight=sw)
+    train_ds = _train_data(r, sw)
     rows: list[dict[str, Any]] = []
     cb = _make_phase_callback(f"head ({weighting} class weights)", cfg.epochs, 0, cfg.patience, _NoCheckpoints(), rows,
                               len(r.emb_tr), None, None)

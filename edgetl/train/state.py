@@ -70,6 +70,7 @@ class _Run:
     device_doc: dict[str, Any] = field(default_factory=dict)
     ckpt: Any = None
     resume_state: Any = None
+    role: Any = None  # this process's WorkerRole in a multi-worker cluster (None: one process)
     # data (_load_data)
     ds: Any = None
     xtr: Any = None
@@ -111,6 +112,7 @@ class _Run:
     embed_seconds: float = 0.0
     n_embedded: int = 0
     embed_cache: Any = None  # the on-disk shards of a streamed pass (edgetl.embed_cache.ShardCache)
+    shard: tuple[int, int] | None = None  # (worker index, workers) when each worker embedded only its rows
     # phases
     head_epochs_run: int = 0
     ft_epochs_run: int = 0
