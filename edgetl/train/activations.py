@@ -163,8 +163,8 @@ def embed_with_activations(r: _Run, n_passes: int, extract: Callable[..., Any], 
                 x = resize_view(r, view, start, stop)
             else:
                 x = decode_paths(paths[start:stop], pre, cfg.workers, cfg.max_pixels or None)
-            emb, act = extract(r, x, r.augmenter if view else None, view, f"{label} [{start}:{stop}]",
-                                       first_batch=start // bs)
+            part = f" [{start}:{stop}]" if len(paths) > chunk else ""  # one line per pass when one chunk
+            emb, act = extract(r, x, r.augmenter if view else None, view, label + part, first_batch=start // bs)
             del x
             embs.append(emb)
             store.append(act)
