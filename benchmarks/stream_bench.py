@@ -15,7 +15,8 @@ this one), a child process trains ``--strategy fine-tune`` (EfficientNet-Lite0, 
   whole model on images; no CLI flag for it).
 
 With ``--export``, ``edgetl export`` (default formats, every val image verified) of each run of the last
-checkout given. Every child runs under ``nice -n 10``; its peak RSS is its own ``ru_maxrss`` (``os.wait4``).
+checkout given. ``--merge a.json,b.json`` writes the rows of earlier results files as one file. Between
+consecutive sizes: the peak RSS growth per added image. Every child runs under ``nice -n 10``; its peak RSS is its own ``ru_maxrss`` (``os.wait4``).
 
 Writes ``benchmarks/results/stream_<timestamp>.json`` and ``.md`` (after every child).
 """
@@ -88,6 +89,21 @@ def export_row(run: str, label: str, repo: str, args: argparse.Namespace) -> dic
     return row
 
 
+def growth(rows: list[dict]) -> list[dict]:
+    """Peak RSS growth per added image between consecutive sizes, per checkout and mode (and for export,
+    per added val image)."""
+    out = []
+    keys = sorted({(r["what"], r["checkout"], r.get("mode", "")) for r in rows})
+    for what, checkout, mode in keys:
+        count = "images" if what == "train" else "val_images"
+        ok = sorted((r for r in rows if r["exit_code"] == 0 and (r["what"], r["checkout"], r.get("mode", "")) == (what, checkout, mode)),
+                    key=lambda r: r[count])
+        out += [{"what": what, "checkout": checkout, "mode": mode or "-", "from": a[count], "to": b[count],
+                 "kb_per_image": round((b["peak_rss_mb"] - a["peak_rss_mb"]) * 1024 / (b[count] - a[count]), 1)}
+                for a, b in zip(ok, ok[1:]) if b[count] > a[count]]
+    return out
+
+
 def write(doc: dict, stem: str) -> None:
     from edgetl.report import atomic_write_text, markdown_table
 
@@ -102,6 +118,11 @@ def write(doc: dict, stem: str) -> None:
           "## edgetl train --strategy fine-tune", "", markdown_table(trains, train_cols) if trains else "(none)", ""]
     if exports:
         md += ["## edgetl export (default formats, every val image verified)", "", markdown_table(exports, export_cols), ""]
+    doc["rss_growth"] = growth(doc["rows"])
+    if doc["rss_growth"]:
+        md += ["## Peak RSS growth per added image (train: images; export: val images)", "",
+               markdown_table(doc["rss_growth"], ["what", "checkout", "mode", "from", "to", "kb_per_image"]), ""]
+    atomic_write_text(RESULTS / f"{stem}.json", json.dumps(doc, indent=2))
     atomic_write_text(RESULTS / f"{stem}.md", "\n".join(md))
 
 
@@ -114,12 +135,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", default="default")
     ap.add_argument("--image-size", type=int, default=160)
     ap.add_argument("--export", action="store_true")
+    ap.add_argument("--merge", default="", help="comma-separated results .json files: write them as one file, run nothing")
     args = ap.parse_args(argv)
     Path(args.work).mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     doc = {"date": stamp, "command": "python -m benchmarks.stream_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
            "machine": f"{platform.machine()}, {os.cpu_count()} cores (Intel Xeon, AVX-512/VNNI/AMX), shared with other jobs",
            "rows": []}
+    if args.merge:
+        docs = [json.loads(Path(f).read_text()) for f in args.merge.split(",")]
+        doc["command"] = "; ".join(d["command"] for d in docs)
+        doc["rows"] = sorted((r for d in docs for r in d["rows"]),
+                             key=lambda r: (r["what"] != "train", r.get("mode", ""), r.get("images", 0), r.get("val_images", 0), r["checkout"]))
+        write(doc, f"stream_{stamp}")
+        return 0
     checkouts = [(name, repo) for name, repo in (("old", args.old), ("new", args.new)) if repo]
     for n in (int(s) for s in args.sizes.split(",")):
         for mode in args.modes.split(","):
