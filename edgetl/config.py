@@ -103,8 +103,9 @@ class TrainConfig:
         embed_engine: runs the frozen base for the cached passes: ``auto`` (ONNX Runtime on a CPU-only
             machine, checked against TensorFlow on the first batch; TensorFlow with a GPU), ``tensorflow``
             or ``onnxruntime``.
-        cache_limit_mb: largest in-memory cache of frozen-part activations for fine-tuning;
-            above it the fine-tune phase runs the whole model on images.
+        cache_limit_mb: RAM budget of the cache of frozen-part activations for fine-tuning (every
+            copy it makes counted); above it the cache spills to disk, 0 turns it off (the fine-tune
+            phase then runs the whole model on images streamed from the files).
         verbose: 0 quiet, 1 progress bars, 2 one line per epoch.
         image_size: (height, width) input size instead of the backbone's own (``--image-size``);
             it flows through ``config.json`` to export, predict and bench.

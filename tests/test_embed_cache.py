@@ -63,11 +63,10 @@ def _metrics(res) -> dict:
 
 
 def test_streamed_equals_in_memory(data, tmp_path, small_shards, captured, monkeypatch):
-    from edgetl.train import core
-
+    """The cached embeddings equal those of the fine-tune pass (decoded a chunk at a time, kept in RAM
+    beside the activation cache), which shares no cache code with it."""
     streamed = _train(data, tmp_path / "streamed")
-    monkeypatch.setattr(core, "_streams", lambda cfg: False)
-    in_memory = _train(data, tmp_path / "in_memory")
+    in_memory = _train(data, tmp_path / "in_memory", strategy="fine-tune", fine_tune_epochs=1)
     (tr_s, va_s, y_s, kind), (tr_m, va_m, y_m, kind_m) = captured["emb"]
     assert kind is np.memmap and kind_m is not np.memmap  # the head read the cache memory-mapped
     assert tr_s.shape == tr_m.shape == (160, tr_s.shape[1]) and va_s.shape == va_m.shape == (20, tr_s.shape[1])
@@ -78,7 +77,9 @@ def test_streamed_equals_in_memory(data, tmp_path, small_shards, captured, monke
     assert not np.allclose(tr_s[:80], tr_s[80:])  # the augmented view differs from the clean one
     m_s, m_m = _metrics(streamed), _metrics(in_memory)
     assert m_s["embed_cache"]["shards_computed"] == 3 + 3 + 1 and m_m["embed_cache"] is None
-    assert m_s["val"]["accuracy"] == pytest.approx(m_m["val"]["accuracy"], abs=0.051)
+    assert m_m["fine_tune_mode"] == "cached-activations"
+    assert m_s["fine_tune"] is None and m_m["fine_tune"]["head_only"]["val_accuracy"] == pytest.approx(
+        m_s["val"]["accuracy"], abs=0.051)  # the same head on the same embeddings
     assert m_s["test"]["accuracy"] is not None  # the test split was decoded a chunk at a time
 
 

@@ -140,14 +140,19 @@ def training_dataset(
     ds = tf.data.Dataset.from_tensor_slices(parts).cache()
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
+    return labelled_batches(ds.batch(batch_size), num_classes, seed, augmenter)
+
+
+def labelled_batches(ds: Any, num_classes: int, seed: int, augmenter: Augmenter | None = None) -> Any:
+    """Batches ``(x, y int[, w])`` -> ``(x float32 (augmented), one-hot y[, w])``, prefetched. With an
+    augmenter, one seed per batch from a seeded stream that is redrawn every epoch (every iteration)."""
+    import tensorflow as tf
 
     def _map(xb: Any, yb: Any, *w: Any) -> Any:
         return (tf.cast(xb, tf.float32), tf.one_hot(yb, num_classes)) + tuple(w)
 
     if augmenter is None:
         return ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-    # One seed per batch from a seeded stream that is redrawn every epoch (every iteration).
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
     base = tf.constant(augmenter.seed, tf.int64)
 

@@ -2,17 +2,18 @@
 
 How it stays fast on a CPU:
 
-* fine-tuning decodes and resizes every image once (thread pool) into uint8 arrays in RAM;
-  feature extraction keeps no decoded image: the files are checked once, then decoded a shard
-  at a time for the frozen-base pass, whose embeddings go to an on-disk cache
-  (:mod:`edgetl.embed_cache`: resumable shard by shard, reused when only head settings change);
+* no decoded image is kept: the files are checked once, then decoded a shard at a time for the
+  frozen-base pass, whose embeddings go to an on-disk cache (:mod:`edgetl.embed_cache`: resumable
+  shard by shard, reused when only head settings change); fine-tuning on images decodes them as a
+  tf.data pipeline reads them (:mod:`edgetl.data.stream`);
 * the frozen base runs once per image view, not once per epoch: the head is trained on
   cached pooled embeddings of the clean images plus ``augment.views`` augmented views;
 * for fine-tuning, the same forward pass also caches the activations at the input of the
   first unfrozen block; BatchNormalization stays in inference mode, so the frozen part
   is a fixed function and training the unfrozen tail on those cached activations is
   exactly training the whole model on the same views, at a fraction of the cost. When
-  the cache would not fit in ``cache_limit_mb`` the tail is trained on images instead.
+  the cache (every copy counted) would not fit in ``cache_limit_mb`` it spills to disk
+  (:mod:`~edgetl.train.activations`); with ``cache_limit_mb`` 0 the tail is trained on images.
 
 The saved ``model.keras`` is always one graph (pixels -> base -> head -> ``probs``):
 the head and the fine-tuned blocks are layers of that graph, trained in place.
@@ -25,6 +26,7 @@ The package, one concern per module (each step reads and fills the shared :class
 * :mod:`~edgetl.train.graphs`: the Keras graphs (classifier, head, extractor, tail), compile, predict;
 * :mod:`~edgetl.train.embed`: the frozen-base pass (in RAM or streamed through the on-disk cache);
 * :mod:`~edgetl.train.head`: the head phase and the class-weight choice;
+* :mod:`~edgetl.train.activations`: the fine-tune activation cache (RAM or spilled to disk);
 * :mod:`~edgetl.train.finetune`: the fine-tune phase and its keep/restore decision;
 * :mod:`~edgetl.train.evaluate`: evaluation and writing the run (:class:`TrainResult`);
 * :mod:`~edgetl.train.state`: the run's shared state and its console output.

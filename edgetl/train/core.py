@@ -19,6 +19,7 @@ from edgetl.imbalance import weighting_candidates, weights_for
 from edgetl.locking import LOCK_NAME, DirLock, check_output_dir
 from edgetl.metrics import balanced_sample_weights
 from edgetl.run import CONFIG_FILE, read_config, write_config
+from edgetl.train.activations import close_stores
 from edgetl.train.checkpoints import CHECKPOINT_DIR, _Checkpoints
 from edgetl.train.distribute import (
     DISTRIBUTE_ENV,
@@ -202,11 +203,14 @@ def _train(cfg: TrainConfig, spec: Any, run_dir: Path, extra_callbacks: Sequence
     _setup(r, distribute, role)
     _load_data(r)
     _build_graphs(r)
-    _embed_views(r)
-    _fit_head(r)
-    if r.fine_tune:
-        _fit_fine_tune(r)
-    _evaluate(r)
+    try:
+        _embed_views(r)
+        _fit_head(r)
+        if r.fine_tune:
+            _fit_fine_tune(r)
+        _evaluate(r)
+    finally:
+        close_stores(r)  # the fine-tune activation cache, and its files when it spilled to disk
     return _write_run(r)
 
 
@@ -233,32 +237,22 @@ def _setup(r: _Run, distribute: str, role: WorkerRole | None) -> None:
         r.history.extend(r.resume_state[0].get("history", []))
 
 
-def _streams(cfg: TrainConfig) -> bool:
-    """Whether the images are decoded a shard at a time from the files (feature extraction: only the
-    embeddings are kept) instead of all at once into RAM (fine-tuning on images or activations)."""
-    return cfg.strategy != "fine-tune" or cfg.fine_tune_epochs == 0
-
-
 def _load_data(r: _Run) -> None:
-    """Decode + resize every image once; class weights; the run's ``config.json`` (status running)."""
+    """Check every image once (undecodable files skipped) and keep the labelled file lists, not the
+    pixels: the frozen-base pass and fine-tuning on images decode the files as they read them
+    (edgetl/train/embed.py, edgetl/data/stream.py); class weights; ``config.json`` (status running)."""
     from edgetl.data import load_dataset, summarize_skipped
 
     cfg = r.cfg
     _log(cfg, f"loading images from {cfg.data_dir} ...")
     t0 = time.perf_counter()
-    stream = _streams(cfg)
     r.ds = ds = load_dataset(cfg.data_dir, val_split=cfg.val_split, seed=cfg.seed, max_pixels=cfg.max_pixels or None,
-                             preprocessing=None if stream else r.spec.preprocessing, workers=cfg.workers,
-                             progress=quiet.Progress("checking images" if stream else "decoding images").update if cfg.verbose else None)
+                             workers=cfg.workers, progress=quiet.Progress("checking images").update if cfg.verbose else None)
     r.decode_seconds = time.perf_counter() - t0
     msg = summarize_skipped(ds.skipped)
     if msg:
         _warn(cfg, msg, r.warnings)
-    if stream:  # the frozen-base pass decodes the files a shard at a time (_embed_streamed)
-        r.ytr, r.yva = (np.asarray(sp.labels, np.int32) for sp in (ds.train, ds.val))
-    else:
-        r.xtr, r.ytr = ds.arrays("train")
-        r.xva, r.yva = ds.arrays("val")
+    r.ytr, r.yva = (np.asarray(sp.labels, np.int32) for sp in (ds.train, ds.val))
     r.classes = classes = ds.classes
     fingerprint = ds.fingerprint()
     if r.resume_state:
@@ -274,7 +268,7 @@ def _load_data(r: _Run) -> None:
         _log(cfg, "unbalanced classes " + ", ".join(f"{c}={n}" for c, n in zip(classes, counts))
              + (f"; class weights {r.weightings[0]}" if len(r.weightings) == 1 else
                 f"; the head is trained with class weights {', '.join(r.weightings)} and the best on val {cfg.objective} kept"))
-    _log(cfg, f"{len(r.ytr)} train / {len(r.yva)} val images, {r.n_cls} classes, decoded in {r.decode_seconds:.1f} s")
+    _log(cfg, f"{len(r.ytr)} train / {len(r.yva)} val images, {r.n_cls} classes, checked in {r.decode_seconds:.1f} s")
     r.config_doc = {
         "edgetl_version": __version__,
         "backbone": r.spec.name,

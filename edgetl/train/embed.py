@@ -1,7 +1,8 @@
-"""The frozen-base pass: every view of every image through the frozen base once, in RAM (fine-tuning)
-or streamed a shard at a time through the on-disk cache (:mod:`edgetl.embed_cache`). In a multi-worker
-run the streamed pass is sharded: each worker embeds only its rows (:func:`shard_rows`) and keeps its
-own train embeddings for the head; the val embeddings and each worker's counts are all-gathered."""
+"""The frozen-base pass: every view of every image through the frozen base once, decoded from the files a
+shard at a time, through the on-disk cache (:mod:`edgetl.embed_cache`) or, fine-tuning on cached
+activations, into the activation cache (:mod:`edgetl.train.activations`). In a multi-worker run the
+cached pass is sharded: each worker embeds only its rows (:func:`shard_rows`) and keeps its own train
+embeddings for the head; the val embeddings and each worker's counts are all-gathered."""
 
 from __future__ import annotations
 
@@ -71,8 +72,9 @@ def _embed_views(r: _Run) -> None:
     t0 = time.perf_counter()
     r.mode = progress_mode(cfg.verbose)
     n_passes = 2 + (cfg.augment.views if r.augmenter is not None else 0)
-    cache = _open_embed_cache(r) if r.xtr is None else None
-    # Streamed + multi-worker: each worker embeds its rows only (fine-tuning decodes every image in RAM: not sharded).
+    # fine-tuning on cached activations keeps them (edgetl/train/activations.py); else only embeddings, on disk
+    cache = _open_embed_cache(r) if r.tail is None else None
+    # Cached + multi-worker: each worker embeds its rows only (the activation cache is not sharded).
     r.shard = (r.role.index, r.role.workers) if cache is not None and r.role is not None else None
     sfx = _part_suffix(r)
     parts = ([(f"train_v{v}{sfx}", len(_rows(r, len(r.ytr)))) for v in range(n_passes - 1)]
@@ -87,7 +89,9 @@ def _embed_views(r: _Run) -> None:
         _embed_streamed(r, n_passes, cache)
         r.n_embedded = cache.rows_computed
     else:
-        _embed_in_memory(r, n_passes)
+        from edgetl.train.activations import embed_with_activations
+
+        embed_with_activations(r, n_passes, _extract, _resize_view, _pass_label)
         r.n_embedded = len(r.emb_tr) + len(r.emb_va)
     r.embed_seconds = time.perf_counter() - t0
     if r.role is not None:
@@ -142,27 +146,6 @@ def _start_forward(r: _Run) -> None:
 
 def _pass_label(view: int, n_passes: int) -> str:
     return f"{view + 1}/{n_passes} (train, " + (f"augmented view {view})" if view else "clean)")
-
-
-def _embed_in_memory(r: _Run, n_passes: int) -> None:
-    """The views from the decoded images in RAM (fine-tuning keeps them for its own phase)."""
-    cfg = r.cfg
-    tr_parts = []
-    for view in range(0, n_passes - 1):
-        tv = time.perf_counter()
-        label = _pass_label(view, n_passes)
-        x = r.xtr
-        if view and cfg.augment.resize:
-            x = _resize_view(r, view)
-        tr_parts.append(_extract(r, x, r.augmenter if view else None, view, label))
-        del x
-        r.view_seconds.append(time.perf_counter() - tv)
-    tv = time.perf_counter()
-    r.emb_va, r.act_va = _extract(r, r.xva, None, 0, f"{n_passes}/{n_passes} (val)")
-    r.view_seconds.append(time.perf_counter() - tv)
-    r.emb_tr = np.concatenate([p[0] for p in tr_parts])
-    r.act_tr = np.concatenate([p[1] for p in tr_parts]) if r.tail is not None else None
-    r.y_views = np.tile(r.ytr, len(tr_parts))
 
 
 def _open_embed_cache(r: _Run) -> Any:

@@ -68,9 +68,11 @@ class TrainResult:
 def _predict_val(r: _Run) -> np.ndarray:
     """Val probabilities on the fast path (tail on cached activations, head on embeddings)."""
     if r.fine_tune and r.tail is not None:
-        probs = r.tail.predict(r.act_va.astype(np.float32), batch_size=256, verbose=0)
+        from edgetl.train.activations import predict_tail
+
+        probs = predict_tail(r, r.act_va)
     elif r.fine_tune:
-        probs = _predict(r.full, r.xva, r.cfg.batch_size)
+        probs = _predict_images(r, None, r.ds.val.paths, len(r.yva))
     else:
         probs = r.head.predict(r.emb_va, batch_size=256, verbose=0)
     return np.asarray(probs, np.float32)
@@ -82,14 +84,14 @@ def _evaluate(r: _Run) -> None:
     cfg, classes = r.cfg, r.classes
     val_probs = _predict_val(r)
     n_check = min(32, len(r.yva))
-    full_probs = _predict_images(r, r.xva, r.ds.val.paths[:n_check], n_check)
+    full_probs = _predict_images(r, None, r.ds.val.paths[:n_check], n_check)
     r.agree = float(np.max(np.abs(full_probs - val_probs[:n_check]))) if n_check else 0.0
     if r.agree > 1e-2:
         raise EdgetlError(f"internal check failed: the saved graph and the training path disagree by {r.agree:.4f}")
     r.metrics["val"] = classification_metrics(val_probs, r.yva, classes)
     test = None
-    if r.ds.test is not None:  # decoded a chunk at a time when the run streams its images
-        test = r.ds.arrays("test") if r.xtr is not None else (None, np.asarray(r.ds.test.labels, np.int32))
+    if r.ds.test is not None:  # decoded a chunk at a time
+        test = (None, np.asarray(r.ds.test.labels, np.int32))
 
     def test_metrics() -> dict[str, Any] | None:
         if test is None:
@@ -135,6 +137,16 @@ def _predict_images(r: _Run, x: np.ndarray | None, paths: Sequence[str], n: int)
     parts = [np.asarray(_predict(r.full, decode_paths(paths[i:min(n, i + chunk)], r.spec.preprocessing, r.cfg.workers,
                                                       r.cfg.max_pixels or None), bs), np.float32) for i in range(0, n, chunk)]
     return np.concatenate(parts) if parts else np.zeros((0, r.n_cls), np.float32)
+
+
+def _activation_cache_doc(r: _Run) -> dict[str, Any] | None:
+    """Where the fine-tune activation cache was (ram/disk) and the bytes its RAM budget counted."""
+    plan = r.act_plan
+    if plan is None or r.ft_mode != "cached-activations":
+        return None
+    mb = lambda b: round(b / 2**20, 1)  # noqa: E731
+    return {"where": plan["where"], "store_mb": mb(plan["store_bytes"]), "in_flight_mb": mb(plan["transient_bytes"]),
+            "ram_mb_counted": mb(plan["ram_bytes"]), "budget_mb": mb(plan["budget_bytes"])}
 
 
 def _majority_doc(r: _Run, y_test: np.ndarray | None) -> dict[str, Any] | None:
@@ -185,6 +197,7 @@ def _write_run(r: _Run) -> TrainResult:
         "fine_tune_train_seconds": r.ft_train_seconds or None,
         "fine_tune_unfrozen_blocks": r.k if r.fine_tune else 0,
         "activation_cache_mb": round(r.cache_bytes / 2**20, 1) if r.ft_mode == "cached-activations" else None,
+        "activation_cache": _activation_cache_doc(r),
         "epochs_run": {"head": r.head_epochs_run, "fine_tune": r.ft_epochs_run},
         "fine_tune": r.fine_tune_doc,
         "class_weights": {classes[i]: w for i, w in r.cw.items()} if r.cw else None,

@@ -1,4 +1,4 @@
-"""Phase 2: fine-tuning the top blocks (on cached activations or on images), and the keep/restore
+"""Phase 2: fine-tuning the top blocks (on cached activations or on images streamed from the files), and the keep/restore
 decision against the head-only model as recorded in ``metrics.json["fine_tune"]``."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from edgetl.config import TrainConfig
 from edgetl.train.checkpoints import _fit_phase, _resume_point
 from edgetl.train.distribute import _scope
 from edgetl.train.graphs import _compile
-from edgetl.train.head import _sample_weights, _val_data
+from edgetl.train.head import _sample_weights
 from edgetl.train.state import _log, _Run
 
 
@@ -102,21 +102,23 @@ def fine_tune_summary(doc: dict[str, Any]) -> str:
 
 
 def _fine_tune_data(r: _Run) -> tuple[Any, Any, int]:
-    """(training dataset, validation data, training examples): cached activations, or images."""
-    import tensorflow as tf
-
-    from edgetl.data import training_dataset
+    """(training dataset, validation dataset, training examples): cached activations read back a batch
+    at a time (:mod:`edgetl.train.activations`), or images decoded from the files as they are read
+    (:func:`edgetl.data.files_dataset`); nothing holds every decoded image."""
+    from edgetl.data import files_dataset
+    from edgetl.train.activations import activation_dataset
 
     cfg = r.cfg
-    yva_1h = tf.one_hot(r.yva, r.n_cls)
     if r.tail is not None:
-        ft_ds = training_dataset(r.act_tr, r.y_views, r.n_cls, cfg.batch_size, cfg.seed + 1,
-                                 sample_weight=_sample_weights(r, r.y_views))
-        return ft_ds, _val_data(r, r.act_va, yva_1h), len(r.y_views)
-    ft_ds = training_dataset(r.xtr, r.ytr, r.n_cls, cfg.batch_size, cfg.seed + 1, sample_weight=_sample_weights(r, r.ytr),
-                             augmenter=r.augmenter)
-    ft_val = tf.data.Dataset.from_tensor_slices(_val_data(r, r.xva, yva_1h)).batch(cfg.batch_size).map(
-        lambda a, *rest: (tf.cast(a, tf.float32), *rest)).prefetch(2)
+        ft_ds = activation_dataset(r.act_tr, r.y_views, r.n_cls, cfg.batch_size, cfg.seed + 1,
+                                   sample_weight=_sample_weights(r, r.y_views))
+        ft_val = activation_dataset(r.act_va, r.yva, r.n_cls, cfg.batch_size, 0, shuffle=False, sample_weight=r.va_sw)
+        return ft_ds, ft_val, len(r.y_views)
+    pre, max_px = r.spec.preprocessing, cfg.max_pixels or None
+    ft_ds = files_dataset(r.ds.train.paths, r.ytr, r.n_cls, cfg.batch_size, cfg.seed + 1, pre, max_px,
+                          sample_weight=_sample_weights(r, r.ytr), augmenter=r.augmenter)
+    ft_val = files_dataset(r.ds.val.paths, r.yva, r.n_cls, cfg.batch_size, 0, pre, max_px, shuffle=False,
+                           sample_weight=r.va_sw)
     return ft_ds, ft_val, len(r.ytr)
 
 
@@ -124,6 +126,9 @@ def _fit_fine_tune(r: _Run) -> None:
     """Phase 2: the top ``k`` blocks (BatchNorm frozen) at a low learning rate with warm-up and cosine
     decay; the head-only model is epoch 0, so a fine-tune that does not lower the val loss is undone."""
     import keras
+    import tensorflow as tf
+
+    from edgetl.data.stream import decode_error
 
     cfg = r.cfg
     r.base.trainable = True  # resets every layer; the choice below is applied after it
@@ -151,8 +156,7 @@ def _fit_fine_tune(r: _Run) -> None:
                 return
             # Early stopping counts the starting point (the best head) as epoch 0: when no
             # fine-tune epoch lowers the val loss, the restore keeps the head unchanged.
-            ev = (model.evaluate(ft_val[0], ft_val[1], sample_weight=ft_val[2] if len(ft_val) > 2 else None, verbose=0)
-                  if isinstance(ft_val, tuple) else model.evaluate(ft_val, verbose=0))
+            ev = model.evaluate(ft_val, verbose=0)
             loss = float(ev[0] if isinstance(ev, (list, tuple)) else ev)
             acc = float(ev[1]) if isinstance(ev, (list, tuple)) and len(ev) > 1 else None
             cb.best, cb.best_weights = loss, model.get_weights()
@@ -160,8 +164,14 @@ def _fit_fine_tune(r: _Run) -> None:
             cb.extra_state["head_only"] = {"val_loss": loss, "val_accuracy": acc}
             start_loss.append(loss)
 
-        r.ft_cb = cb = _fit_phase(r, "fine-tune", model, ft_ds, ft_val, cfg.fine_tune_epochs, r.head_epochs_run, n_train,
-                                  state, best_w, start, prepare=seed_with_head)
+        try:
+            r.ft_cb = cb = _fit_phase(r, "fine-tune", model, ft_ds, ft_val, cfg.fine_tune_epochs, r.head_epochs_run,
+                                      n_train, state, best_w, start, prepare=seed_with_head)
+        except tf.errors.OpError as exc:  # a file that stopped decoding: one line, not TensorFlow's trace
+            err = decode_error(exc)
+            if err is None:
+                raise
+            raise err from None
         if start_loss and cb.best >= start_loss[0]:
             _log(cfg, f"no fine-tune epoch lowered the val loss below the head's ({start_loss[0]:.4f}): kept the head")
         r.ft_train_seconds = float(sum(cb.train_seconds))

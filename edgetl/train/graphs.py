@@ -102,13 +102,37 @@ def _build_graphs(r: _Run) -> None:
                 r.tail = None
         r.n_views = 1 + (cfg.augment.views if cfg.augment.enabled else 0)
         if r.tail is not None:
-            r.cache_bytes = int(np.prod(r.boundary.shape[1:])) * 2 * (r.n_views * len(r.ytr) + len(r.yva))
-            if r.cache_bytes > cfg.cache_limit_mb * 2**20:
-                _log(cfg, f"activation cache would need {r.cache_bytes / 2**20:.0f} MB > {cfg.cache_limit_mb} MB: fine-tuning on images")
-                r.tail = None
+            _plan_activation_cache(r)
         outputs = [pooled] + ([r.boundary] if r.tail is not None else [])
         r.extractor = keras.Model(base.input, outputs, name="extractor")
     if r.plan.distribute == "multi-worker":
         for m in (r.head, r.full, r.tail):
             if m is not None:
                 _multi_worker_build_fix(m, r.strategy)
+
+
+def _plan_activation_cache(r: _Run) -> None:
+    """In RAM when the cache and its copies in flight fit ``cache_limit_mb``, else spilled to disk (when
+    the disk has room), else (or with ``cache_limit_mb`` 0) no cache: fine-tuning on images."""
+    import shutil
+
+    from edgetl.embed_cache import SHARD_BATCHES
+    from edgetl.train.activations import SPILL_DIR, cache_plan
+
+    cfg = r.cfg
+    elems = int(np.prod(r.boundary.shape[1:]))
+    r.act_plan = plan = cache_plan(cfg, elems, r.n_views * len(r.ytr) + len(r.yva), max(cfg.batch_size, 32) * SHARD_BATCHES)
+    r.cache_bytes = plan["store_bytes"]
+    mb = lambda b: f"{b / 2**20:.0f} MB"  # noqa: E731
+    if plan["where"] == "off":
+        _log(cfg, "activation cache off (cache_limit_mb 0): fine-tuning on images")
+        r.tail = None
+    elif plan["where"] == "disk":
+        free = shutil.disk_usage(r.run_dir).free
+        if free < plan["store_bytes"] + 2**28:  # keep 256 MB free for checkpoints and the model
+            _log(cfg, f"activation cache would need {mb(plan['store_bytes'])} > {cfg.cache_limit_mb} MB of RAM and "
+                      f"{mb(free)} free on disk: fine-tuning on images")
+            r.tail = None
+        else:
+            _log(cfg, f"activation cache {mb(plan['store_bytes'])} + {mb(plan['transient_bytes'])} in flight > "
+                      f"{cfg.cache_limit_mb} MB: spilled to disk ({r.run_dir / SPILL_DIR}), read back a batch at a time")

@@ -73,9 +73,7 @@ class _Run:
     role: Any = None  # this process's WorkerRole in a multi-worker cluster (None: one process)
     # data (_load_data)
     ds: Any = None
-    xtr: Any = None
     ytr: Any = None
-    xva: Any = None
     yva: Any = None
     classes: list[str] = field(default_factory=list)
     cw: dict[int, float] | None = None
@@ -98,6 +96,7 @@ class _Run:
     feat_dim: int = 0
     n_views: int = 1
     cache_bytes: int = 0
+    act_plan: dict[str, Any] | None = None  # where the activation cache goes (edgetl/train/activations.py)
     # embeddings (_embed_views)
     augmenter: Any = None
     forward: Any = None

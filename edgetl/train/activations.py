@@ -1,0 +1,214 @@
+"""The fine-tune activation cache: the frozen part's output (the input of the first unfrozen block) for
+every view of every image, float16, in one preallocated array in RAM, or spilled to a file on disk
+when it does not fit its RAM budget (``cache_limit_mb``); read back a batch at a time either way.
+
+The budget counts every copy the cache really makes (:func:`cache_plan`): the store itself (one copy:
+it is filled in place, a chunk of images at a time, never concatenated or copied into a tensor), the
+chunk in flight during the frozen-base pass (the forward's float16 batches and their joined chunk,
+plus one float32 batch), and the batches in flight while training (a gathered float16 batch and its
+float32 cast for each of the parallel map calls and prefetched batches). The disk store is read with
+positioned reads (``os.preadv``), not memory-mapped, so the pages it reads stay in the page cache
+(reclaimable) instead of in the process.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgetl.train.state import _log, _Run
+
+SPILL_DIR = "activations"  # in the run folder, deleted when training ends
+#: parallel gathers and prefetched batches of the training pipeline (fixed, so the budget can count them)
+IN_FLIGHT = 2
+
+
+class ActivationStore:
+    """``n`` rows of float16 activations of shape ``shape``: in RAM (``path`` None) or in a ``.npy`` file."""
+
+    def __init__(self, n: int, shape: tuple[int, ...], path: Path | None = None):
+        self.n, self.shape, self.path = int(n), tuple(int(d) for d in shape), path
+        self.row_bytes = int(np.prod(self.shape)) * 2
+        self.filled = 0
+        self.arr: np.ndarray | None = None
+        self.fd: int | None = None
+        if path is None:
+            self.arr = np.empty((self.n, *self.shape), np.float16)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as fh:  # a valid .npy (np.load(path, mmap_mode="r") reads it back)
+            np.lib.format.write_array_header_1_0(fh, {"descr": np.dtype(np.float16).str, "fortran_order": False,
+                                                      "shape": (self.n, *self.shape)})
+            self.offset = fh.tell()
+        self.fd = os.open(path, os.O_RDWR)
+
+    @property
+    def on_disk(self) -> bool:
+        return self.fd is not None
+
+    @property
+    def nbytes(self) -> int:
+        return self.n * self.row_bytes
+
+    def append(self, chunk: np.ndarray) -> None:
+        chunk = np.ascontiguousarray(chunk, np.float16)
+        stop = self.filled + len(chunk)
+        if stop > self.n:
+            raise ValueError(f"activation store overflow: {stop} > {self.n} rows")
+        if self.arr is not None:
+            self.arr[self.filled:stop] = chunk
+        else:
+            view, done = memoryview(chunk).cast("B"), 0
+            while done < len(view):
+                done += os.pwrite(self.fd, view[done:], self.offset + self.filled * self.row_bytes + done)
+        self.filled = stop
+
+    def _read(self, out: np.ndarray, row: int, count: int, at: int) -> None:
+        buf = memoryview(out).cast("B")[at * self.row_bytes:(at + count) * self.row_bytes]
+        done = 0
+        while done < len(buf):
+            got = os.preadv(self.fd, [buf[done:]], self.offset + row * self.row_bytes + done)
+            if got <= 0:
+                raise OSError(f"short read from the activation cache {self.path}")
+            done += got
+
+    def gather(self, idx: np.ndarray) -> np.ndarray:
+        """Rows ``idx`` (in that order), float16."""
+        idx = np.asarray(idx, np.int64)
+        if self.arr is not None:
+            return self.arr[idx]
+        out = np.empty((len(idx), *self.shape), np.float16)
+        for j, i in enumerate(idx):
+            self._read(out, int(i), 1, j)
+        return out
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start:stop]``, float16 (a view in RAM, one read from disk)."""
+        stop = min(stop, self.n)
+        if self.arr is not None:
+            return self.arr[start:stop]
+        out = np.empty((max(stop - start, 0), *self.shape), np.float16)
+        if stop > start:
+            self._read(out, start, stop - start, 0)
+        return out
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        self.arr = None
+
+
+def cache_plan(cfg: Any, elems: int, n_rows: int, pass_rows: int) -> dict[str, Any]:
+    """Where the activation cache goes: ``{"where": "ram"|"disk"|"off", "store_bytes", "transient_bytes",
+    "ram_bytes", "budget_bytes"}`` for ``n_rows`` rows of ``elems`` values (train views + val);
+    ``pass_rows`` images are decoded and embedded at a time. ``cache_limit_mb`` 0 turns the cache off
+    (fine-tuning on images)."""
+    budget = int(cfg.cache_limit_mb) * 2**20
+    store = elems * 2 * n_rows
+    bs32 = max(cfg.batch_size, 32)
+    # pass: float16 batches + their joined chunk, one float32 forward batch;
+    # training: per batch in flight (IN_FLIGHT parallel gathers + IN_FLIGHT prefetched) float16 + float32
+    transient = elems * (2 * 2 * pass_rows + 4 * bs32) + elems * 6 * cfg.batch_size * 2 * IN_FLIGHT
+    plan = {"store_bytes": store, "transient_bytes": transient, "budget_bytes": budget}
+    if budget <= 0:
+        return {**plan, "where": "off", "ram_bytes": 0}
+    if store + transient <= budget:
+        return {**plan, "where": "ram", "ram_bytes": store + transient}
+    return {**plan, "where": "disk", "ram_bytes": transient}
+
+
+def open_stores(r: _Run, n_train: int, n_val: int) -> None:
+    """``r.act_tr`` / ``r.act_va`` as the plan (``r.act_plan``) says: in RAM or in the run folder."""
+    shape = tuple(int(d) for d in r.boundary.shape[1:])
+    disk = r.act_plan["where"] == "disk"
+    folder = r.run_dir / SPILL_DIR
+    r.act_tr = ActivationStore(n_train, shape, folder / "train.npy" if disk else None)
+    r.act_va = ActivationStore(n_val, shape, folder / "val.npy" if disk else None)
+
+
+def close_stores(r: _Run) -> None:
+    """Release the stores and delete the spilled files (end of training, or a failure)."""
+    for store in (r.act_tr, r.act_va):
+        if isinstance(store, ActivationStore):
+            store.close()
+    shutil.rmtree(r.run_dir / SPILL_DIR, ignore_errors=True)
+
+
+def embed_with_activations(r: _Run, n_passes: int, extract: Callable[..., Any], resize_view: Callable[..., Any],
+                           pass_label: Callable[[int, int], str]) -> None:
+    """The frozen-base pass of a fine-tune on cached activations: the files decoded a chunk at a time
+    (the streamed pass's chunks and augmentation seeds), embeddings kept in RAM, activations written
+    into the stores in place. ``extract``, ``resize_view``, ``pass_label``: the frozen-base pass's own
+    (edgetl/train/embed.py)."""
+    from edgetl.data import decode_paths
+    from edgetl.embed_cache import SHARD_BATCHES
+
+    cfg, pre = r.cfg, r.spec.preprocessing
+    bs = max(cfg.batch_size, 32)
+    chunk = bs * SHARD_BATCHES
+    n_tr, n_va = len(r.ytr), len(r.yva)
+    open_stores(r, (n_passes - 1) * n_tr, n_va)
+
+    def run(paths: list[str], view: int, label: str, store: ActivationStore) -> list[np.ndarray]:
+        embs = []
+        for start in range(0, len(paths), chunk):
+            stop = min(len(paths), start + chunk)
+            if view and cfg.augment.resize:
+                x = resize_view(r, view, start, stop)
+            else:
+                x = decode_paths(paths[start:stop], pre, cfg.workers, cfg.max_pixels or None)
+            part = f" [{start}:{stop}]" if len(paths) > chunk else ""  # one line per pass when one chunk
+            emb, act = extract(r, x, r.augmenter if view else None, view, label + part, first_batch=start // bs)
+            del x
+            embs.append(emb)
+            store.append(act)
+            del act
+        return embs
+
+    embs: list[np.ndarray] = []
+    for view in range(0, n_passes - 1):
+        tv = time.perf_counter()
+        embs += run(r.ds.train.paths, view, pass_label(view, n_passes), r.act_tr)
+        r.view_seconds.append(time.perf_counter() - tv)
+    tv = time.perf_counter()
+    va = run(r.ds.val.paths, 0, f"{n_passes}/{n_passes} (val)", r.act_va)
+    r.view_seconds.append(time.perf_counter() - tv)
+    r.emb_tr = np.concatenate(embs) if embs else np.zeros((0, r.feat_dim), np.float32)
+    r.emb_va = np.concatenate(va) if va else np.zeros((0, r.feat_dim), np.float32)
+    r.y_views = np.tile(r.ytr, n_passes - 1)
+    if r.act_tr.on_disk:
+        _log(cfg, f"activation cache spilled to {r.act_tr.path.parent} ({(r.act_tr.nbytes + r.act_va.nbytes) / 2**20:.0f} MB)")
+
+
+def activation_dataset(store: ActivationStore, y: np.ndarray, num_classes: int, batch_size: int, seed: int,
+                       shuffle: bool = True, sample_weight: np.ndarray | None = None) -> Any:
+    """``(x float32, one-hot y[, w])`` batches gathered from the store: the row order is shuffled
+    (seeded, reshuffled every epoch) exactly as :func:`edgetl.data.training_dataset` shuffles rows."""
+    import tensorflow as tf
+
+    y_t = tf.constant(np.asarray(y, np.int32))
+    w_t = tf.constant(np.asarray(sample_weight, np.float32)) if sample_weight is not None else None
+    ds = tf.data.Dataset.range(store.n)
+    if shuffle:
+        ds = ds.shuffle(max(store.n, 1), seed=seed, reshuffle_each_iteration=True)
+
+    def fetch(i: Any) -> Any:
+        x = tf.numpy_function(store.gather, [i], tf.float16, stateful=False)
+        x.set_shape((None, *store.shape))
+        out = (tf.cast(x, tf.float32), tf.one_hot(tf.gather(y_t, i), num_classes))
+        return out + ((tf.gather(w_t, i),) if w_t is not None else ())
+
+    return ds.batch(batch_size).map(fetch, num_parallel_calls=IN_FLIGHT).prefetch(IN_FLIGHT)
+
+
+def predict_tail(r: _Run, store: ActivationStore, batch: int = 256) -> np.ndarray:
+    """The tail's probabilities on every row of ``store``, a batch at a time."""
+    parts = [np.asarray(r.tail(store.rows(i, i + batch).astype(np.float32), training=False), np.float32)
+             for i in range(0, store.n, batch)]
+    return np.concatenate(parts) if parts else np.zeros((0, r.n_cls), np.float32)
