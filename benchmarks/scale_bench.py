@@ -179,22 +179,35 @@ def write(doc: dict, stem: str) -> None:
     cols = ["images", "exit_code", "peak_rss_mb", "wall_seconds", "check_decode_seconds", "embed_seconds",
             "embed_images_per_s", "embed_engine", "val_accuracy", "started", "load_avg_end"]
     state = doc.get("status", "")
-    md = [f"# Scale benchmark {doc['date']}", "", f"`{doc['command']}`", "", f"edgetl at `{doc['repo']}` ({doc['commit']}); "
-          f"{doc['machine']}", "", f"Status: {state}" if state else "", "", markdown_table(doc["rows"], cols), "",
+    where = f"edgetl at `{doc['repo']}` ({doc['commit']}, edgetl/ last changed in {doc.get('edgetl_commit')})"
+    md = [f"# Scale benchmark {doc['date']}", "", f"`{doc['command']}`", "", f"{where}; {doc['machine']}", "",
+          f"Status: {state}" if state else "", "", markdown_table(doc["rows"], cols), "",
           "Peak RSS growth per added image (TARGETS: <= 20 KB per image from 2k to 100k):", "",
           markdown_table(doc["rss_growth"], ["from", "to", "kb_per_image"]) if doc["rss_growth"] else "(one size)", ""]
     atomic_write_text(RESULTS / f"{stem}.md", "\n".join(md))
     plot(doc, RESULTS / f"{stem}.png")
 
 
+def _edgetl_commit(repo: str, commit: str) -> str:
+    """The last commit up to ``commit`` that changed ``edgetl/`` (the code the child runs)."""
+    out = subprocess.run(["git", "-C", repo, "log", "-1", "--format=%h", commit, "--", "edgetl"], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+AB_COLUMNS = ["images", "exit_code", "wall_seconds", "peak_rss_mb", "check_decode_seconds", "embed_seconds",
+              "embed_images_per_s", "val_accuracy", "started", "load_avg_end"]
+
+
 def summarize_ab(files: list[str]) -> int:
     """Pair single-size results (old, new, old, new, ...) into ``scale_ab_<timestamp>``: wall times and ratio."""
     from edgetl.report import atomic_write_text, markdown_table
 
-    docs = [json.loads(Path(f).read_text()) for f in files]
-    rows = [{"order": i + 1, "side": "old" if i % 2 == 0 else "new", "commit": d["commit"], **{k: d["rows"][0].get(k) for k in
-            ("images", "exit_code", "wall_seconds", "peak_rss_mb", "embed_seconds", "embed_images_per_s", "val_accuracy",
-             "started", "load_avg_end")}, "file": Path(f).name} for i, (f, d) in enumerate(zip(files, docs))]
+    rows = []
+    for i, f in enumerate(files):
+        d = json.loads(Path(f).read_text())
+        rows.append({"order": i + 1, "side": "old" if i % 2 == 0 else "new", "commit": d["commit"],
+                     "edgetl_commit": d.get("edgetl_commit") or _edgetl_commit(d["repo"], d["commit"]),
+                     **{k: d["rows"][0].get(k) for k in AB_COLUMNS}, "file": Path(f).name})
     mean = {s: float(np.mean([r["wall_seconds"] for r in rows if r["side"] == s and r["exit_code"] == 0] or [np.nan]))
             for s in ("old", "new")}
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -202,8 +215,7 @@ def summarize_ab(files: list[str]) -> int:
            "new_over_old": round(mean["new"] / mean["old"], 3), "target": "new / old <= 1.10 (issue 24)"}
     atomic_write_text(RESULTS / f"scale_ab_{stamp}.json", json.dumps(doc, indent=2))
     md = [f"# 1-worker wall time, old vs new, {stamp}", "", f"{MACHINE}", "",
-          markdown_table(rows, ["order", "side", "commit", "images", "exit_code", "wall_seconds", "peak_rss_mb", "embed_seconds",
-                                "embed_images_per_s", "val_accuracy", "started", "load_avg_end"]), "",
+          markdown_table(rows, ["order", "side", "commit", "edgetl_commit", *AB_COLUMNS]), "",
           f"Mean wall time: old {mean['old']:.1f} s, new {mean['new']:.1f} s; new / old = {doc['new_over_old']} "
           "(target <= 1.10).", ""]
     atomic_write_text(RESULTS / f"scale_ab_{stamp}.md", "\n".join(md))
@@ -227,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     commit = subprocess.run(["git", "-C", args.repo, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     doc = {"date": stamp, "command": "python -m benchmarks.scale_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "repo": str(Path(args.repo).resolve()), "commit": commit, "machine": MACHINE, "rows": [], "rss_growth": []}
+           "repo": str(Path(args.repo).resolve()), "commit": commit, "edgetl_commit": _edgetl_commit(args.repo, commit),
+           "machine": MACHINE, "rows": [], "rss_growth": []}
     final, partial = f"scale_{stamp}{args.tag}", f"scale_{stamp}{args.tag}_partial"
     for k, n in enumerate(sizes, 1):
         row = one_size(n, max(sizes), args)
