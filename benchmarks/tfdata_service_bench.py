@@ -21,7 +21,10 @@ resizes every image to 224 x 224 uint8, batches by 32 and is drained by the clie
 
 Every configuration runs in a fresh child process (``--repeats`` times, interleaved); images/s counts
 unique images from the first request to the last batch (the servers' startup and a tiny warm-up job
-excluded, the job's creation included). Writes ``benchmarks/results/tfdata_service_<timestamp>.json`` and ``.md``.
+excluded, the job's creation included); CPU ms per image adds the user + system CPU time of the client
+and of the worker processes over the same window (a measure that does not depend on how much of the
+shared machine the job got). Writes
+``benchmarks/results/tfdata_service_<timestamp>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -89,6 +92,16 @@ def worker_main(dispatcher: str, port: int) -> None:
     server.join()
 
 
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds so far of this process (every thread) and of ``pids`` (Linux ``/proc``)."""
+    t = os.times()
+    total = t.user + t.system
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return total
+
+
 def run_config(name: str, paths: list[str]) -> dict:
     """One configuration in this (fresh) process: {'images', 'seconds', 'images_per_s', ...} or {'error'}."""
     import tensorflow as tf
@@ -116,15 +129,17 @@ def run_config(name: str, paths: list[str]) -> dict:
             list(warm)  # the workers answer requests before the clock starts
             ds = ds.apply(tf.data.experimental.service.distribute(processing_mode=mode, service=dispatcher.target,
                                                                    job_name=f"bench-{os.getpid()}"))
-        t0 = time.perf_counter()
+        pids = [p.pid for p in procs]
+        c0, t0 = _cpu_seconds(pids), time.perf_counter()
         n, first = 0, None
         for batch in ds:
             n += int(batch.shape[0])
             if first is None:
                 first = time.perf_counter() - t0
         sec = time.perf_counter() - t0
+        cpu = _cpu_seconds(pids) - c0
         return {"images": n, "seconds": round(sec, 2), "first_batch_seconds": round(first or 0, 2),
-                "images_per_s": round(n / sec, 1)}
+                "images_per_s": round(n / sec, 1), "cpu_seconds": round(cpu, 2), "cpu_ms_per_image": round(1000 * cpu / n, 2)}
     except Exception as exc:  # noqa: BLE001 - a failing configuration is a result
         msg = str(exc).splitlines()[0] if str(exc) else ""
         return {"error": f"{type(exc).__name__}: ...{msg.rsplit('Failed to get element: ', 1)[-1][:200]}"}
@@ -153,9 +168,11 @@ def write(doc: dict, stem: str) -> None:
     md = [f"# tf.data service benchmark {doc['date']}", "", f"`{doc['command']}`", "",
           f"{doc['images']} generated 256 px JPEGs (`{doc['data']}`) -> {SIZE} px uint8, batch {BATCH}; {doc['machine']}; "
           f"TensorFlow {doc['tensorflow']}.", "",
-          markdown_table(doc["rows"], ["config", "repeat", "images", "seconds", "first_batch_seconds", "images_per_s", "error",
+          markdown_table(doc["rows"], ["config", "repeat", "images", "seconds", "first_batch_seconds", "images_per_s",
+                                       "cpu_ms_per_image", "error",
                                        "load_avg_end"]), "",
-          markdown_table(doc["summary"], ["config", "median_images_per_s", "range", "vs_local_tf"]), ""]
+          markdown_table(doc["summary"], ["config", "median_images_per_s", "range", "vs_local_tf",
+                                          "median_cpu_ms_per_image"]), ""]
     atomic_write_text(RESULTS / f"{stem}.md", "\n".join(md))
 
 
@@ -188,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     plist = Path(f"/tmp/tfdata_service_paths_{stamp}.txt")
     plist.write_text("\n".join(paths))
-    doc = {"date": stamp, "command": "python -m benchmarks.tfdata_service_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+    cli = " ".join(argv if argv is not None else sys.argv[1:])
+    doc = {"date": stamp, "command": f"python -m benchmarks.tfdata_service_bench {cli}",
            "data": str(data), "images": len(paths), "machine": MACHINE, "tensorflow": tf.__version__, "rows": [], "summary": []}
     configs = args.configs.split(",")
     for rep in range(1, args.repeats + 1):
@@ -202,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         v = sorted(r["images_per_s"] for r in doc["rows"] if r["config"] == name and "images_per_s" in r)
         med = round(float(statistics.median(v)), 1) if v else None
         base = med if name == "local_tf" else base
-        doc["summary"].append({"config": name, "median_images_per_s": med, "range": f"{v[0]:g}-{v[-1]:g}" if v else None})
+        cpu = [r["cpu_ms_per_image"] for r in doc["rows"] if r["config"] == name and "cpu_ms_per_image" in r]
+        doc["summary"].append({"config": name, "median_images_per_s": med, "range": f"{v[0]:g}-{v[-1]:g}" if v else None,
+                               "median_cpu_ms_per_image": round(float(statistics.median(cpu)), 2) if cpu else None})
     for s in doc["summary"]:
         s["vs_local_tf"] = round(s["median_images_per_s"] / base, 2) if base and s["median_images_per_s"] else None
     write(doc, f"tfdata_service_{stamp}")
