@@ -211,13 +211,19 @@ def summarize_ab(files: list[str]) -> int:
     mean = {s: float(np.mean([r["wall_seconds"] for r in rows if r["side"] == s and r["exit_code"] == 0] or [np.nan]))
             for s in ("old", "new")}
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    doc = {"date": stamp, "machine": MACHINE, "rows": rows, "mean_wall_seconds": mean,
-           "new_over_old": round(mean["new"] / mean["old"], 3), "target": "new / old <= 1.10 (issue 24)"}
+    median = {s: float(np.median([r["wall_seconds"] for r in rows if r["side"] == s and r["exit_code"] == 0] or [np.nan]))
+              for s in ("old", "new")}
+    pairs = [round(b["wall_seconds"] / a["wall_seconds"], 2) for a, b in zip(rows[::2], rows[1::2])]
+    doc = {"date": stamp, "machine": MACHINE, "rows": rows, "mean_wall_seconds": mean, "median_wall_seconds": median,
+           "new_over_old": round(mean["new"] / mean["old"], 3), "new_over_old_median": round(median["new"] / median["old"], 3),
+           "new_over_old_per_pair": pairs, "target": "new / old <= 1.10 (issue 24)"}
     atomic_write_text(RESULTS / f"scale_ab_{stamp}.json", json.dumps(doc, indent=2))
     md = [f"# 1-worker wall time, old vs new, {stamp}", "", f"{MACHINE}", "",
           markdown_table(rows, ["order", "side", "commit", "edgetl_commit", *AB_COLUMNS]), "",
           f"Mean wall time: old {mean['old']:.1f} s, new {mean['new']:.1f} s; new / old = {doc['new_over_old']} "
-          "(target <= 1.10).", ""]
+          "(target <= 1.10).", "",
+          f"Median: old {median['old']:.1f} s, new {median['new']:.1f} s; new / old = {doc['new_over_old_median']}. "
+          f"Per pair (new / old): {', '.join(map(str, pairs))}.", ""]
     atomic_write_text(RESULTS / f"scale_ab_{stamp}.md", "\n".join(md))
     print(f"wrote {RESULTS / f'scale_ab_{stamp}'}.json and .md")
     return 0
