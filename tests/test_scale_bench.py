@@ -68,3 +68,17 @@ def test_tfdata_pipelines_decode_to_model_inputs(tmp_path):
     pre = Preprocessing(input_size=(224, 224), resize="mediapipe")
     first = next(iter(tb.pipeline(paths[:1], "edgetl"))).numpy()[0]
     assert np.array_equal(first, prepare(paths[0], pre))  # edgetl's own preprocessing, not a look-alike
+
+
+def test_ab_summary_pairs_old_and_new_in_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(scale_bench, "RESULTS", tmp_path / "out")
+    files = []
+    for i, wall in enumerate([60.0, 66.0, 50.0, 45.0]):  # old, new, old, new
+        f = tmp_path / f"r{i}.json"
+        f.write_text(json.dumps({"commit": "abc", "edgetl_commit": "def", "repo": str(tmp_path),
+                                 "rows": [{"images": 2000, "exit_code": 0, "wall_seconds": wall}]}))
+        files.append(str(f))
+    assert scale_bench.main(["--summarize-ab", *files]) == 0
+    doc = json.loads(next((tmp_path / "out").glob("scale_ab_*.json")).read_text())
+    assert [r["side"] for r in doc["rows"]] == ["old", "new", "old", "new"]
+    assert doc["new_over_old"] == round(55.5 / 55.0, 3) and doc["new_over_old_per_pair"] == [1.1, 0.9]
