@@ -309,12 +309,12 @@ def prepare_batch(paths: Sequence[str | Path], pre: Preprocessing,
     h, w = pre.input_size
     if not paths:
         return np.zeros((0, h, w, 3), np.uint8)
-    out = []
+    out = np.empty((len(paths), h, w, 3), np.uint8)  # filled in place: one copy of the pixels, not a list + a stack
     for i, p in enumerate(paths):
-        out.append(prepare(p, pre))
+        out[i] = prepare(p, pre)
         if progress is not None:
             progress(i + 1, len(paths))
-    return np.stack(out)
+    return out
 
 
 def normalize(pixels: np.ndarray, pre: Preprocessing) -> np.ndarray:

@@ -370,16 +370,18 @@ def prepare_images(samples: list[Any], pre: Any,
     from edgetl.preprocess import prepare
 
     h, w = pre.input_size
-    px, labels, bad = [], [], []
+    pixels = np.empty((len(samples), h, w, 3), np.uint8)  # filled in place: one copy of the pixels
+    labels, bad = [], []
     for i, s in enumerate(samples):
         try:
-            px.append(prepare(s.path, pre))
+            pixels[len(labels)] = prepare(s.path, pre)
             labels.append(s.label)
         except EdgetlError as exc:
             bad.append(f"skipped unreadable image: {exc}")
         if progress is not None:
             progress(i + 1, len(samples))
-    pixels = np.stack(px) if px else np.zeros((0, h, w, 3), np.uint8)
+    if len(labels) < len(samples):
+        pixels = pixels[:len(labels)].copy()
     return pixels, np.array(labels, dtype=np.int64), bad
 
 

@@ -17,6 +17,7 @@ class KerasRunner:
     runtime = "tensorflow"
     precision = "fp32"
     device = "cpu"
+    CHUNK = 256  # images converted to float32 and handed to Keras per predict call
 
     def __init__(self, model: Any, labels: list[str], preprocessing: Preprocessing, batch_size: int = 32):
         self.model = model
@@ -25,11 +26,13 @@ class KerasRunner:
         self.batch_size = batch_size
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
-        x = np.asarray(pixels, dtype=np.float32)
+        x = np.asarray(pixels)
         if len(x) == 0:
             return np.zeros((0, len(self.labels)), np.float32)
-        out = self.model.predict(x, batch_size=self.batch_size, verbose=0)
-        return np.asarray(out, dtype=np.float32)
+        # float32 copies of CHUNK images at a time (4x the uint8 pixels), not of the whole set
+        outs = [self.model.predict(x[i:i + self.CHUNK].astype(np.float32), batch_size=self.batch_size, verbose=0)
+                for i in range(0, len(x), self.CHUNK)]
+        return np.asarray(np.concatenate(outs), dtype=np.float32)
 
     @property
     def threads(self) -> int | None:

@@ -197,9 +197,9 @@ class TFLiteRunner:
         n = len(x)
         if n == 0:
             return np.zeros((0, self.num_classes), np.float32)
-        feed = self._quantize_input(x)
         step = self.max_batch if self.dynamic_batch else int(self._in["shape"][0])
-        outs = [self._run(feed[i:i + step]) for i in range(0, n, step)]
+        # The input conversion (floats: 4x the pixels) one step at a time, never for the whole set at once.
+        outs = [self._run(self._quantize_input(x[i:i + step])) for i in range(0, n, step)]
         return np.concatenate(outs).reshape(n, -1)
 
     def timer(self, pixels: np.ndarray) -> Callable[[], Any]:
