@@ -242,6 +242,16 @@ def distributed_train_data(strategy: Any, count: int, smallest: int, global_batc
     return strategy.distribute_datasets_from_function(fn), steps
 
 
+def sharded_train_data(strategy: Any, shard: tuple[int, int], n: int, views: int, global_batch: int,
+                       make: Any) -> tuple[Any, int]:
+    """:func:`distributed_train_data` of worker ``shard[0]`` of ``shard[1]`` whose rows are its
+    :func:`shard_rows` of ``n`` (``views`` training rows each): the head's and the fine-tune's input.
+    Returns (distributed dataset, steps per epoch, the same on every worker)."""
+    workers = shard[1]
+    smallest = min(len(shard_rows(n, k, workers)) for k in range(workers)) * views
+    return distributed_train_data(strategy, workers, smallest, global_batch, make)
+
+
 def keras_private_names() -> dict[str, bool]:
     """The private Keras names the two multi-worker fixes below rely on, and whether this Keras has
     them (tests/test_distributed.py fails when the pinned Keras renames one)."""

@@ -101,25 +101,39 @@ def fine_tune_summary(doc: dict[str, Any]) -> str:
     return f"fine-tuning did not help on val: head-only model restored ({doc['reason']})"
 
 
-def _fine_tune_data(r: _Run) -> tuple[Any, Any, int]:
-    """(training dataset, validation dataset, training examples): cached activations read back a batch
-    at a time (:mod:`edgetl.train.activations`), or images decoded from the files as they are read
-    (:func:`edgetl.data.files_dataset`); nothing holds every decoded image."""
+def _fine_tune_data(r: _Run) -> tuple[Any, Any, int, int]:
+    """(training dataset, validation dataset, training examples, steps per epoch): cached activations read
+    back a batch at a time (:mod:`edgetl.train.activations`), or images decoded from the files as they are
+    read (:func:`edgetl.data.files_dataset`); nothing holds every decoded image. On images in a sharded
+    multi-worker run each worker streams only its own files (its :func:`shard_rows`, the rows it embedded),
+    through the head's :func:`sharded_train_data`: per-replica batch, the same steps on every worker.
+    The val set is every val file on every worker (the same val loss everywhere, as in the head phase)."""
     from edgetl.data import files_dataset
     from edgetl.train.activations import activation_dataset
+    from edgetl.train.distribute import shard_rows, sharded_train_data
 
     cfg = r.cfg
     if r.tail is not None:
         ft_ds = activation_dataset(r.act_tr, r.y_views, r.n_cls, cfg.batch_size, cfg.seed + 1,
                                    sample_weight=_sample_weights(r, r.y_views))
         ft_val = activation_dataset(r.act_va, r.yva, r.n_cls, cfg.batch_size, 0, shuffle=False, sample_weight=r.va_sw)
-        return ft_ds, ft_val, len(r.y_views)
+        return ft_ds, ft_val, len(r.y_views), int(np.ceil(len(r.y_views) / cfg.batch_size))
     pre, max_px = r.spec.preprocessing, cfg.max_pixels or None
-    ft_ds = files_dataset(r.ds.train.paths, r.ytr, r.n_cls, cfg.batch_size, cfg.seed + 1, pre, max_px,
-                          sample_weight=_sample_weights(r, r.ytr), augmenter=r.augmenter)
+    rows = list(shard_rows(len(r.ytr), *r.shard)) if r.shard is not None else list(range(len(r.ytr)))
+    paths, y = [r.ds.train.paths[i] for i in rows], r.ytr[rows]
+
+    def make(batch: int) -> Any:
+        return files_dataset(paths, y, r.n_cls, batch, cfg.seed + 1, pre, max_px,
+                             sample_weight=_sample_weights(r, y), augmenter=r.augmenter)
+
     ft_val = files_dataset(r.ds.val.paths, r.yva, r.n_cls, cfg.batch_size, 0, pre, max_px, shuffle=False,
                            sample_weight=r.va_sw)
-    return ft_ds, ft_val, len(r.ytr)
+    if r.shard is None:
+        return make(cfg.batch_size), ft_val, len(r.ytr), int(np.ceil(len(r.ytr) / cfg.batch_size))
+    ft_ds, steps = sharded_train_data(r.strategy, r.shard, len(r.ytr), 1, cfg.batch_size, make)
+    _log(cfg, f"worker {r.shard[0]}: fine-tunes on its own {len(paths)} of {len(r.ytr)} train images, {steps} steps "
+              f"per epoch (global batch {cfg.batch_size} over {r.strategy.num_replicas_in_sync} replicas)")
+    return ft_ds, ft_val, len(r.ytr), steps
 
 
 def _fit_fine_tune(r: _Run) -> None:
@@ -136,8 +150,8 @@ def _fit_fine_tune(r: _Run) -> None:
         layer.trainable = layer.name in r.unfrozen and not isinstance(layer, keras.layers.BatchNormalization)
     r.ft_model = model = r.tail if r.tail is not None else r.full
     r.ft_mode = "cached-activations" if r.tail is not None else "images"
-    ft_ds, ft_val, n_train = _fine_tune_data(r)
-    steps = int(np.ceil(n_train / cfg.batch_size)) * cfg.fine_tune_epochs
+    ft_ds, ft_val, n_train, epoch_steps = _fine_tune_data(r)
+    steps = epoch_steps * cfg.fine_tune_epochs
     warm = int(steps * cfg.warmup_fraction)
     peak = cfg.resolved_fine_tune_lr
     schedule = keras.optimizers.schedules.CosineDecay(0.0 if warm else peak, max(steps - warm, 1), alpha=0.0,

@@ -30,7 +30,7 @@ def _train_data(r: _Run, sample_weight: np.ndarray | None) -> Any:
     own embeddings through ``distribute_datasets_from_function`` (no training row crosses workers:
     only the gradients are all-reduced)."""
     from edgetl.data import training_dataset
-    from edgetl.train.distribute import distributed_train_data, shard_rows
+    from edgetl.train.distribute import shard_rows, sharded_train_data
 
     cfg = r.cfg
 
@@ -39,10 +39,8 @@ def _train_data(r: _Run, sample_weight: np.ndarray | None) -> Any:
 
     if r.shard is None:
         return make(cfg.batch_size)
-    workers = r.shard[1]
     views = len(r.emb_tr) // max(1, len(shard_rows(len(r.ytr), *r.shard)))
-    smallest = min(len(shard_rows(len(r.ytr), k, workers)) for k in range(workers)) * views
-    ds, steps = distributed_train_data(r.strategy, workers, smallest, cfg.batch_size, make)
+    ds, steps = sharded_train_data(r.strategy, r.shard, len(r.ytr), views, cfg.batch_size, make)
     _log(cfg, f"worker {r.shard[0]}: the head trains on its own {len(r.emb_tr)} embeddings, {steps} steps per epoch "
               f"(global batch {cfg.batch_size} over {r.strategy.num_replicas_in_sync} replicas)")
     return ds
