@@ -176,7 +176,7 @@ edgetl.train.train = lambda cfg, **kw: _train(cfg.replace(cache_limit_mb=0), **k
 from edgetl.cli import main
 sys.exit(main(sys.argv[1:]))
 """
-FT = ["--backbone", "tiny_cnn", "--weights", "none", "--strategy", "fine-tune", "--epochs", "5", "--lr", "0.05",
+FT = ["--backbone", "tiny_cnn", "--weights", "none", "--strategy", "fine-tune", "--epochs", "3", "--lr", "0.1", "--fine-tune-lr", "0.01",
       "--fine-tune-epochs", "2", "--batch-size", "8", "--augment-views", "0", "--patience", "0", "--seed", "3"]
 
 
@@ -203,7 +203,7 @@ def test_multi_worker_fine_tune_on_images_streams_only_its_shard(image_folder, t
         log = (tmp_path / f"w{i}.err").read_text()
         assert f"worker {i}: fine-tunes on its own {per[i]} of {n_train} train images" in log, log[-2000:]
         assert "on images" in log
-    assert m["epochs_run"] == m1["epochs_run"] == {"head": 5, "fine_tune": 2}
+    assert m["epochs_run"] == m1["epochs_run"] == {"head": 3, "fine_tune": 2}
     assert m["val"]["total"] == n_val
     val = [next(line for line in o.splitlines() if line.startswith("val accuracy")) for o in outs]
     assert val[0] == val[1], val  # synchronous: both workers end with the same model
