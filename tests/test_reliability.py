@@ -48,9 +48,16 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
+def _default_sigint() -> None:
+    # A shell without job control starts background jobs with SIGINT ignored, and an ignored signal stays
+    # ignored across exec: the child gets the default handler back, as in a terminal (Python then installs its own).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _edgetl(*args: str, **env: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "edgetl", *map(str, args)], env=_env(**env),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_default_sigint)
 
 
 def _wait_for(pred, timeout: float, proc: subprocess.Popen | None = None, what: str = "") -> None:
