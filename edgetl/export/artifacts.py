@@ -123,14 +123,29 @@ class ExportContext:
         the same model, quantization and calibration images shares one calibration pass."""
         import json
 
+        from edgetl.export import act_ranges
         from edgetl.export.tflite import tflite_calibrated_model
 
-        key = (json.dumps(quant.with_(float_nodes=()).to_dict(), sort_keys=True, default=str), id(model), len(calib))
+        # the min/max calibration pass is shared by every range choice (edgetl.export.act_ranges)
+        key = (json.dumps(quant.with_(float_nodes=(), calib_method="minmax").to_dict(), sort_keys=True, default=str),
+               id(model), len(calib))
+        method = quant.calib_method
 
         def get(factory: Callable[[], Any]) -> bytes:
             if key not in self.calibrated:
                 self.calibrated[key] = tflite_calibrated_model(factory)
-            return self.calibrated[key]
+            if method not in act_ranges.METHODS:
+                return self.calibrated[key]
+            if key + (method,) not in self.calibrated:
+                t0 = time.perf_counter()
+                raw, summary = act_ranges.tflite_ranges(self.calibrated[key], act_ranges.representative_samples(factory()),
+                                                        method)
+                self.calibrated[key + (method,)] = raw
+                line = (f"activation ranges: {method} per tensor ({summary['tensors']} tensors, median range "
+                        f"{summary['median_range_fraction']:.2f} of min/max), {time.perf_counter() - t0:.0f} s")
+                self.quant_models[("note", "ranges", method, id(model))] = line
+                self.say(f"  int8 {line}")
+            return self.calibrated[key + (method,)]
 
         return get
 
@@ -226,6 +241,9 @@ def build_artifact_bytes(ctx: ExportContext, fmt: ExportFormat, quant: Quantizat
             notes += _rounding_note(ctx, quant)
         raw = tflite.convert(model, quant, calib, affine,
                              calibrated=ctx.calibrated_for(quant, model, calib) if quant.mode == "int8" else None)
+        ranges_note = ctx.quant_models.get(("note", "ranges", quant.calib_method, id(model)))
+        if ranges_note and quant.mode == "int8":
+            notes.append(ranges_note)
         sha = hashlib.sha256(raw).hexdigest()
         io_type = quant.io_type if quant.mode == "int8" else "float32"
         data, meta_warns = metadata.populate_tflite(raw, ctx.facts(fmt, io_type, **extra))

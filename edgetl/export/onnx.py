@@ -77,7 +77,7 @@ class _Reader:
         self.i = 0
 
 
-_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile", "mse": "MinMax"}
 
 #: Histogram bins for Entropy (KL) calibration, as TensorRT's calibrator uses: 2048 bins searched for
 #: the 128-bin window that loses the least information. ONNX Runtime's ``quantize_static`` uses 128
@@ -197,6 +197,14 @@ def quantize(proto: Any, calib_pixels: np.ndarray, quant: QuantizationConfig) ->
         cache: dict[str, Any] = {}
         if quant.calib_method in ("entropy", "percentile"):
             cache = _histogram_ranges(quant.calib_method, src, Path(tmp), input_name, calib_pixels, notes)
+        elif quant.calib_method == "mse":  # edgetl's per-tensor choice from ORT's histograms, as a MinMax cache
+            from edgetl.export import act_ranges
+
+            path, summary = act_ranges.onnx_ranges("mse", src, Path(tmp), lambda px: _Reader(input_name, px),
+                                                   calib_pixels, HISTOGRAM_CHUNK)
+            cache = {"calibration_cache_path": str(path)}
+            notes.append(f"activation ranges: mse per tensor ({summary['tensors']} tensors, median range "
+                         f"{summary['median_range_fraction']:.2f} of min/max)")
         try:
             quantize_static(
                 str(src),
