@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tflite", default="minmax,mse,percentile")
     ap.add_argument("--onnx", default="minmax,mse,percentile,entropy")
     ap.add_argument("--low-margin", action="store_true")
+    ap.add_argument("--low-margin-only", default=None, metavar="TEXT",
+                    help="the low-margin candidate only for the runs whose folder name contains TEXT")
     ap.add_argument("--name", default=None, help="results file name part (default: the data folder's name)")
     args = ap.parse_args(argv)
     for r in args.runs:
@@ -194,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     split = lambda s: [x for x in s.split(",") if x]  # noqa: E731
     for run_dir in args.runs:
         t0 = time.perf_counter()
-        rows.append(bench_run(run_dir, args.work, split(args.tflite), split(args.onnx), args.low_margin))
+        lm = args.low_margin or bool(args.low_margin_only and args.low_margin_only in run_dir.name)
+        rows.append(bench_run(run_dir, args.work, split(args.tflite), split(args.onnx), lm))
         rows[-1]["seconds"] = round(time.perf_counter() - t0, 1)
         result = {"dataset": name, "date": now.isoformat(timespec="seconds"),
                   "cpu": cpu_info().get("model", platform.processor()), "rows": rows}

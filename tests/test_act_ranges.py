@@ -139,3 +139,32 @@ def test_onnx_mse_ranges_change_the_scales_and_agree_with_minmax():
         x = pixels[:8]
         y1, y2 = OnnxRunner(p1).predict(x), OnnxRunner(p2).predict(x)
     assert np.abs(y1 - y2).max() < 0.2  # same model, a slightly different grid
+
+
+def test_export_with_mse_ranges_records_them_and_writes_other_files(tiny_run, tmp_path):
+    """ExportConfig.calib_method='mse' reaches both int8 files: the note in export.json, another graph
+    than min/max, the same uint8 input contract; min/max (the default) has no ranges note."""
+    from edgetl.export.api import ExportConfig, export_run
+
+    sha = {}
+    for method in ("minmax", "mse"):
+        res = export_run(tiny_run, ExportConfig(formats=("tflite_int8", "onnx_int8"), calib_samples=8, doctor=False,
+                                                quant_report=False, calib_method=method, out_dir=str(tmp_path / method)))
+        for fmt in ("tflite_int8", "onnx_int8"):
+            art = res.artifact(fmt)
+            assert art.error is None, art.error
+            assert art.quantization["calib_method"] == method
+            noted = [n for n in art.notes if n.startswith("activation ranges: mse")]
+            assert bool(noted) == (method == "mse"), art.notes
+            sha[(method, fmt)] = art.quantization["graph_sha256"]
+        assert res.artifact("tflite_int8").io["input_dtype"] == "uint8"
+    for fmt in ("tflite_int8", "onnx_int8"):
+        assert sha[("minmax", fmt)] != sha[("mse", fmt)]
+
+
+def test_bad_calib_method_is_a_usage_error():
+    from edgetl.errors import UsageError
+    from edgetl.export.api import ExportConfig
+
+    with pytest.raises(UsageError, match="calibration method"):
+        ExportConfig(int8=True, calib_method="kl").resolve_formats()
