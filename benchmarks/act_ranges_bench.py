@@ -169,11 +169,28 @@ def _markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _merge(files: list[Path], name: str) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from edgetl.report import atomic_write_text
+
+    parts = [json.loads(Path(f).read_text()) for f in files]
+    result = {"dataset": name, "date": _dt.datetime.now().isoformat(timespec="seconds"), "cpu": parts[0]["cpu"],
+              "merged_from": [Path(f).name for f in files], "rows": [r for p in parts for r in p["rows"]]}
+    stem = RESULTS / f"act_ranges_{name}_{_dt.datetime.now():%Y%m%d-%H%M%S}-merged"
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(result, indent=2, default=str))
+    atomic_write_text(stem.with_suffix(".md"), _markdown(result) + "\nMerged from " + ", ".join(result["merged_from"]) + ".\n")
+    print(_markdown(result))
+    print(f"wrote {stem}.json and .md")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("data", type=Path, help="the dataset folder the runs were trained on (for the results name)")
-    ap.add_argument("runs", type=Path, nargs="+")
-    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("runs", type=Path, nargs="*")
+    ap.add_argument("--work", type=Path)
+    ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                    help="write one results file from earlier results files of this benchmark (no runs)")
     ap.add_argument("--tflite", default="minmax,mse,percentile")
     ap.add_argument("--onnx", default="minmax,mse,percentile,entropy")
     ap.add_argument("--low-margin", action="store_true")
@@ -181,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="the low-margin candidate only for the runs whose folder name contains TEXT")
     ap.add_argument("--name", default=None, help="results file name part (default: the data folder's name)")
     args = ap.parse_args(argv)
+    if args.merge:
+        return _merge(args.merge, args.name or args.data.name)
+    if not args.runs or args.work is None:
+        print("runs and --work are needed (or --merge)", file=sys.stderr)
+        return 2
     for r in args.runs:
         if not (r / "model.keras").is_file():
             print(f"not a trained run: {r}", file=sys.stderr)

@@ -168,3 +168,36 @@ def test_bad_calib_method_is_a_usage_error():
 
     with pytest.raises(UsageError, match="calibration method"):
         ExportConfig(int8=True, calib_method="kl").resolve_formats()
+
+
+def test_doctor_offers_percentile_ranges_for_tflite_priced_as_one_histogram_pass():
+    from types import SimpleNamespace as NS
+
+    from edgetl.export import doctor
+    from edgetl.quant import QuantizationConfig
+
+    q = QuantizationConfig.for_int8(calib_samples=300)
+    art = NS(export_s=90.0, verify_s=5.0, format="tflite_int8", size_bytes=1000, quantization={"calib_samples_used": 300})
+    ctx = NS(calibrated={"cached": b""}, train_samples=list(range(50)), reports={"tflite_int8": [], "onnx_int8": []},
+             model=NS(count_params=lambda: 10_000),
+             config=NS(calib_samples=300, int8_quant=lambda: q, qat_time=120.0))
+    got = {r: (f, qq) for r, f, qq in doctor._remedies(ctx, art, 0)}
+    fmt, quant = got[doctor.RANGES_REMEDY]
+    assert fmt == "tflite_int8" and quant.calib_method == "percentile" and quant.rounding == "gptq"
+    onnx = {r for r, _, _ in doctor._remedies(ctx, NS(**{**vars(art), "format": "onnx_int8"}), 0)}
+    assert doctor.RANGES_REMEDY not in onnx and "Percentile calibration (99.999)" in onnx
+    c = doctor._Costs(ctx, art)
+    assert c.estimate(doctor.RANGES_REMEDY, quant) == doctor.RANGES_S_PER_IMAGE * 300 + 5.0 + 5.0
+    assert c.estimate(doctor.RANGES_REMEDY, quant) < c.estimate("round-to-nearest weights (no GPTQ)", q)
+
+
+def test_doctor_tries_percentile_ranges_on_the_tflite_file(tiny_run, tmp_path):
+    """--doctor on the tiny run: the remedy builds another file than the plain one and verifies it."""
+    from edgetl.export import doctor
+    from edgetl.export.api import ExportConfig, export_run
+
+    res = export_run(tiny_run, ExportConfig(formats=("tflite_int8",), calib_samples=8, doctor=True, quant_report=False,
+                                            out_dir=str(tmp_path / "out")))
+    (d,) = res.doctor
+    (a,) = [a for a in d["attempts"] if a["remedy"] == doctor.RANGES_REMEDY]
+    assert a["error"] is None and a["agreement"] is not None and "identical_to" not in a
