@@ -5,6 +5,8 @@ Generated histograms, and the tiny Lite-like models of test_ptq / test_onnx_int8
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -170,11 +172,21 @@ def test_bad_calib_method_is_a_usage_error():
         ExportConfig(int8=True, calib_method="kl").resolve_formats()
 
 
-def test_doctor_offers_percentile_ranges_for_tflite_priced_as_one_histogram_pass():
+def test_doctor_offers_the_other_tflite_ranges_priced_by_what_they_recompute():
+    """Default (auto: percentile in TFLite): the remedy is the converter's min/max (the cached calibration, a
+    quantization only); with min/max asked for, the remedy is percentile ranges (one histogram pass)."""
     from types import SimpleNamespace as NS
 
     from edgetl.export import doctor
     from edgetl.quant import QuantizationConfig
+
+    auto = QuantizationConfig.for_int8(calib_samples=300, calib_method="auto")
+    art0 = NS(export_s=90.0, verify_s=5.0, format="tflite_int8", size_bytes=1000, quantization={"calib_samples_used": 300})
+    ctx0 = NS(calibrated={"cached": b""}, train_samples=list(range(50)), reports={"tflite_int8": []},
+              model=NS(count_params=lambda: 10_000), config=NS(calib_samples=300, int8_quant=lambda: auto, qat_time=120.0))
+    got0 = {r: qq for r, _, qq in doctor._remedies(ctx0, art0, 0)}
+    assert doctor.RANGES_REMEDY not in got0 and got0[doctor.MINMAX_REMEDY].calib_method == "minmax"
+    assert doctor._Costs(ctx0, art0).estimate(doctor.MINMAX_REMEDY, got0[doctor.MINMAX_REMEDY]) == 10.0
 
     q = QuantizationConfig.for_int8(calib_samples=300)
     art = NS(export_s=90.0, verify_s=5.0, format="tflite_int8", size_bytes=1000, quantization={"calib_samples_used": 300})
@@ -191,13 +203,30 @@ def test_doctor_offers_percentile_ranges_for_tflite_priced_as_one_histogram_pass
     assert c.estimate(doctor.RANGES_REMEDY, quant) < c.estimate("round-to-nearest weights (no GPTQ)", q)
 
 
-def test_doctor_tries_percentile_ranges_on_the_tflite_file(tiny_run, tmp_path):
-    """--doctor on the tiny run: the remedy builds another file than the plain one and verifies it."""
+def test_doctor_tries_the_other_ranges_on_the_tflite_file(tiny_run, tmp_path):
+    """--doctor on the tiny run: the range remedy builds another file than the plain one and verifies it,
+    both ways round; the default export's TFLite file has percentile ranges, its ONNX file min/max."""
     from edgetl.export import doctor
     from edgetl.export.api import ExportConfig, export_run
 
-    res = export_run(tiny_run, ExportConfig(formats=("tflite_int8",), calib_samples=8, doctor=True, quant_report=False,
-                                            out_dir=str(tmp_path / "out")))
-    (d,) = res.doctor
-    (a,) = [a for a in d["attempts"] if a["remedy"] == doctor.RANGES_REMEDY]
-    assert a["error"] is None and a["agreement"] is not None and "identical_to" not in a
+    for method, remedy in (("auto", doctor.MINMAX_REMEDY), ("minmax", doctor.RANGES_REMEDY)):
+        res = export_run(tiny_run, ExportConfig(formats=("tflite_int8", "onnx_int8"), calib_samples=8, doctor=True,
+                                                quant_report=False, calib_method=method, out_dir=str(tmp_path / method)))
+        d = next(d for d in res.doctor if d["target"] == "tflite_int8")
+        (a,) = [a for a in d["attempts"] if a["remedy"] == remedy]
+        assert a["error"] is None and a["agreement"] is not None and "identical_to" not in a
+
+
+
+def test_default_export_has_percentile_ranges_in_tflite_and_minmax_in_onnx(tiny_run, tmp_path):
+    from edgetl.export.api import ExportConfig, export_run
+
+    res = export_run(tiny_run, ExportConfig(formats=("tflite_int8", "onnx_int8"), calib_samples=8, doctor=False,
+                                            quant_report=False, out_dir=str(tmp_path / "out")))
+    tfl, onx = res.artifact("tflite_int8"), res.artifact("onnx_int8")
+    assert tfl.quantization["calib_method"] == "percentile" and onx.quantization["calib_method"] == "minmax"
+    assert any(n.startswith("activation ranges: percentile") for n in tfl.notes), tfl.notes
+    assert not any(n.startswith("activation ranges") for n in onx.notes)
+    saved = json.loads((tmp_path / "out" / "export.json").read_text())
+    assert {a["format"]: a["quantization"]["calib_method"] for a in saved["artifacts"]} == {
+        "tflite_int8": "percentile", "onnx_int8": "minmax"}

@@ -76,8 +76,9 @@ class ExportConfig:
         threads: threads of the runtimes during verification (default: all cores).
         quant_report: write the per-layer quantization report of every int8 file
             (``quant_report_<format>.json`` and ``.png``).
-        calib_method: int8 activation ranges (Python API only): ``minmax`` (default, the converters'
-            own), ``mse`` or ``percentile`` per tensor (:mod:`edgetl.export.act_ranges`), ``entropy`` (ONNX).
+        calib_method: int8 activation ranges (Python API only): ``auto`` (default: percentile ranges
+            in the TFLite file, the converter's min/max in the ONNX file), ``minmax``, ``mse`` or
+            ``percentile`` per tensor (:mod:`edgetl.export.act_ranges`), ``entropy`` (ONNX).
         accept_changed_data: go on (with a loud warning in export.json) when the data folder no longer
             gives the split recorded in config.json; otherwise that is an error.
         doctor_time: seconds the doctor may spend (shared fairly by the int8 files it treats; no
@@ -108,7 +109,7 @@ class ExportConfig:
     quant_report: bool = True
     rounding: str = "gptq"
     rounding_samples: int = 64
-    calib_method: str = "minmax"
+    calib_method: str = "auto"
     doctor_time: float | None = None
     accept_changed_data: bool = False
 
