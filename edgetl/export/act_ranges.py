@@ -19,6 +19,8 @@ outputs keep their ranges.
 
 ONNX: :func:`onnx_ranges` histograms with ONNX Runtime's own collector (signed values, 2048 bins)
 and hands the chosen ranges to ``quantize_static`` as a MinMax calibration cache.
+
+``edgetl export`` uses :data:`AUTO`: percentile ranges in the TFLite file, min/max in the ONNX file.
 """
 
 from __future__ import annotations
@@ -36,10 +38,11 @@ PERCENTILE = 99.99
 #: fractions of the observed min / max that :func:`mse_range` tries for each end
 FRACTIONS = np.linspace(0.1, 1.0, 46)
 LEVELS = 256
-#: what ``calib_method="auto"`` (the export default) means per converter: measured on 4 sign_digits runs,
-#: percentile ranges never lost an image against min/max in the TFLite file and gained 12 of 1240 val and
-#: 9 of 1256 test images; in the ONNX file MSE ranges lost images on 2 of 3 runs and ORT's own Percentile
-#: did not help (README, "Activation ranges")
+#: what ``calib_method="auto"`` (the export default) means per converter: on 5 sign_digits feature-extraction
+#: runs (3 ordinary, 2 low-margin) percentile ranges never lost an image against min/max in the TFLite file
+#: and gained 12 of 1550 val and 11 of 1570 test images; in the ONNX file MSE ranges lost images on 4 of 5
+#: runs and ORT's own Percentile did not help (README, "Activation ranges";
+#: benchmarks/results/act_ranges_sign_digits_fe_20261205-233615-merged.md)
 AUTO = {"tflite": "percentile", "onnx": "minmax"}
 
 
