@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from edgetl.errors import UsageError
 
 IO_TYPES = ("uint8", "int8", "float32")
-CALIB_METHODS = ("minmax", "entropy", "percentile")
+CALIB_METHODS = ("minmax", "entropy", "percentile", "mse", "auto")
 MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
 #: how int8 weights are rounded: ``gptq`` (error-compensating, :mod:`edgetl.export.ptq`) or ``nearest``
 ROUNDINGS = ("gptq", "nearest")
@@ -32,7 +32,11 @@ class QuantizationConfig:
             image pixels go straight in, scale 1 / zero point 0), ``int8`` or ``float32``.
         calib_samples: training images used for calibration (stratified; all if fewer).
         per_channel: per-channel weight scales (ONNX; TFLite always uses per-channel conv weights).
-        calib_method: ONNX calibration: ``minmax``, ``entropy`` or ``percentile``.
+        calib_method: activation ranges: ``minmax`` (the converters' own), ``mse`` or ``percentile``
+            (per tensor from a histogram of the calibration images, :mod:`edgetl.export.act_ranges`;
+            ONNX ``percentile`` is ONNX Runtime's own), ``entropy`` (ONNX only; TFLite keeps min/max),
+            ``auto`` (what ``edgetl export`` uses: ``percentile`` for TFLite, ``minmax`` for ONNX; measured
+            in the README, "Activation ranges").
         seed: seed of the stratified calibration sample.
         float_nodes: layers kept in float in an otherwise 8-bit file (selective mixed precision,
             chosen by the quantization doctor from the per-layer report): TFLite tensor names

@@ -76,6 +76,9 @@ class ExportConfig:
         threads: threads of the runtimes during verification (default: all cores).
         quant_report: write the per-layer quantization report of every int8 file
             (``quant_report_<format>.json`` and ``.png``).
+        calib_method: int8 activation ranges (Python API only): ``auto`` (default: percentile ranges
+            in the TFLite file, the converter's min/max in the ONNX file), ``minmax``, ``mse`` or
+            ``percentile`` per tensor (:mod:`edgetl.export.act_ranges`), ``entropy`` (ONNX).
         accept_changed_data: go on (with a loud warning in export.json) when the data folder no longer
             gives the split recorded in config.json; otherwise that is an error.
         doctor_time: seconds the doctor may spend (shared fairly by the int8 files it treats; no
@@ -106,6 +109,7 @@ class ExportConfig:
     quant_report: bool = True
     rounding: str = "gptq"
     rounding_samples: int = 64
+    calib_method: str = "auto"
     doctor_time: float | None = None
     accept_changed_data: bool = False
 
@@ -145,6 +149,7 @@ class ExportConfig:
 
     def int8_quant(self) -> QuantizationConfig:
         return QuantizationConfig.for_int8(calib_samples=self.calib_samples, io_type=self.io_type, seed=self.seed,
+                                           calib_method=self.calib_method,
                                            rounding=self.rounding, rounding_samples=self.rounding_samples)
 
 

@@ -123,14 +123,29 @@ class ExportContext:
         the same model, quantization and calibration images shares one calibration pass."""
         import json
 
+        from edgetl.export import act_ranges
         from edgetl.export.tflite import tflite_calibrated_model
 
-        key = (json.dumps(quant.with_(float_nodes=()).to_dict(), sort_keys=True, default=str), id(model), len(calib))
+        # the min/max calibration pass is shared by every range choice (edgetl.export.act_ranges)
+        key = (json.dumps(quant.with_(float_nodes=(), calib_method="minmax").to_dict(), sort_keys=True, default=str),
+               id(model), len(calib))
+        method = act_ranges.resolve(quant.calib_method, "tflite")
 
         def get(factory: Callable[[], Any]) -> bytes:
             if key not in self.calibrated:
                 self.calibrated[key] = tflite_calibrated_model(factory)
-            return self.calibrated[key]
+            if method not in act_ranges.METHODS:
+                return self.calibrated[key]
+            if key + (method,) not in self.calibrated:
+                t0 = time.perf_counter()
+                raw, summary = act_ranges.tflite_ranges(self.calibrated[key], act_ranges.representative_samples(factory()),
+                                                        method)
+                self.calibrated[key + (method,)] = raw
+                line = (f"activation ranges: {method} per tensor ({summary['tensors']} tensors, median range "
+                        f"{summary['median_range_fraction']:.2f} of min/max), {time.perf_counter() - t0:.0f} s")
+                self.quant_models[("note", "ranges", method, id(model))] = line
+                self.say(f"  int8 {line}")
+            return self.calibrated[key + (method,)]
 
         return get
 
@@ -226,6 +241,11 @@ def build_artifact_bytes(ctx: ExportContext, fmt: ExportFormat, quant: Quantizat
             notes += _rounding_note(ctx, quant)
         raw = tflite.convert(model, quant, calib, affine,
                              calibrated=ctx.calibrated_for(quant, model, calib) if quant.mode == "int8" else None)
+        from edgetl.export.act_ranges import resolve
+
+        ranges_note = ctx.quant_models.get(("note", "ranges", resolve(quant.calib_method, "tflite"), id(model)))
+        if ranges_note and quant.mode == "int8":
+            notes.append(ranges_note)
         sha = hashlib.sha256(raw).hexdigest()
         io_type = quant.io_type if quant.mode == "int8" else "float32"
         data, meta_warns = metadata.populate_tflite(raw, ctx.facts(fmt, io_type, **extra))
@@ -239,6 +259,8 @@ def build_artifact_bytes(ctx: ExportContext, fmt: ExportFormat, quant: Quantizat
             notes.append(f"input normalization carried by the uint8 input's quantization (scale {affine.scale:g}, "
                          f"zero point {affine.uint8_zero_point}): raw pixels in, no normalization op")
         qd = quant.to_dict()
+        if quant.mode == "int8":
+            qd["calib_method"] = resolve(quant.calib_method, "tflite")
         qd["calib_samples_used"] = 0 if calib is None else int(len(calib))
         qd["graph_sha256"] = sha  # the converted graph before metadata: equal for two remedies that made the same model
         return data, {"quantization": qd, "io": io}, notes, warns
@@ -261,6 +283,9 @@ def build_artifact_bytes(ctx: ExportContext, fmt: ExportFormat, quant: Quantizat
         proto, qnotes = onnx_export.quantize(source, calib, quant)
         notes += qnotes
         qd = quant.to_dict()
+        from edgetl.export.act_ranges import resolve
+
+        qd["calib_method"] = resolve(quant.calib_method, "onnx")
         qd["io_type"] = "float32"
         qd["calib_samples_used"] = int(len(calib))
         qd["graph_sha256"] = hashlib.sha256(proto.SerializeToString()).hexdigest()

@@ -77,7 +77,7 @@ class _Reader:
         self.i = 0
 
 
-_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile", "mse": "MinMax"}
 
 #: Histogram bins for Entropy (KL) calibration, as TensorRT's calibrator uses: 2048 bins searched for
 #: the 128-bin window that loses the least information. ONNX Runtime's ``quantize_static`` uses 128
@@ -192,11 +192,22 @@ def quantize(proto: Any, calib_pixels: np.ndarray, quant: QuantizationConfig) ->
         except Exception as exc:  # noqa: BLE001 - pre-processing is an optimization, not a requirement
             notes.append(f"quant_pre_process failed ({type(exc).__name__}); quantized the plain float graph")
         extra = {}
-        if quant.calib_method == "percentile":
+        from edgetl.export.act_ranges import resolve
+
+        method = resolve(quant.calib_method, "onnx")
+        if method == "percentile":
             extra["CalibPercentile"] = PERCENTILE
         cache: dict[str, Any] = {}
-        if quant.calib_method in ("entropy", "percentile"):
-            cache = _histogram_ranges(quant.calib_method, src, Path(tmp), input_name, calib_pixels, notes)
+        if method in ("entropy", "percentile"):
+            cache = _histogram_ranges(method, src, Path(tmp), input_name, calib_pixels, notes)
+        elif method == "mse":  # edgetl's per-tensor choice from ORT's histograms, as a MinMax cache
+            from edgetl.export import act_ranges
+
+            path, summary = act_ranges.onnx_ranges("mse", src, Path(tmp), lambda px: _Reader(input_name, px),
+                                                   calib_pixels, HISTOGRAM_CHUNK)
+            cache = {"calibration_cache_path": str(path)}
+            notes.append(f"activation ranges: mse per tensor ({summary['tensors']} tensors, median range "
+                         f"{summary['median_range_fraction']:.2f} of min/max)")
         try:
             quantize_static(
                 str(src),
@@ -206,7 +217,7 @@ def quantize(proto: Any, calib_pixels: np.ndarray, quant: QuantizationConfig) ->
                 per_channel=quant.per_channel,
                 activation_type=getattr(QuantType, ACTIVATION_TYPE),
                 weight_type=getattr(QuantType, WEIGHT_TYPE),
-                calibrate_method=getattr(CalibrationMethod, _METHODS[quant.calib_method]),
+                calibrate_method=getattr(CalibrationMethod, _METHODS[method]),
                 nodes_to_exclude=list(dict.fromkeys([*quant.float_nodes, *float_edges(onnx.load(str(src)))])) or None,
                 extra_options=extra,
                 **cache,
