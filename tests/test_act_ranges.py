@@ -43,9 +43,21 @@ def test_mse_range_clips_a_rare_tail_but_not_a_uniform_tensor():
 def test_percentile_range_drops_the_tails_and_holds_zero():
     rng = np.random.default_rng(1)
     v = np.concatenate([rng.uniform(1, 2, 1_000_000), [100.0]])
-    lo, hi = act_ranges.percentile_range(*_hist(v, 8192))
+    hist, edges = _hist(v, 8192)
+    width = edges[1] - edges[0]
+    lo, hi = act_ranges.percentile_range(hist, edges)
     assert lo == 0.0  # widened to hold 0 (every int8 range does)
-    assert 1.9 < hi < 3.0
+    # the right edge of the bin holding the 99.99 % quantile, not the outlier's 100
+    assert np.quantile(v, 0.9999) <= hi <= np.quantile(v, 0.9999) + width
+    lo, hi = act_ranges.percentile_range(hist, edges, percentile=99.0)
+    assert np.quantile(v, 0.99) <= hi <= np.quantile(v, 0.99) + width
+    # two-sided: the low tail is cut at the 0.01 % quantile when the range already holds 0
+    w = np.concatenate([rng.normal(0, 1, 1_000_000), [-80.0, 90.0]])
+    hist, edges = _hist(w, 8192)
+    width = edges[1] - edges[0]
+    lo, hi = act_ranges.percentile_range(hist, edges)
+    assert np.quantile(w, 0.0001) - width <= lo <= np.quantile(w, 0.0001)
+    assert np.quantile(w, 0.9999) <= hi <= np.quantile(w, 0.9999) + width
 
 
 def test_unknown_method_is_refused():
