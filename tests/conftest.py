@@ -75,6 +75,16 @@ def _embed_cache_dir(tmp_path_factory):
         os.environ["EDGETL_EMBED_CACHE"] = old
 
 
+@pytest.fixture
+def small_shards(monkeypatch, tmp_path) -> Path:
+    """Embedding-cache shards of one batch (so tiny sets span several shards), in a per-test cache folder."""
+    from edgetl import embed_cache
+
+    monkeypatch.setattr(embed_cache, "SHARD_BATCHES", 1)
+    monkeypatch.setenv("EDGETL_EMBED_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
 def shared_dataset(name: str) -> Path:
     """Path to ``../shared/datasets/NAME``, or skip the test cleanly when it is absent."""
     p = DATASETS / name

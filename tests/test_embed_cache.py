@@ -25,13 +25,6 @@ def data(tmp_path_factory):
 
 
 @pytest.fixture
-def small_shards(monkeypatch, tmp_path):
-    monkeypatch.setattr(embed_cache, "SHARD_BATCHES", 1)
-    monkeypatch.setenv("EDGETL_EMBED_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
-@pytest.fixture
 def captured(monkeypatch):
     """The embeddings the head is trained on, and the number of frozen-base passes over a shard/split."""
     from edgetl.train import core, embed

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from conftest import make_image_folder
-from edgetl import embed_cache
 from edgetl.config import AugmentConfig, TrainConfig
 from edgetl.errors import EdgetlError
 
@@ -22,12 +21,6 @@ FAST = dict(backbone="tiny_cnn", weights="none", lr=0.03, epochs=3, fine_tune_ep
 def data(tmp_path_factory):
     # 60 train + 16 val images: more than one 32-image chunk per split (SHARD_BATCHES=1 below)
     return make_image_folder(tmp_path_factory.mktemp("data"), n_train=30, n_val=8, n_test=2)
-
-
-@pytest.fixture
-def small_shards(monkeypatch, tmp_path):
-    monkeypatch.setattr(embed_cache, "SHARD_BATCHES", 1)
-    monkeypatch.setenv("EDGETL_EMBED_CACHE", str(tmp_path / "cache"))
 
 
 def _train(data, out, **kw):
