@@ -9,7 +9,12 @@ the shard size); ``key.json`` in it says what that was. Shards of one part are j
 ``.npy`` file that the head reads memory-mapped.
 
 Location: ``$EDGETL_EMBED_CACHE``, else ``cache_dir()/embeddings`` (see :mod:`edgetl.models.weights`).
-Nothing is evicted: delete the folder to reclaim the space.
+
+Size: after each pass the cache is trimmed to ``$EDGETL_EMBED_CACHE_MAX_GB`` (default
+``DEFAULT_MAX_GB``; 0 keeps nothing but the folder just used): the least recently used key folders
+go first. A folder that a live process has open (a shared ``flock`` on its ``.inuse`` file, held
+while the run uses it) is never removed, nor is the one the run just used, even when it alone is
+over the limit. Removal renames the folder away first, so a reader never sees half of one.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -27,6 +34,10 @@ from edgetl.report import atomic_write, atomic_write_text
 
 CACHE_VERSION = 1
 ENV = "EDGETL_EMBED_CACHE"
+MAX_ENV = "EDGETL_EMBED_CACHE_MAX_GB"
+#: default size limit of the whole cache (GB = 1e9 bytes): about 2.6 million 1280-float32 embeddings
+DEFAULT_MAX_GB = 20.0
+INUSE = ".inuse"
 #: batches per shard: decoded pixels held at once are about ``SHARD_BATCHES * batch * H * W * 3`` bytes.
 SHARD_BATCHES = 16
 #: test hook: called as ``after_shard(part, index)`` after each shard is written (tests raise here to
@@ -93,10 +104,14 @@ class ShardCache:
         self.computed = 0
         self.reused = 0
         self.rows_computed = 0
+        self.evicted: dict[str, Any] = {"folders": 0, "bytes": 0}
+        self._inuse: Any = None
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             if not (self.folder / "key.json").is_file():
                 atomic_write_text(self.folder / "key.json", json.dumps(doc, indent=2, sort_keys=True, default=str))
+            os.utime(self.folder / "key.json")  # last used: the eviction order
+            self._inuse = _hold(self.folder / INUSE)
         except OSError as exc:
             raise EdgetlError(f"cannot write the embedding cache {self.folder}: {exc.strerror or exc} (set {ENV} to another folder)") from None
 
@@ -154,6 +169,106 @@ class ShardCache:
             tmp.unlink(missing_ok=True)
             raise
 
+    def trim(self, max_bytes: float | None = None) -> dict[str, Any]:
+        """Evict other key folders, least recently used first, until the cache is within ``max_bytes``
+        (default: :func:`max_bytes_limit`); returns (and adds to ``self.evicted``) what was removed."""
+        got = evict(self.folder.parent, max_bytes if max_bytes is not None else max_bytes_limit(), keep=self.folder)
+        self.evicted["folders"] += got["folders"]
+        self.evicted["bytes"] += got["bytes"]
+        return got
+
+    def close(self) -> None:
+        """Release the in-use lock (also released when the process exits)."""
+        if self._inuse is not None:
+            self._inuse.close()
+            self._inuse = None
+
     def to_dict(self) -> dict[str, Any]:
         return {"dir": str(self.folder), "key": self.key, "shard_size": self.shard_size,
-                "shards_computed": self.computed, "shards_reused": self.reused, "rows_computed": self.rows_computed}
+                "shards_computed": self.computed, "shards_reused": self.reused, "rows_computed": self.rows_computed,
+                "evicted_folders": self.evicted["folders"], "evicted_bytes": self.evicted["bytes"]}
+
+
+def max_bytes_limit() -> float:
+    """The cache's size limit in bytes, from ``$EDGETL_EMBED_CACHE_MAX_GB`` (a bad value: one-line error)."""
+    raw = os.environ.get(MAX_ENV)
+    if raw is None or raw.strip() == "":
+        return DEFAULT_MAX_GB * 1e9
+    try:
+        gb = float(raw)
+    except ValueError:
+        gb = -1.0
+    if not gb >= 0:  # also NaN
+        raise EdgetlError(f"{MAX_ENV} must be a number of GB >= 0, got {raw!r}")
+    return gb * 1e9
+
+
+def _hold(path: Path) -> Any:
+    """Open ``path`` with a shared ``flock`` (a sign that this folder is in use); None where flock is unavailable."""
+    fh = open(path, "a")  # noqa: SIM115 - held open for the lock's lifetime
+    try:
+        import fcntl
+
+        fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except (ImportError, OSError):
+        pass  # no flock here (or an exclusive holder mid-eviction): the run still works, only unprotected
+    return fh
+
+
+def _in_use(folder: Path) -> bool:
+    """Whether a live process holds ``folder``'s in-use lock (a non-blocking exclusive lock fails)."""
+    path = folder / INUSE
+    if not path.is_file():
+        return False
+    try:
+        import fcntl
+    except ImportError:
+        return True  # cannot tell: never remove
+    try:
+        with open(path, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    except OSError:
+        return True  # held by another process (or the lock cannot be taken): keep it
+    return False
+
+
+def _folder_bytes(folder: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(folder):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def evict(root: Path, max_bytes: float, keep: Path | None = None) -> dict[str, Any]:
+    """Remove key folders under ``root``, least recently used (``key.json``'s mtime) first, until the
+    folders left total at most ``max_bytes``; never ``keep`` nor a folder in use by a live process."""
+    folders = []
+    for d in (root.iterdir() if root.is_dir() else []):
+        if d.is_dir() and not d.name.startswith(".") and (d / "key.json").is_file():
+            try:
+                used = (d / "key.json").stat().st_mtime
+            except OSError:
+                continue
+            folders.append((used, d, _folder_bytes(d)))
+    total = sum(b for _, _, b in folders)
+    out: dict[str, Any] = {"folders": 0, "bytes": 0}
+    for _, d, size in sorted(folders, key=lambda t: t[0]):
+        if total <= max_bytes:
+            break
+        if (keep is not None and d.resolve() == keep.resolve()) or _in_use(d):
+            continue
+        trash = root / f".evicting-{d.name}-{os.getpid()}-{time.monotonic_ns()}"
+        try:
+            os.replace(d, trash)
+        except OSError:
+            continue
+        shutil.rmtree(trash, ignore_errors=True)
+        total -= size
+        out["folders"] += 1
+        out["bytes"] += size
+    return out

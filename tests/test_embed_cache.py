@@ -150,3 +150,56 @@ def test_unwritable_cache_falls_back_to_the_run_folder(data, tmp_path, monkeypat
     m = _metrics(res)
     assert m["embed_cache"]["dir"].startswith(str(res.run_dir / "embed_cache"))
     assert any("caching the embeddings in the run folder" in w for w in res.warnings)
+
+
+def _filled(root, what, rows=64, dim=100):
+    cache = ShardCache({"shard_size": 32, "what": what}, root=root)
+    cache.fill("a", rows, lambda start, stop: np.ones((stop - start, dim), np.float32))
+    return cache
+
+
+def test_eviction_removes_least_recently_used_first_and_never_the_kept_or_in_use(tmp_path):
+    old, mid, new = (_filled(tmp_path, w) for w in ("old", "mid", "new"))
+    for i, c in enumerate((old, mid, new)):
+        os.utime(c.folder / "key.json", (1_000_000 + i, 1_000_000 + i))  # last used: old < mid < new
+    size = embed_cache._folder_bytes(new.folder)
+    assert size > 64 * 100 * 4  # the shards are counted
+    for c in (old, mid):
+        c.close()
+    # room for two folders: the least recently used one goes, the one just used stays
+    got = new.trim(max_bytes=2 * size + 10)
+    assert got == {"folders": 1, "bytes": embed_cache._folder_bytes(mid.folder)}
+    assert not old.folder.exists() and mid.folder.exists() and new.folder.exists()
+    assert new.to_dict()["evicted_folders"] == 1
+    # a folder a live process holds is never removed, even with a limit of 0
+    again = ShardCache({"shard_size": 32, "what": "mid"}, root=tmp_path)  # reopens mid: holds its lock
+    assert again.folder == mid.folder
+    assert embed_cache.evict(tmp_path, 0, keep=new.folder)["folders"] == 0 and mid.folder.exists()
+    again.close()
+    assert embed_cache.evict(tmp_path, 0, keep=new.folder)["folders"] == 1 and not mid.folder.exists()
+    assert new.folder.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".evicting")]
+    new.close()
+
+
+def test_cache_size_limit_from_the_environment(monkeypatch):
+    from edgetl.errors import EdgetlError
+
+    monkeypatch.delenv(embed_cache.MAX_ENV, raising=False)
+    assert embed_cache.max_bytes_limit() == embed_cache.DEFAULT_MAX_GB * 1e9
+    monkeypatch.setenv(embed_cache.MAX_ENV, "0.5")
+    assert embed_cache.max_bytes_limit() == 0.5e9
+    for bad in ("-1", "lots", "nan"):
+        monkeypatch.setenv(embed_cache.MAX_ENV, bad)
+        with pytest.raises(EdgetlError, match=embed_cache.MAX_ENV):
+            embed_cache.max_bytes_limit()
+
+
+def test_a_run_trims_the_cache_to_its_limit(data, tmp_path, monkeypatch):
+    """Two runs with different keys and a 0 GB limit: the second run removes the first run's folder, keeps its own."""
+    monkeypatch.setenv("EDGETL_EMBED_CACHE", str(tmp_path / "cache"))
+    first = _metrics(_train(data, tmp_path / "a", augment=AugmentConfig(enabled=False), epochs=1))
+    monkeypatch.setenv(embed_cache.MAX_ENV, "0")
+    second = _metrics(_train(data, tmp_path / "b", augment=AugmentConfig(enabled=False), epochs=1, seed=7))
+    assert first["embed_cache"]["key"] != second["embed_cache"]["key"]
+    assert second["embed_cache"]["evicted_folders"] == 1
+    assert not os.path.exists(first["embed_cache"]["dir"]) and os.path.isdir(second["embed_cache"]["dir"])

@@ -211,6 +211,8 @@ def _train(cfg: TrainConfig, spec: Any, run_dir: Path, extra_callbacks: Sequence
         _evaluate(r)
     finally:
         close_stores(r)  # the fine-tune activation cache, and its files when it spilled to disk
+        if r.embed_cache is not None:
+            r.embed_cache.close()  # its in-use lock: other runs may evict the folder from now on
     return _write_run(r)
 
 

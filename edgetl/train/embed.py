@@ -155,6 +155,7 @@ def _pass_label(view: int, n_passes: int) -> str:
 def _open_embed_cache(r: _Run) -> Any:
     from edgetl import embed_cache
 
+    embed_cache.max_bytes_limit()  # a bad $EDGETL_EMBED_CACHE_MAX_GB fails now, not after the pass
     key = embed_cache.key_doc(r.spec, r.cfg, r.extractor.get_weights(), r.ds, augmented=r.augmenter is not None)
     try:
         r.embed_cache = embed_cache.ShardCache(key)
@@ -198,3 +199,9 @@ def _embed_streamed(r: _Run, n_passes: int, cache: Any) -> None:
     r.y_views = np.tile(np.asarray(r.ytr)[list(tr_rows)], n_passes - 1)
     if cache.reused:
         _log(cfg, f"embedding cache {cache.folder}: {cache.reused} shard(s) reused, {cache.computed} computed")
+    gone = cache.trim()  # least recently used other keys, down to $EDGETL_EMBED_CACHE_MAX_GB
+    if gone["folders"]:
+        from edgetl.embed_cache import MAX_ENV, max_bytes_limit
+
+        _log(cfg, f"embedding cache: removed {gone['folders']} least recently used folder(s) ({gone['bytes'] / 1e9:.2f} GB) "
+                  f"to stay within {max_bytes_limit() / 1e9:g} GB (${MAX_ENV})")
