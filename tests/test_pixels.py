@@ -3,7 +3,10 @@ within the pixel budget, else in a temporary file read back a chunk at a time; t
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +75,8 @@ def test_disk_reads_are_one_per_run_of_rows(monkeypatch):
     with _filled(PixelStore(9, (2, 2), budget=0), a) as disk:
         reads = []
         real = RowStore._read
-        monkeypatch.setattr(RowStore, "_read", lambda self, out, row, count, at: reads.append((row, count)) or real(self, out, row, count, at))
+        monkeypatch.setattr(RowStore, "_read",
+                            lambda self, out, row, count, at: reads.append((row, count)) or real(self, out, row, count, at))
         np.testing.assert_array_equal(disk[np.array([1, 2, 3, 7, 8, 0])][:], a[[1, 2, 3, 7, 8, 0]])
         assert reads == [(1, 3), (7, 2), (0, 1)]
 
@@ -138,29 +142,37 @@ def test_bench_spilled_to_disk_measures_the_same(tiny_run, monkeypatch, tmp_path
     from edgetl.runtime.keras_runner import KerasRunner
 
     run = tmp_path / "run"
-    import shutil
-
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export", "bench"))
     export_run(run, ExportConfig(formats=("tflite_fp32", "onnx_fp32"), quant_report=False))
     data = make_image_folder(tmp_path / "data", n_train=1, n_val=30)  # 60 images: more than a runner's batch (32)
+    import edgetl.bench.core as core
+
+    probs: list[np.ndarray] = []
+    real_metrics = core.accuracy_metrics
+    monkeypatch.setattr(core, "accuracy_metrics", lambda p, *a, **kw: probs.append(p) or real_metrics(p, *a, **kw))
     in_ram = _bench(run, data, monkeypatch, 1024)
+    probs_ram = probs[:]
+    probs.clear()
     monkeypatch.setattr(KerasRunner, "CHUNK", 5)
     reads = []
     real = RowStore._read
-    monkeypatch.setattr(RowStore, "_read", lambda self, out, row, count, at: reads.append(count) or real(self, out, row, count, at))
+    monkeypatch.setattr(RowStore, "_read",
+                        lambda self, out, row, count, at: reads.append(count) or real(self, out, row, count, at))
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
-    import tempfile
-
     monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR read again
     used = ram_in_use()
     on_disk = _bench(run, data, monkeypatch, 0)
+    assert len(probs) == len(probs_ram) >= 3
+    for p1, p2 in zip(probs_ram, probs):
+        np.testing.assert_array_equal(p1, p2)  # every row's probabilities, bit for bit
     key = lambda r: (r.model, r.runtime, r.threads)  # noqa: E731
     a, b = sorted(in_ram.rows, key=key), sorted(on_disk.rows, key=key)
     assert [key(r) for r in a] == [key(r) for r in b] and len(a) >= 3
     for r1, r2 in zip(a, b):
         assert r2.status == "ok" and r1.status == "ok", (r1.status, r2.status)
-        assert (r1.n_images, r1.top1, r1.agreement, r1.confusion_matrix) == (r2.n_images, r2.top1, r2.agreement, r2.confusion_matrix)
+        figures = lambda r: (r.n_images, r.top1, r.agreement, r.confusion_matrix)  # noqa: E731
+        assert figures(r1) == figures(r2)
         assert r1.max_prob_diff == pytest.approx(r2.max_prob_diff, abs=1e-6)
     assert a[0].n_images == 60 and reads and max(reads) <= 32  # read from the file a runner's batch at a time
     assert list((tmp_path / "tmp").iterdir()) == [] and ram_in_use() == used
@@ -169,8 +181,6 @@ def test_bench_spilled_to_disk_measures_the_same(tiny_run, monkeypatch, tmp_path
 def test_export_spilled_to_disk_verifies_the_same(tiny_run, monkeypatch, tmp_path):
     """Verification and the doctor's selection and report halves (views of the store) read the file in chunks:
     the same figures as in RAM."""
-    import json
-
     from edgetl.export.api import ExportConfig, export_run
     from edgetl.pixels import PIXEL_RAM_ENV, ram_in_use
 

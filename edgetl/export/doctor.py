@@ -414,6 +414,8 @@ def run_doctor(ctx: Any, result: Any, art: Any, deadline: float | None = None) -
             report["note"] = "no remedy met the budget" + (f" ({report['note']})" if report.get("note") else "")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        if rep["px"] is not ctx.val_px and hasattr(rep["px"], "close"):  # the test split's store: ours (a view has none)
+            rep["px"].close()
     return report
 
 
