@@ -305,16 +305,13 @@ def prepare(path: str | Path, pre: Preprocessing, max_pixels: int | None = DEFAU
 
 def prepare_batch(paths: Sequence[str | Path], pre: Preprocessing,
                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """Stack :func:`prepare` over several files: uint8 (N, H, W, 3); ``progress(done, total)`` after each."""
-    h, w = pre.input_size
-    if not paths:
-        return np.zeros((0, h, w, 3), np.uint8)
-    out = np.empty((len(paths), h, w, 3), np.uint8)  # filled in place: one copy of the pixels, not a list + a stack
-    for i, p in enumerate(paths):
-        out[i] = prepare(p, pre)
-        if progress is not None:
-            progress(i + 1, len(paths))
-    return out
+    """Stack :func:`prepare` over several files: uint8 (N, H, W, 3) in RAM; ``progress(done, total)`` after each.
+
+    For a set that may not fit in RAM, :func:`edgetl.pixels.decode_store` (what export and bench use).
+    """
+    from edgetl.pixels import decode_store
+
+    return decode_store(paths, pre, progress, in_ram=True)[0].array()  # filled in place: one copy of the pixels
 
 
 def normalize(pixels: np.ndarray, pre: Preprocessing) -> np.ndarray:

@@ -84,13 +84,25 @@ class RunInfo:
         Returns a warning (for the output files) instead of raising when ``accept_changed`` is set,
         or when the run records no split hashes (made before they existed).
 
+        No file is decoded when the folder, listed without decoding, gives every recorded split hash
+        (relative paths and sizes): training skipped no file then, and the splits are the recorded ones.
+        Otherwise every file is decoded as training decoded it (``progress(done, total)``), which drops
+        the files training dropped before the seeded split.
+
         Raises:
             DataChangedError: the folder no longer gives the recorded split (one line: what changed).
         """
         from edgetl.data import DataChangedError, split_changes
 
-        ds = self.dataset(validate=True, data_dir=data_dir, progress=progress)
         recorded = self.config.get("data") or {}
+        if recorded.get("split_sha256"):
+            try:
+                listed = self.dataset(validate=False, data_dir=data_dir)
+            except EdgetlError:
+                listed = None  # the decoding pass below says what is wrong
+            if listed is not None and split_changes(listed, recorded) is None:
+                return listed, None
+        ds = self.dataset(validate=True, data_dir=data_dir, progress=progress)
         if not recorded.get("split_sha256"):
             return ds, "config.json records no split hashes (a run from an older edgetl): the split was not checked"
         changed = split_changes(ds, recorded)

@@ -90,10 +90,12 @@ class _MemoryProbe:
 
 
 def _latency_batch(pixels: Any, batch: int) -> Any:
+    """The timed batch: the first ``batch`` images (repeated when there are fewer), as one array."""
     if isinstance(pixels, list):  # image files for a runner that resizes itself
         return (pixels * -(-batch // len(pixels)))[:batch]
-    reps = -(-batch // len(pixels))
-    return np.concatenate([pixels] * reps)[:batch] if reps > 1 else pixels[:batch]
+    first = np.asarray(pixels[:batch])  # a slice: read from a PixelStore, never the whole set
+    reps = -(-batch // len(first))
+    return np.concatenate([first] * reps)[:batch] if reps > 1 else first
 
 
 @dataclass
@@ -107,7 +109,7 @@ class _BenchState:
     notes: list[str] = field(default_factory=list)
     data_info: dict[str, Any] = field(default_factory=dict)
     eval_sets: dict[tuple, Any] = field(default_factory=dict)  # labels -> EvalSet | EdgetlError | None
-    pixels: dict[tuple, np.ndarray] = field(default_factory=dict)  # (labels, size, resize) -> uint8 images
+    pixels: dict[tuple, Any] = field(default_factory=dict)  # (labels, size, resize) -> uint8 images (PixelStore)
     accuracy: dict[tuple, dict[str, Any]] = field(default_factory=dict)  # (file, runtime, device, precision) -> metrics
     ref: dict[tuple, tuple[str, np.ndarray, float | None]] = field(default_factory=dict)  # labels -> (name, probs, top1)
     decode_progress: Callable[[str], Callable[[int, int], None]] | None = None  # what -> progress(done, total) of a decode
@@ -137,16 +139,18 @@ class _BenchState:
             raise es
         return es
 
-    def images(self, name: str, labels: list[str], pre: Any, es: EvalSet | None) -> tuple[np.ndarray, bool]:
-        """(uint8 images at ``pre``'s size, whether they were decoded just now)."""
-        from edgetl.preprocess import prepare_batch
+    def images(self, name: str, labels: list[str], pre: Any, es: EvalSet | None) -> tuple[Any, bool]:
+        """(uint8 images at ``pre``'s size, whether they were decoded just now): decoded once per label set,
+        size and resize into a :class:`edgetl.pixels.PixelStore` (in RAM within the pixel budget, else in a
+        temporary file) that every runner reads a batch at a time."""
+        from edgetl.pixels import decode_store
 
         key = (tuple(labels), tuple(pre.input_size), pre.resize)
         if key in self.pixels:
             return self.pixels[key], False
         if es is not None:
-            self.pixels[key] = prepare_batch(es.paths, pre, progress=self.decode_progress(
-                f"decoding {len(es.paths)} images at {pre.input_size[0]}x{pre.input_size[1]}") if self.decode_progress else None)
+            self.pixels[key] = decode_store(es.paths, pre, progress=self.decode_progress(
+                f"decoding {len(es.paths)} images at {pre.input_size[0]}x{pre.input_size[1]}") if self.decode_progress else None)[0]
         else:
             h, w = pre.input_size
             n = max(self.settings.batch, 1)
@@ -168,6 +172,16 @@ def run_bench(items: Sequence[str | Path], settings: BenchSettings = BenchSettin
         decode_progress: ``decode_progress(what)`` returns the ``progress(done, total)`` of one decoding step
             (checking the run's images, decoding the evaluation images): the CLI prints it, bench does not.
     """
+    from edgetl.pixels import closing_stores
+
+    with closing_stores():  # the decoded images (RAM or a temporary file) are freed when the bench ends, also on an error
+        return _run_bench(items, settings, data, progress, decode_progress)
+
+
+def _run_bench(items: Sequence[str | Path], settings: BenchSettings, data: str | Path | None,
+               progress: Callable[[int, int, str], None] | None,
+               decode_progress: Callable[[str], Callable[[int, int], None]] | None) -> BenchResult:
+    """:func:`run_bench` inside its pixel scope."""
     from edgetl.runtime.env import environment
 
     targets, run = discover_targets(items, keras=settings.keras)
@@ -249,7 +263,7 @@ def _bench_row(job: _Job, state: _BenchState) -> BenchRow:
             pixels, new_pixels = state.images(t.name, labels, runner.preprocessing, es)
         _time_row(row, runner, pixels, settings)
         peak = mem.peak_delta_mb()
-        cache_mb = pixels.nbytes / 2**20 if new_pixels and isinstance(pixels, np.ndarray) else 0.0  # not the model's memory
+        cache_mb = getattr(pixels, "ram_bytes", getattr(pixels, "nbytes", 0)) / 2**20 if new_pixels else 0.0  # decoded images: not the model's memory
         row.peak_mem_mb = None if peak is None else max(0.0, peak - cache_mb)
         if es is not None:
             _accuracy_row(row, runner, pixels, es, labels, state, (str(t.path), job.runtime, job.device, row.precision))

@@ -277,7 +277,9 @@ def export_run(run_dir: str | Path, config: ExportConfig | None = None,
     run = load_run(run_dir)  # a bad run directory fails before anything is created
     out_dir = Path(config.out_dir) if config.out_dir else run.export_dir
     check_output_dir(out_dir, min_free_mb=10)
-    with DirLock(out_dir, what="export"):
+    from edgetl.pixels import closing_stores
+
+    with DirLock(out_dir, what="export"), closing_stores():  # decoded images freed when it ends, also on an error
         return _export_run(run_dir, config, progress)
 
 
@@ -314,7 +316,9 @@ def _export_run(run_dir: str | Path, config: ExportConfig | None = None,
         if len(calib_px) == 0:
             raise EdgetlError("int8 calibration needs training images and none of the sampled files could be read")
     val = stratified_sample(ds.val.samples, config.verify_samples, seed=config.seed) if ds else []
-    val_px, val_y, bad = prepare_images(val, run.preprocessing, progress=Progress("  verification images", say=say).update)
+    # in RAM within the pixel budget, else in a temporary file (edgetl.pixels): read a chunk at a time
+    val_px, val_y, bad = prepare_images(val, run.preprocessing, progress=Progress("  verification images", say=say).update,
+                                        store=True)
     warnings += bad
 
     say(f"loading {run.model_path}")

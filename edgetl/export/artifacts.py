@@ -386,28 +386,19 @@ def _check_portability(ctx: ExportContext, art: Artifact) -> None:
             "(it is in the file's metadata, key edgetl.ort_session_config)")
 
 
-def prepare_images(samples: list[Any], pre: Any,
-                   progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def prepare_images(samples: list[Any], pre: Any, progress: Callable[[int, int], None] | None = None,
+                   store: bool = False) -> tuple[Any, np.ndarray, list[str]]:
     """(uint8 pixels, labels, warnings) of ``samples`` via :func:`edgetl.preprocess.prepare`.
 
     Unreadable files are skipped with one warning each, so one bad image cannot stop an export.
+    ``store``: the pixels as a :class:`edgetl.pixels.PixelStore` (in RAM within the pixel budget, else
+    in a temporary file), for sets that need not fit in RAM; otherwise one numpy array.
     """
-    from edgetl.preprocess import prepare
+    from edgetl.pixels import decode_store
 
-    h, w = pre.input_size
-    pixels = np.empty((len(samples), h, w, 3), np.uint8)  # filled in place: one copy of the pixels
-    labels, bad = [], []
-    for i, s in enumerate(samples):
-        try:
-            pixels[len(labels)] = prepare(s.path, pre)
-            labels.append(s.label)
-        except EdgetlError as exc:
-            bad.append(f"skipped unreadable image: {exc}")
-        if progress is not None:
-            progress(i + 1, len(samples))
-    if len(labels) < len(samples):
-        pixels = pixels[:len(labels)].copy()
-    return pixels, np.array(labels, dtype=np.int64), bad
+    px, kept, bad = decode_store([s.path for s in samples], pre, progress, skip_bad=True, in_ram=not store)
+    labels = np.array([samples[i].label for i in kept], dtype=np.int64)
+    return (px if store else px.array()), labels, bad
 
 
 def layer_report(ctx: ExportContext, art: Artifact) -> list[dict[str, Any]]:

@@ -243,7 +243,7 @@ def _selection_and_report(ctx: Any) -> tuple[Any, dict[str, Any]]:
         from edgetl.runtime.keras_runner import KerasRunner
 
         picked = stratified_sample(ctx.test_samples, ctx.config.verify_samples, seed=ctx.config.seed)
-        px, ty, _ = prepare_images(picked, ctx.run.preprocessing)
+        px, ty, _ = prepare_images(picked, ctx.run.preprocessing, store=True)  # edgetl.pixels: RAM or a temp file
         if len(px):
             ref = KerasRunner(ctx.model, ctx.run.labels, ctx.run.preprocessing).predict(px)
             return ctx, {"split": "test", "px": px, "y": ty, "ref": ref}
@@ -414,6 +414,8 @@ def run_doctor(ctx: Any, result: Any, art: Any, deadline: float | None = None) -
             report["note"] = "no remedy met the budget" + (f" ({report['note']})" if report.get("note") else "")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        if rep["px"] is not ctx.val_px and hasattr(rep["px"], "close"):  # the test split's store: ours (a view has none)
+            rep["px"].close()
     return report
 
 

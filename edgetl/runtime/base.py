@@ -52,7 +52,12 @@ def default_threads() -> int:
 
 
 def as_batch(pixels: np.ndarray) -> np.ndarray:
-    """One image (H, W, 3) or a batch (N, H, W, 3) as a batch."""
+    """One image (H, W, 3) or a batch (N, H, W, 3) as a batch. A decoded set (:class:`edgetl.pixels.PixelStore`
+    or a view of one) is passed through as it is: runners slice it a batch at a time, never read it whole."""
+    from edgetl.pixels import is_pixels
+
+    if is_pixels(pixels):
+        return pixels
     x = np.asarray(pixels)
     return x[None] if x.ndim == 3 else x
 

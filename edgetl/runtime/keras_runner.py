@@ -26,7 +26,9 @@ class KerasRunner:
         self.batch_size = batch_size
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
-        x = np.asarray(pixels)
+        from edgetl.runtime.base import as_batch
+
+        x = as_batch(pixels)  # a PixelStore stays one: read CHUNK images at a time
         if len(x) == 0:
             return np.zeros((0, len(self.labels)), np.float32)
         # float32 copies of CHUNK images at a time (4x the uint8 pixels), not of the whole set

@@ -93,8 +93,7 @@ class CompiledModelRunner:
             return np.zeros((0, self.num_classes), np.float32)
         if n % self.batch:
             raise ValueError(f"model has a fixed batch of {self.batch}")
-        feed = feed_pixels(x, self.input_dtype, self._in_q)
-        outs = [self._run(feed[i:i + self.batch]) for i in range(0, n, self.batch)]
+        outs = [self._run(feed_pixels(x[i:i + self.batch], self.input_dtype, self._in_q)) for i in range(0, n, self.batch)]
         return np.concatenate(outs).reshape(n, -1)
 
     def timer(self, pixels: np.ndarray) -> Callable[[], Any]:

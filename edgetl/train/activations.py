@@ -13,7 +13,6 @@ positioned reads (``os.preadv``), not memory-mapped, so the pages it reads stay 
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edgetl.pixels import RowStore
 from edgetl.train.state import _log, _Run
 
 SPILL_DIR = "activations"  # in the run folder, deleted when training ends
@@ -28,80 +28,16 @@ SPILL_DIR = "activations"  # in the run folder, deleted when training ends
 IN_FLIGHT = 2
 
 
-class ActivationStore:
+class ActivationStore(RowStore):
     """``n`` rows of float16 activations of shape ``shape``: in RAM (``path`` None) or in a ``.npy`` file."""
 
     def __init__(self, n: int, shape: tuple[int, ...], path: Path | None = None):
-        self.n, self.shape, self.path = int(n), tuple(int(d) for d in shape), path
-        self.row_bytes = int(np.prod(self.shape)) * 2
-        self.filled = 0
-        self.arr: np.ndarray | None = None
-        self.fd: int | None = None
-        if path is None:
-            self.arr = np.empty((self.n, *self.shape), np.float16)
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as fh:  # a valid .npy (np.load(path, mmap_mode="r") reads it back)
-            np.lib.format.write_array_header_1_0(fh, {"descr": np.dtype(np.float16).str, "fortran_order": False,
-                                                      "shape": (self.n, *self.shape)})
-            self.offset = fh.tell()
-        self.fd = os.open(path, os.O_RDWR)
+        super().__init__(n, shape, np.float16, path)
 
     @property
-    def on_disk(self) -> bool:
-        return self.fd is not None
-
-    @property
-    def nbytes(self) -> int:
-        return self.n * self.row_bytes
-
-    def append(self, chunk: np.ndarray) -> None:
-        chunk = np.ascontiguousarray(chunk, np.float16)
-        stop = self.filled + len(chunk)
-        if stop > self.n:
-            raise ValueError(f"activation store overflow: {stop} > {self.n} rows")
-        if self.arr is not None:
-            self.arr[self.filled:stop] = chunk
-        else:
-            view, done = memoryview(chunk).cast("B"), 0
-            while done < len(view):
-                done += os.pwrite(self.fd, view[done:], self.offset + self.filled * self.row_bytes + done)
-        self.filled = stop
-
-    def _read(self, out: np.ndarray, row: int, count: int, at: int) -> None:
-        buf = memoryview(out).cast("B")[at * self.row_bytes:(at + count) * self.row_bytes]
-        done = 0
-        while done < len(buf):
-            got = os.preadv(self.fd, [buf[done:]], self.offset + row * self.row_bytes + done)
-            if got <= 0:
-                raise OSError(f"short read from the activation cache {self.path}")
-            done += got
-
-    def gather(self, idx: np.ndarray) -> np.ndarray:
-        """Rows ``idx`` (in that order), float16."""
-        idx = np.asarray(idx, np.int64)
-        if self.arr is not None:
-            return self.arr[idx]
-        out = np.empty((len(idx), *self.shape), np.float16)
-        for j, i in enumerate(idx):
-            self._read(out, int(i), 1, j)
-        return out
-
-    def rows(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``[start:stop]``, float16 (a view in RAM, one read from disk)."""
-        stop = min(stop, self.n)
-        if self.arr is not None:
-            return self.arr[start:stop]
-        out = np.empty((max(stop - start, 0), *self.shape), np.float16)
-        if stop > start:
-            self._read(out, start, stop - start, 0)
-        return out
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-        self.arr = None
+    def shape(self) -> tuple[int, ...]:
+        """The shape of one row."""
+        return self.row_shape
 
 
 def cache_plan(cfg: Any, elems: int, n_rows: int, pass_rows: int) -> dict[str, Any]:
