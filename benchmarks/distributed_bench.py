@@ -115,7 +115,9 @@ def write(doc: dict, stem: str) -> None:
                "fine_tune_images": w.get("fine_tune_images")}
               for row in doc["rows"] for w in ((row.get("distributed") or {}).get("per_worker") or [])]
     md = [f"# Distributed benchmark {doc['date']}", "", f"`{doc['command']}`", "",
-          f"edgetl {doc['commit']}; {doc['machine']}; data {doc['data']} ({doc['train_images']} train images)", "",
+          f"edgetl {doc['commit']}; {doc['machine']}; data {doc.get('source_data', doc['data'])} ("
+          + (f"the first {doc['limit_per_class']} files of each class of each split: " if doc.get("limit_per_class") else "")
+          + f"{doc['train_images']} train images)", "",
           markdown_table(doc["rows"], cols), "", "Per worker of the 2-worker run:", "",
           markdown_table(shares, ["task", "train_images", "val_images", "train_share_pct", "embed_seconds", "fine_tune_images"])
           if shares else "(failed)",
