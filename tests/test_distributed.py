@@ -279,6 +279,26 @@ def test_shard_rows_and_gather_cover_every_row_once():
         assert max(map(len, parts)) - min(map(len, parts)) <= 1
 
 
+def test_val_chunks_line_up_with_every_workers_rows():
+    """The sharded val pass gathers chunk by chunk: each chunk's rows of worker k are exactly worker k's
+    rows of the whole val set in that range, so the gathered chunks put every row back in order."""
+    from edgetl.train.activations import cache_plan, gather_rows, val_chunk
+    from edgetl.train.distribute import shard_rows
+
+    for n, chunk, count in ((12, 512, 2), (1000, 512, 3), (7, 4, 3), (5, 2, 4), (0, 512, 2)):
+        step = val_chunk(chunk, count)
+        assert step % count == 0 and step >= count
+        for k in range(count):
+            mine = [i for a in range(0, n, step) for i in range(a + k, min(n, a + step), count)]
+            assert mine == list(shard_rows(n, k, count)), (n, chunk, count, k)
+    assert gather_rows(512, 1) == 0 and gather_rows(512, 2) == 2 * 256 + 3 * 512
+
+    class Cfg:
+        cache_limit_mb, batch_size = 100, 32
+    one, two = (cache_plan(Cfg, 1000, 10_000, 512, g)["transient_bytes"] for g in (0, gather_rows(512, 2)))
+    assert two - one == 1000 * 2 * gather_rows(512, 2)  # the gathered val chunk's float16 copies are counted
+
+
 def test_cluster_role_from_tf_config():
     def role(doc):
         return cluster_role({"TF_CONFIG": json.dumps(doc)})
