@@ -6,9 +6,15 @@ The budget counts every copy the cache really makes (:func:`cache_plan`): the st
 it is filled in place, a chunk of images at a time, never concatenated or copied into a tensor), the
 chunk in flight during the frozen-base pass (the forward's float16 batches and their joined chunk,
 plus one float32 batch), and the batches in flight while training (a gathered float16 batch and its
-float32 cast for each of the parallel map calls and prefetched batches). The disk store is read with
-positioned reads (``os.preadv``), not memory-mapped, so the pages it reads stay in the page cache
-(reclaimable) instead of in the process.
+float32 cast for each of the parallel map calls and prefetched batches), and in a multi-worker run the
+copies of the val chunks being all-gathered. The disk store is read with positioned reads (``os.preadv``),
+not memory-mapped, so the pages it reads stay in the page cache (reclaimable) instead of in the process.
+
+In a multi-worker run (``r.shard``) each worker embeds only its :func:`~edgetl.train.distribute.shard_rows`
+of the train files, so its store holds only those rows (the head and the tail train on them through
+``sharded_train_data``); the val rows are sharded too, chunk by chunk, and each chunk's embeddings and
+activations are all-gathered, so every worker holds every val row in the same order (the same val
+loss, early stopping and keep/restore decision on every worker).
 """
 
 from __future__ import annotations
@@ -40,17 +46,19 @@ class ActivationStore(RowStore):
         return self.row_shape
 
 
-def cache_plan(cfg: Any, elems: int, n_rows: int, pass_rows: int) -> dict[str, Any]:
+def cache_plan(cfg: Any, elems: int, n_rows: int, pass_rows: int, gather_rows: int = 0) -> dict[str, Any]:
     """Where the activation cache goes: ``{"where": "ram"|"disk"|"off", "store_bytes", "transient_bytes",
     "ram_bytes", "budget_bytes"}`` for ``n_rows`` rows of ``elems`` values (train views + val);
-    ``pass_rows`` images are decoded and embedded at a time. ``cache_limit_mb`` 0 turns the cache off
-    (fine-tuning on images)."""
+    ``pass_rows`` images are decoded and embedded at a time; ``gather_rows`` float16 rows are held at once
+    while a val chunk is all-gathered (multi-worker, :func:`gather_rows`). ``cache_limit_mb`` 0 turns the
+    cache off (fine-tuning on images)."""
     budget = int(cfg.cache_limit_mb) * 2**20
     store = elems * 2 * n_rows
     bs32 = max(cfg.batch_size, 32)
-    # pass: float16 batches + their joined chunk, one float32 forward batch;
+    # pass: float16 batches + their joined chunk, one float32 forward batch (+ a val chunk being gathered);
     # training: per batch in flight (IN_FLIGHT parallel gathers + IN_FLIGHT prefetched) float16 + float32
-    transient = elems * (2 * 2 * pass_rows + 4 * bs32) + elems * 6 * cfg.batch_size * 2 * IN_FLIGHT
+    transient = (elems * (2 * 2 * pass_rows + 4 * bs32) + elems * 2 * gather_rows
+                 + elems * 6 * cfg.batch_size * 2 * IN_FLIGHT)
     plan = {"store_bytes": store, "transient_bytes": transient, "budget_bytes": budget}
     if budget <= 0:
         return {**plan, "where": "off", "ram_bytes": 0}
@@ -76,29 +84,51 @@ def close_stores(r: _Run) -> None:
     shutil.rmtree(r.run_dir / SPILL_DIR, ignore_errors=True)
 
 
+def val_chunk(chunk: int, count: int) -> int:
+    """The val images all-gathered at a time among ``count`` workers: a multiple of ``count`` (so each
+    chunk's rows are every worker's :func:`shard_rows` of it), about ``chunk``."""
+    return max(count, chunk - chunk % count)
+
+
+def gather_rows(chunk: int, count: int) -> int:
+    """Float16 activation rows held at once while a val chunk is all-gathered (:func:`gather_shards`):
+    the local part zero-padded and its tensor, the gathered tensor, its array and the ordered copy."""
+    if count <= 1:
+        return 0
+    step = val_chunk(chunk, count)
+    return 2 * -(-step // count) + 3 * step
+
+
 def embed_with_activations(r: _Run, n_passes: int, extract: Callable[..., Any], resize_view: Callable[..., Any],
                            pass_label: Callable[[int, int], str]) -> None:
     """The frozen-base pass of a fine-tune on cached activations: the files decoded a chunk at a time
     (the streamed pass's chunks and augmentation seeds), embeddings kept in RAM, activations written
-    into the stores in place. ``extract``, ``resize_view``, ``pass_label``: the frozen-base pass's own
-    (edgetl/train/embed.py)."""
+    into the stores in place. In a multi-worker run (``r.shard``) only this worker's train rows, and its
+    rows of each val chunk, whose embeddings and activations are all-gathered (every worker holds all val).
+    ``extract``, ``resize_view``, ``pass_label``: the frozen-base pass's own (edgetl/train/embed.py)."""
     from edgetl.data import decode_paths
     from edgetl.embed_cache import SHARD_BATCHES
+    from edgetl.train.distribute import gather_shards, shard_rows
 
     cfg, pre = r.cfg, r.spec.preprocessing
     bs = max(cfg.batch_size, 32)
     chunk = bs * SHARD_BATCHES
-    n_tr, n_va = len(r.ytr), len(r.yva)
-    open_stores(r, (n_passes - 1) * n_tr, n_va)
+    index, count = r.shard if r.shard is not None else (0, 1)
+    tr_rows = shard_rows(len(r.ytr), index, count)
+    tr_paths = [r.ds.train.paths[i] for i in tr_rows]
+    n_va = len(r.yva)
+    open_stores(r, (n_passes - 1) * len(tr_paths), n_va)
+
+    def pixels(paths: list[str], view: int, start: int, stop: int) -> np.ndarray:
+        if view and cfg.augment.resize:
+            return resize_view(r, view, start, stop, paths)
+        return decode_paths(paths[start:stop], pre, cfg.workers, cfg.max_pixels or None)
 
     def run(paths: list[str], view: int, label: str, store: ActivationStore) -> list[np.ndarray]:
         embs = []
         for start in range(0, len(paths), chunk):
             stop = min(len(paths), start + chunk)
-            if view and cfg.augment.resize:
-                x = resize_view(r, view, start, stop)
-            else:
-                x = decode_paths(paths[start:stop], pre, cfg.workers, cfg.max_pixels or None)
+            x = pixels(paths, view, start, stop)
             part = f" [{start}:{stop}]" if len(paths) > chunk else ""  # one line per pass when one chunk
             emb, act = extract(r, x, r.augmenter if view else None, view, label + part, first_batch=start // bs)
             del x
@@ -107,19 +137,37 @@ def embed_with_activations(r: _Run, n_passes: int, extract: Callable[..., Any], 
             del act
         return embs
 
+    def run_val_sharded(label: str) -> list[np.ndarray]:
+        step, embs = val_chunk(chunk, count), []
+        for a in range(0, n_va, step):  # the same chunks, hence the same collectives, on every worker
+            b = min(n_va, a + step)
+            mine = [r.ds.val.paths[i] for i in range(a + index, b, count)]
+            emb = np.zeros((0, r.feat_dim), np.float32)
+            act = np.zeros((0, *r.act_va.shape), np.float16)
+            if mine:
+                emb, act = extract(r, pixels(mine, 0, 0, len(mine)), None, 0, f"{label} [{a}:{b}], this worker's {len(mine)}")
+            embs.append(gather_shards(r.strategy, np.asarray(emb, np.float32), b - a, count))
+            r.act_va.append(gather_shards(r.strategy, act, b - a, count))
+            del act
+        return embs
+
     embs: list[np.ndarray] = []
     for view in range(0, n_passes - 1):
         tv = time.perf_counter()
-        embs += run(r.ds.train.paths, view, pass_label(view, n_passes), r.act_tr)
+        embs += run(tr_paths, view, pass_label(view, n_passes), r.act_tr)
         r.view_seconds.append(time.perf_counter() - tv)
     tv = time.perf_counter()
-    va = run(r.ds.val.paths, 0, f"{n_passes}/{n_passes} (val)", r.act_va)
+    label = f"{n_passes}/{n_passes} (val)"
+    va = run(r.ds.val.paths, 0, label, r.act_va) if r.shard is None else run_val_sharded(label)
     r.view_seconds.append(time.perf_counter() - tv)
     r.emb_tr = np.concatenate(embs) if embs else np.zeros((0, r.feat_dim), np.float32)
     r.emb_va = np.concatenate(va) if va else np.zeros((0, r.feat_dim), np.float32)
-    r.y_views = np.tile(r.ytr, n_passes - 1)
+    r.y_views = np.tile(r.ytr[list(tr_rows)], n_passes - 1)
     if r.act_tr.on_disk:
         _log(cfg, f"activation cache spilled to {r.act_tr.path.parent} ({(r.act_tr.nbytes + r.act_va.nbytes) / 2**20:.0f} MB)")
+    if r.shard is not None:
+        _log(cfg, f"worker {index}: cached the activations of its own {len(tr_paths)} of {len(r.ytr)} train images "
+                  f"x {n_passes - 1} view(s); val gathered from {count} workers ({n_va} images)")
 
 
 def activation_dataset(store: ActivationStore, y: np.ndarray, num_classes: int, batch_size: int, seed: int,

@@ -1,8 +1,9 @@
 """The frozen-base pass: every view of every image through the frozen base once, decoded from the files a
 shard at a time, through the on-disk cache (:mod:`edgetl.embed_cache`) or, fine-tuning on cached
-activations, into the activation cache (:mod:`edgetl.train.activations`). In a multi-worker run the
-cached pass is sharded: each worker embeds only its rows (:func:`shard_rows`) and keeps its own train
-embeddings for the head; the val embeddings and each worker's counts are all-gathered."""
+activations, into the activation cache (:mod:`edgetl.train.activations`). In a multi-worker run both
+are sharded: each worker embeds only its rows (:func:`shard_rows`) and keeps its own train embeddings
+(and activations) for the head (and the tail); the val embeddings (and activations) and each worker's
+counts are all-gathered."""
 
 from __future__ import annotations
 
@@ -74,8 +75,8 @@ def _embed_views(r: _Run) -> None:
     n_passes = 2 + (cfg.augment.views if r.augmenter is not None else 0)
     # fine-tuning on cached activations keeps them (edgetl/train/activations.py); else only embeddings, on disk
     cache = _open_embed_cache(r) if r.tail is None else None
-    # Cached + multi-worker: each worker embeds its rows only (the activation cache is not sharded).
-    r.shard = (r.role.index, r.role.workers) if cache is not None and r.role is not None else None
+    # Multi-worker: each worker embeds its rows only (into the embedding cache or its activation cache).
+    r.shard = (r.role.index, r.role.workers) if r.role is not None else None
     sfx = _part_suffix(r)
     parts = ([(f"train_v{v}{sfx}", len(_rows(r, len(r.ytr)))) for v in range(n_passes - 1)]
              + [(f"val{sfx}", len(_rows(r, len(r.yva))))])
@@ -91,8 +92,8 @@ def _embed_views(r: _Run) -> None:
     else:
         from edgetl.train.activations import embed_with_activations
 
-        embed_with_activations(r, n_passes, _extract, _resize_view, _pass_label)
-        r.n_embedded = len(r.emb_tr) + len(r.emb_va)
+        embed_with_activations(r, n_passes, _extract, _resize_view, _pass_label)  # val gathered in the pass
+        r.n_embedded = len(r.emb_tr) + len(_rows(r, len(r.yva)))
     r.embed_seconds = time.perf_counter() - t0
     if r.role is not None:
         _gather_worker_parts(r)
@@ -121,12 +122,12 @@ def _gather_worker_parts(r: _Run) -> None:
     from edgetl.train.distribute import gather_shards
 
     workers = r.role.workers
-    if r.shard is not None:
+    if r.shard is not None and r.tail is None:  # fine-tuning on cached activations gathered val in its pass
         t0 = time.perf_counter()
         r.emb_va = gather_shards(r.strategy, np.asarray(r.emb_va, np.float32), len(r.yva), workers)
         _log(r.cfg, f"gathered {len(r.emb_va)} val embeddings from {workers} workers in {time.perf_counter() - t0:.1f} s")
     n_tr, n_va = len(_rows(r, len(r.ytr))), len(_rows(r, len(r.yva)))
-    # fine-tuning on images streams the same shard (edgetl/train/finetune.py); on cached activations every row
+    # the fine-tune (on images or on cached activations) trains on the same shard (edgetl/train/finetune.py)
     ft = (n_tr if r.shard is not None else len(r.ytr)) if r.fine_tune else 0
     mine = np.array([[r.role.index, n_tr, n_va, r.n_embedded, r.embed_seconds, ft]], np.float64)
     every = gather_shards(r.strategy, mine, workers, workers)

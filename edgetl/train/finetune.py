@@ -104,20 +104,31 @@ def fine_tune_summary(doc: dict[str, Any]) -> str:
 def _fine_tune_data(r: _Run) -> tuple[Any, Any, int, int]:
     """(training dataset, validation dataset, training examples, steps per epoch): cached activations read
     back a batch at a time (:mod:`edgetl.train.activations`), or images decoded from the files as they are
-    read (:func:`edgetl.data.files_dataset`); nothing holds every decoded image. On images in a sharded
-    multi-worker run each worker streams only its own files (its :func:`shard_rows`, the rows it embedded),
-    through the head's :func:`sharded_train_data`: per-replica batch, the same steps on every worker.
-    The val set is every val file on every worker (the same val loss everywhere, as in the head phase)."""
+    read (:func:`edgetl.data.files_dataset`); nothing holds every decoded image. In a sharded multi-worker
+    run each worker trains only on its own rows (its :func:`shard_rows`, the rows it embedded: its
+    activation store, or its files), through the head's :func:`sharded_train_data`: per-replica batch,
+    the same steps on every worker. The val set is every val row on every worker (gathered activations,
+    or every val file): the same val loss everywhere, as in the head phase."""
     from edgetl.data import files_dataset
     from edgetl.train.activations import activation_dataset
     from edgetl.train.distribute import shard_rows, sharded_train_data
 
     cfg = r.cfg
     if r.tail is not None:
-        ft_ds = activation_dataset(r.act_tr, r.y_views, r.n_cls, cfg.batch_size, cfg.seed + 1,
-                                   sample_weight=_sample_weights(r, r.y_views))
+        def make_act(batch: int) -> Any:
+            return activation_dataset(r.act_tr, r.y_views, r.n_cls, batch, cfg.seed + 1,
+                                      sample_weight=_sample_weights(r, r.y_views))
+
         ft_val = activation_dataset(r.act_va, r.yva, r.n_cls, cfg.batch_size, 0, shuffle=False, sample_weight=r.va_sw)
-        return ft_ds, ft_val, len(r.y_views), int(np.ceil(len(r.y_views) / cfg.batch_size))
+        if r.shard is None:
+            return make_act(cfg.batch_size), ft_val, len(r.y_views), int(np.ceil(len(r.y_views) / cfg.batch_size))
+        mine = len(shard_rows(len(r.ytr), *r.shard))
+        views = len(r.y_views) // max(1, mine)
+        ft_ds, steps = sharded_train_data(r.strategy, r.shard, len(r.ytr), views, cfg.batch_size, make_act)
+        _log(cfg, f"worker {r.shard[0]}: fine-tunes on the cached activations of its own {mine} of {len(r.ytr)} train "
+                  f"images x {views} view(s), {steps} steps per epoch (global batch {cfg.batch_size} over "
+                  f"{r.strategy.num_replicas_in_sync} replicas)")
+        return ft_ds, ft_val, views * len(r.ytr), steps
     pre, max_px = r.spec.preprocessing, cfg.max_pixels or None
     rows = list(shard_rows(len(r.ytr), *r.shard)) if r.shard is not None else list(range(len(r.ytr)))
     paths, y = [r.ds.train.paths[i] for i in rows], r.ytr[rows]

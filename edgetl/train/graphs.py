@@ -117,11 +117,16 @@ def _plan_activation_cache(r: _Run) -> None:
     import shutil
 
     from edgetl.embed_cache import SHARD_BATCHES
-    from edgetl.train.activations import SPILL_DIR, cache_plan
+    from edgetl.train.activations import SPILL_DIR, cache_plan, gather_rows
+    from edgetl.train.distribute import shard_rows
 
     cfg = r.cfg
     elems = int(np.prod(r.boundary.shape[1:]))
-    r.act_plan = plan = cache_plan(cfg, elems, r.n_views * len(r.ytr) + len(r.yva), max(cfg.batch_size, 32) * SHARD_BATCHES)
+    # multi-worker: a worker caches its train rows only (the largest shard's count: one plan on every worker)
+    workers = r.role.workers if r.role is not None else 1
+    n_tr = len(shard_rows(len(r.ytr), 0, workers))
+    chunk = max(cfg.batch_size, 32) * SHARD_BATCHES
+    r.act_plan = plan = cache_plan(cfg, elems, r.n_views * n_tr + len(r.yva), chunk, gather_rows(chunk, workers))
     r.cache_bytes = plan["store_bytes"]
     mb = lambda b: f"{b / 2**20:.0f} MB"  # noqa: E731
     if plan["where"] == "off":
