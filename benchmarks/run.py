@@ -68,12 +68,12 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def edgetl(*args: str, json_out: bool = False) -> tuple[float, Any]:
-    """Run ``python -m edgetl ARGS``; return (wall seconds, parsed stdout JSON or text)."""
+def edgetl(*args: str, json_out: bool = False, env: dict[str, str] | None = None) -> tuple[float, Any]:
+    """Run ``python -m edgetl ARGS`` (``env``: extra environment variables); return (wall seconds, parsed stdout JSON or text)."""
     cmd = [sys.executable, "-m", "edgetl", *args]
     log("$ edgetl " + " ".join(args))
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})})
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -120,8 +120,11 @@ class Bench:
     def train(self, ds: str, strategy: str, *extra: str, name: str | None = None) -> dict[str, Any]:
         out = self.work / (name or f"{ds}_{strategy}")
         quick = ["--epochs", "3", "--fine-tune-epochs", "1"] if self.quick else []
+        # every run starts with an empty embedding cache of its own: the timings are the cold pass (the
+        # TensorFlow-engine run would otherwise reuse the ONNX Runtime run's embeddings and time nothing)
         wall, m = edgetl("train", str(self.splits[ds]), "--strategy", strategy, "--out", str(out), "--overwrite",
-                         "--quiet", "--json", *quick, *extra, json_out=True)
+                         "--quiet", "--json", *quick, *extra, json_out=True,
+                         env={"EDGETL_EMBED_CACHE": str(self.work / "embed_cache" / out.name)})
         v, t = m["val"], m["test"]
         ft = m.get("fine_tune") or {}
         return {"dataset": ds, "strategy": strategy, "args": list(extra), "run_dir": str(out), "split": "test",
