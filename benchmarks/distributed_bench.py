@@ -112,14 +112,16 @@ def write(doc: dict, stem: str) -> None:
             "load_1min_before_after"]
     shares = [{"task": w["task"], "train_images": w["train_images"], "val_images": w["val_images"],
                "train_share_pct": round(100 * w["train_images"] / doc["train_images"], 1), "embed_seconds": w["seconds"],
-               "fine_tune_images": w.get("fine_tune_images")}
+               "fine_tune_images": w.get("fine_tune_images"), "checked_images": w.get("checked_images"),
+               "check_seconds": w.get("check_seconds")}
               for row in doc["rows"] for w in ((row.get("distributed") or {}).get("per_worker") or [])]
     md = [f"# Distributed benchmark {doc['date']}", "", f"`{doc['command']}`", "",
           f"edgetl {doc['commit']}; {doc['machine']}; data {doc.get('source_data', doc['data'])} ("
           + (f"the first {doc['limit_per_class']} files of each class of each split: " if doc.get("limit_per_class") else "")
           + f"{doc['train_images']} train images)", "",
           markdown_table(doc["rows"], cols), "", "Per worker of the 2-worker run:", "",
-          markdown_table(shares, ["task", "train_images", "val_images", "train_share_pct", "embed_seconds", "fine_tune_images"])
+          markdown_table(shares, ["task", "train_images", "val_images", "train_share_pct", "embed_seconds", "fine_tune_images",
+                                  "checked_images", "check_seconds"])
           if shares else "(failed)",
           "", doc["note"], ""]
     atomic_write_text(RESULTS / f"{stem}.md", "\n".join(md))
@@ -152,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
            "machine": f"{platform.machine()}, {os.cpu_count()} cores (Intel Xeon, AVX-512/VNNI/AMX), shared with other jobs",
            "note": "Both workers run on the same machine and share its cores: the 2-worker wall time does not halve here. "
                    "Each worker embeds only its shard (every 2nd file); on two machines the frozen-base pass time is "
-                   "each worker's embed_seconds.",
+                   "each worker's embed_seconds. decode_seconds is the chief's image check at start (every file with 1 worker, "
+                   "its share with 2: checked_images and check_seconds per worker).",
            "rows": []}
     for workers in (1, 2):
         row = run(workers, args, f"{stamp}_{workers}w")
