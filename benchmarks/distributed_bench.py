@@ -85,6 +85,10 @@ def run(workers: int, args: argparse.Namespace, tag: str) -> dict:
                     "decode_seconds": round(m["decode_seconds"], 1),
                     "embed_seconds": round(m["embed_seconds"], 1), "embed_engine": m["embed_engine"].get("engine"),
                     "train_wall_seconds_chief": round(m["train_wall_seconds"], 1), "distributed": m.get("distributed")})
+    cpath = out / "config.json"
+    if all(c == 0 for c in codes) and cpath.is_file():  # the files, split and skipped files the run trained on
+        data = json.loads(cpath.read_text())["data"]
+        row.update({"files_sha256": data["files_sha256"], "split_sha256": data["split_sha256"], "num_skipped": data["num_skipped"]})
     shutil.rmtree(cache, ignore_errors=True)
     return row
 
@@ -109,17 +113,20 @@ def write(doc: dict, stem: str) -> None:
     atomic_write_text(RESULTS / f"{stem}.json", json.dumps(doc, indent=2))
     cols = ["workers", "wall_seconds", "train_wall_seconds_chief", "decode_seconds", "embed_seconds", "embed_engine",
             "epochs_run", "fine_tune_epochs_run", "fine_tune_mode", "fine_tune_kept", "val_accuracy_pct", "val_loss",
-            "load_1min_before_after"]
+            "num_skipped", "files_sha256_12", "load_1min_before_after"]
+    rows = [{**row, "files_sha256_12": (row.get("files_sha256") or "")[:12] or None} for row in doc["rows"]]
     shares = [{"task": w["task"], "train_images": w["train_images"], "val_images": w["val_images"],
                "train_share_pct": round(100 * w["train_images"] / doc["train_images"], 1), "embed_seconds": w["seconds"],
-               "fine_tune_images": w.get("fine_tune_images")}
+               "fine_tune_images": w.get("fine_tune_images"), "checked_images": w.get("checked_images"),
+               "check_seconds": w.get("check_seconds")}
               for row in doc["rows"] for w in ((row.get("distributed") or {}).get("per_worker") or [])]
     md = [f"# Distributed benchmark {doc['date']}", "", f"`{doc['command']}`", "",
           f"edgetl {doc['commit']}; {doc['machine']}; data {doc.get('source_data', doc['data'])} ("
           + (f"the first {doc['limit_per_class']} files of each class of each split: " if doc.get("limit_per_class") else "")
           + f"{doc['train_images']} train images)", "",
-          markdown_table(doc["rows"], cols), "", "Per worker of the 2-worker run:", "",
-          markdown_table(shares, ["task", "train_images", "val_images", "train_share_pct", "embed_seconds", "fine_tune_images"])
+          markdown_table(rows, cols), "", "Per worker of the 2-worker run:", "",
+          markdown_table(shares, ["task", "train_images", "val_images", "train_share_pct", "embed_seconds", "fine_tune_images",
+                                  "checked_images", "check_seconds"])
           if shares else "(failed)",
           "", doc["note"], ""]
     atomic_write_text(RESULTS / f"{stem}.md", "\n".join(md))
@@ -152,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
            "machine": f"{platform.machine()}, {os.cpu_count()} cores (Intel Xeon, AVX-512/VNNI/AMX), shared with other jobs",
            "note": "Both workers run on the same machine and share its cores: the 2-worker wall time does not halve here. "
                    "Each worker embeds only its shard (every 2nd file); on two machines the frozen-base pass time is "
-                   "each worker's embed_seconds.",
+                   "each worker's embed_seconds. decode_seconds is the chief's image check at start (every file with 1 worker, "
+                   "its share with 2: checked_images and check_seconds per worker).",
            "rows": []}
     for workers in (1, 2):
         row = run(workers, args, f"{stamp}_{workers}w")

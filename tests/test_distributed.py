@@ -168,6 +168,38 @@ def test_multi_worker_feature_extraction_embeds_only_its_shard(image_folder, tmp
     assert abs(m["val_loss"] - m1["val_loss"]) <= 0.05, (m["val_loss"], m1["val_loss"])
 
 
+def test_multi_worker_image_check_is_sharded(tmp_path):
+    """Two workers each decode about half of the listed files at the start; both skip the same
+    undecodable files with the same warning, and the split is the one-process run's."""
+    from conftest import make_image_folder
+
+    from edgetl.cli import main
+    from edgetl.data import summarize_skipped
+
+    data = make_image_folder(tmp_path / "data", n_train=9, n_val=3, split=False, size=16)
+    (data / "alpha" / "alpha_all_004b.png").write_bytes(b"\x89PNG garbage")  # listed 6th: worker 1's share
+    (data / "beta" / "beta_all_010b.jpg").write_bytes(b"not a jpeg")  # listed 13 + 12th: worker 0's share
+    args = ["--backbone", "tiny_cnn", "--weights", "none", "--strategy", "feature-extraction", "--epochs", "1",
+            "--batch-size", "8", "--augment-views", "0", "--patience", "0", "--seed", "3", "--val-split", "0.25"]
+    one = tmp_path / "one"
+    assert main(["train", str(data), *args, "--out", str(one), "--quiet"]) == 0  # one process, in this one
+    run = tmp_path / "run"
+    outs, _ = _run_workers(tmp_path, [str(data), *args, "--out", str(run)], EDGETL_EMBED_CACHE=str(tmp_path / "cache2"))
+    c, c1 = (json.loads((p / "config.json").read_text()) for p in (run, one))
+    assert c1["data"]["num_skipped"] == 2 and c["data"] == c1["data"]  # files, split hashes, counts, skipped files
+    listed = 2 * 12 + 2
+    per = json.loads((run / "metrics.json").read_text())["distributed"]["per_worker"]
+    checked = [w["checked_images"] for w in per]
+    assert sum(checked) == listed and all(k <= 0.55 * listed for k in checked), per
+    warning = "warning: " + summarize_skipped((d["path"], d["reason"]) for d in c1["data"]["skipped"])
+    logs = [outs[i] + (tmp_path / f"w{i}.err").read_text() for i in range(2)]
+    for i, log in enumerate(logs):
+        assert [line for line in log.splitlines() if "not decodable" in line] == [warning], log[-3000:]
+        assert f"{'chief' if i == 0 else 'worker'} {i} of 2: checked its {checked[i]} of the {listed} listed files" in log
+    sizes = [[line for line in log.splitlines() if " train / " in line and " val images" in line] for log in logs]
+    assert len(sizes[0]) == 1 and sizes[0][0].split(",")[0] == sizes[1][0].split(",")[0], sizes  # same split on both
+
+
 # No activation cache (cache_limit_mb 0, no CLI flag for it): the fine-tune phase streams the image files.
 FT_ON_IMAGES = """
 import sys
@@ -358,3 +390,106 @@ def test_distributed_train_data_takes_the_same_steps_on_every_shard():
     # 2 steps of the per-replica batch 4 (global 4 over 1 replica) on both shards, every epoch; each step
     # is a batch of the shard's own rows (the last one partial)
     assert epochs == [(2, [[4, 3], [4, 3]]), (2, [[4, 1], [4, 1]])], epochs
+
+
+class _FakeCluster:
+    """``count`` threads standing in for workers: ``gather(k)`` is worker k's all-gather of its
+    :func:`shard_rows` part (what :func:`gather_shards` returns on every worker), in lockstep."""
+
+    def __init__(self, count: int):
+        import threading
+
+        self.count, self.parts, self.calls = count, [None] * count, [0] * count
+        self.barrier = threading.Barrier(count, timeout=30)
+
+    def gather(self, k: int):
+        import numpy as np
+
+        def gather(local, n):
+            self.calls[k] += 1
+            self.parts[k] = np.asarray(local)
+            self.barrier.wait()
+            out = np.empty((n, *self.parts[k].shape[1:]), self.parts[k].dtype)
+            for j in range(self.count):
+                out[j::self.count] = self.parts[j]
+            self.barrier.wait()  # every worker has read the parts before the next gather replaces them
+            return out
+        return gather
+
+    def run(self, fn):
+        """``fn(k)`` on every worker at once: (results, errors) by worker."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def safe(k):
+            try:
+                return fn(k), None
+            except Exception as exc:  # noqa: BLE001 - compared by the test
+                return None, exc
+        with ThreadPoolExecutor(self.count) as pool:
+            out = list(pool.map(safe, range(self.count)))
+        return [o[0] for o in out], [o[1] for o in out]
+
+
+def _sharded_load(root, count, **kw):
+    from edgetl.data import CheckShard, load_dataset
+    from edgetl.train.distribute import combine_check
+
+    cluster = _FakeCluster(count)
+
+    def worker(k):
+        combine = lambda names, local: combine_check(names, local, k, count, cluster.gather(k))  # noqa: E731
+        return load_dataset(root, check_shard=CheckShard(k, count, combine), **kw)
+    return cluster, *cluster.run(worker)
+
+
+def test_sharded_image_check_gives_one_process_split_and_skipped_list(tmp_path):
+    """Each worker decodes only its strided share of the listed files; the gathered results give every
+    worker the single-process split, skipped list (the right reason for the right file) and warning."""
+    from conftest import make_image_folder
+    from PIL import Image
+
+    from edgetl.data import load_dataset, summarize_skipped
+
+    flat = make_image_folder(tmp_path / "flat", n_train=7, n_val=3, split=False, size=16)
+    (flat / "alpha" / "alpha_all_004b.png").write_bytes(b"\x89PNG garbage")
+    Image.new("RGB", (30, 30), "red").save(flat / "beta" / "beta_all_001b.jpg")
+    data = (flat / "beta" / "beta_all_001b.jpg").read_bytes()
+    (flat / "beta" / "beta_all_001b.jpg").write_bytes(data[:len(data) // 3])  # truncated: another reason
+    (flat / "beta" / "bäd: ünïcode.png").write_bytes(b"nope")
+    split = make_image_folder(tmp_path / "split", n_train=5, n_val=3, n_test=2, size=16)
+    (split / "val" / "beta" / "broken.png").write_bytes(b"x")
+    (split / "test" / "alpha" / "broken.png").write_bytes(b"y")
+    for root, kw in ((flat, {"val_split": 0.3, "seed": 3}), (split, {})):
+        one = load_dataset(root, workers=2, **kw)
+        listed = one.checked
+        assert listed == sum(len(s.samples) + len(s.skipped) for s in (one.train, one.val, one.test) if s)
+        assert len(one.skipped) == (3 if root == flat else 2) and len({r for _, r in one.skipped}) >= 2, one.skipped
+        for count in (2, 3):
+            cluster, sets, errors = _sharded_load(root, count, workers=1, **kw)
+            assert errors == [None] * count, errors
+            for ds in sets:
+                assert ds.fingerprint() == one.fingerprint()  # files, split and skipped hashes, counts
+                assert (ds.train.paths, ds.val.paths, ds.skipped) == (one.train.paths, one.val.paths, one.skipped)
+                assert summarize_skipped(ds.skipped) == summarize_skipped(one.skipped)
+            assert [ds.checked for ds in sets] == [len(range(k, listed, count)) for k in range(count)]
+            assert cluster.calls == [3] * count  # list check, reason lengths, the bad files' reasons
+
+
+def test_sharded_image_check_collectives_and_different_listings():
+    """No bad file: two gathers only; workers listing different files all fail with the same one-line
+    error (none is left waiting in a collective)."""
+    from edgetl.errors import EdgetlError
+    from edgetl.train.distribute import combine_check, shard_rows
+
+    names = [f"c/{i}.png" for i in range(9)]
+    cluster = _FakeCluster(2)
+    out, errors = cluster.run(lambda k: combine_check(names, [None] * len(shard_rows(9, k, 2)), k, 2, cluster.gather(k)))
+    assert out == [[None] * 9] * 2 and errors == [None, None] and cluster.calls == [2, 2]
+    for other in (names[:8], names[:8] + ["c/x.png"]):
+        listings = [names, other]
+        cluster = _FakeCluster(2)
+        out, errors = cluster.run(lambda k: combine_check(listings[k], [None] * len(shard_rows(len(listings[k]), k, 2)), k, 2,
+                                                          cluster.gather(k)))
+        assert all(isinstance(e, EdgetlError) for e in errors) and str(errors[0]) == str(errors[1]), errors
+        assert "the workers list different image files" in str(errors[0]) and "\n" not in str(errors[0])
+        assert cluster.calls == [1, 1]

@@ -5,6 +5,7 @@ their functions). ``from edgetl.data import X`` works for the names of both."""
 
 from edgetl.data.folders import (
     SPLITS,
+    CheckShard,
     DataChangedError,
     Dataset,
     Sample,
@@ -22,7 +23,7 @@ from edgetl.data.stream import StreamDecodeError, files_dataset, load_pixels
 from edgetl.data.tfdata import Augmenter, build_augmenter, labelled_batches, pixel_batches, pixels_dataset, training_dataset
 
 __all__ = [
-    "SPLITS", "Augmenter", "DataChangedError", "Dataset", "Sample", "Split", "StreamDecodeError", "build_augmenter",
+    "SPLITS", "Augmenter", "CheckShard", "DataChangedError", "Dataset", "Sample", "Split", "StreamDecodeError", "build_augmenter",
     "decode_paths", "files_dataset", "labelled_batches", "load_dataset", "load_pixels", "pixel_batches", "pixels_dataset",
     "resize_views", "scan_folder", "split_changes", "split_sha256", "stratified_sample", "summarize_skipped",
     "training_dataset",

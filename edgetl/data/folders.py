@@ -53,6 +53,21 @@ class Split:
         return {name: c.get(i, 0) for i, name in enumerate(self.classes)}
 
 
+@dataclass(frozen=True)
+class CheckShard:
+    """This process's part of the image check of a multi-worker run (worker ``index`` of ``count``).
+
+    It decodes only the listed files ``index, index + count, ...`` (the ``shard_rows`` convention of
+    edgetl/train/distribute.py), then ``combine(names, reasons)`` (``names``: every listed file, relative
+    to the data folder, in listing order; ``reasons``: this worker's results, None for a good file) returns
+    every listed file's reason, identical on every worker (e.g. all-gathered across the workers).
+    """
+
+    index: int
+    count: int
+    combine: Callable[[list[str], list[str | None]], list[str | None]]
+
+
 @dataclass
 class Dataset:
     classes: list[str]
@@ -63,6 +78,8 @@ class Dataset:
     root: str
     #: path -> uint8 (H, W, 3) model input, filled when ``load_dataset(preprocessing=...)`` decoded the files.
     pixels: dict[str, Any] | None = field(default=None, repr=False)
+    #: files this process decoded to check them (all listed files; its share with ``check_shard``; 0 unvalidated).
+    checked: int = 0
 
     def arrays(self, split: str) -> tuple[Any, Any]:
         """``(x uint8 (N, H, W, 3), y int32 (N,))`` of a split, from the pixels decoded at load time."""
@@ -220,22 +237,45 @@ def _candidates(folder: Path, classes: Sequence[str]) -> list[tuple[Path, int]]:
     return out
 
 
-def _decode_all(groups: list[list[tuple[Path, int]]], classes: Sequence[str], validate: bool, max_pixels: int | None,
-                pre: Preprocessing | None = None, pixels: dict[str, Any] | None = None, workers: int | None = None,
-                progress: Callable[[int, int], None] | None = None) -> list[Split]:
-    """One :class:`Split` per group of (file, label) candidates, decoded in one thread pool (one
-    progress count over every group): undecodable files are moved to ``skipped``."""
-    if not (validate or pre is not None):
-        return [Split([Sample(str(p), lab) for p, lab in g], list(classes), []) for g in groups]
-    flat = [c for g in groups for c in g]
+def _decode_files(paths: Sequence[Path], max_pixels: int | None, pre: Preprocessing | None, workers: int | None,
+                  progress: Callable[[int, int], None] | None) -> list[tuple[Any, str | None]]:
+    """:func:`_decode_one` of every path, in order, in one thread pool (one progress count)."""
     # Pillow releases the GIL while decoding and resizing, so threads use every core.
     n = workers or os.cpu_count() or 1
     results = []
     with ThreadPoolExecutor(max_workers=n) as pool:
-        for i, r in enumerate(pool.map(lambda c: _decode_one(c[0], max_pixels, pre), flat)):
+        for i, r in enumerate(pool.map(lambda p: _decode_one(p, max_pixels, pre), paths)):
             results.append(r)
             if progress is not None:
-                progress(i + 1, len(flat))
+                progress(i + 1, len(paths))
+    return results
+
+
+def _decode_all(groups: list[list[tuple[Path, int]]], classes: Sequence[str], validate: bool, max_pixels: int | None,
+                pre: Preprocessing | None = None, pixels: dict[str, Any] | None = None, workers: int | None = None,
+                progress: Callable[[int, int], None] | None = None, shard: CheckShard | None = None,
+                root: Path | None = None) -> tuple[list[Split], int]:
+    """One :class:`Split` per group of (file, label) candidates, decoded in one thread pool (one
+    progress count over every group): undecodable files are moved to ``skipped``. With ``shard`` (only
+    checking, no ``pre``) this process decodes its share and the shard's ``combine`` gives every result.
+    Returns (splits, files decoded here)."""
+    if not (validate or pre is not None):
+        return [Split([Sample(str(p), lab) for p, lab in g], list(classes), []) for g in groups], 0
+    flat = [c for g in groups for c in g]
+    if shard is not None:
+        if pre is not None:
+            raise ValueError("a sharded image check keeps no pixels (preprocessing must be None)")
+        mine = [p for p, _ in flat[shard.index::shard.count]]
+        local = [reason for _, reason in _decode_files(mine, max_pixels, None, workers, progress)]
+        names = [os.path.relpath(p, root) if root is not None else str(p) for p, _ in flat]
+        reasons = shard.combine(names, local)
+        if len(reasons) != len(flat):
+            raise EdgetlError(f"the combined image check has {len(reasons)} results for {len(flat)} listed files")
+        results: list[tuple[Any, str | None]] = [(None, reason) for reason in reasons]
+        checked = len(mine)
+    else:
+        results = _decode_files([p for p, _ in flat], max_pixels, pre, workers, progress)
+        checked = len(flat)
     out, k = [], 0
     for g in groups:
         samples: list[Sample] = []
@@ -249,13 +289,13 @@ def _decode_all(groups: list[list[tuple[Path, int]]], classes: Sequence[str], va
                 skipped.append((str(p), reason))
         k += len(g)
         out.append(Split(samples, list(classes), skipped))
-    return out
+    return out, checked
 
 
 def _scan_classes(folder: Path, classes: Sequence[str], validate: bool, max_pixels: int | None,
                   pre: Preprocessing | None = None, pixels: dict[str, Any] | None = None,
                   workers: int | None = None) -> Split:
-    return _decode_all([_candidates(folder, classes)], classes, validate, max_pixels, pre, pixels, workers)[0]
+    return _decode_all([_candidates(folder, classes)], classes, validate, max_pixels, pre, pixels, workers)[0][0]
 
 
 def decode_paths(paths: Sequence[str], pre: Preprocessing, workers: int | None = None,
@@ -317,7 +357,8 @@ def _stratified_split(samples: list[Sample], n_classes: int, val_split: float, s
 
 def load_dataset(data_dir: str | Path, val_split: float = 0.2, seed: int = 0, validate: bool = True,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, preprocessing: Preprocessing | None = None,
-                 workers: int | None = None, progress: Callable[[int, int], None] | None = None) -> Dataset:
+                 workers: int | None = None, progress: Callable[[int, int], None] | None = None,
+                 check_shard: CheckShard | None = None) -> Dataset:
     """Scan ``data_dir`` into train/val(/test) splits.
 
     Args:
@@ -326,6 +367,9 @@ def load_dataset(data_dir: str | Path, val_split: float = 0.2, seed: int = 0, va
             decode doubles as the validation, so the splits are identical to ``validate=True``.
         workers: decoding threads (default: CPU count).
         progress: called as ``progress(done, total)`` after each decoded file.
+        check_shard: a multi-worker run's share of the check (:class:`CheckShard`; not with
+            ``preprocessing``): this process decodes only its share of the listed files and the
+            splits, skipped files and messages are those of one process checking every file.
 
     Raises:
         UsageError: the folder does not exist or is not a folder.
@@ -339,7 +383,7 @@ def load_dataset(data_dir: str | Path, val_split: float = 0.2, seed: int = 0, va
     if not 0.0 < val_split < 1.0:
         raise UsageError(f"--val-split must be between 0 and 1 (exclusive), got {val_split}")
     pixels: dict[str, Any] | None = {} if preprocessing is not None else None
-    kw = dict(pre=preprocessing, pixels=pixels, workers=workers, progress=progress)
+    kw = dict(pre=preprocessing, pixels=pixels, workers=workers, progress=progress, shard=check_shard, root=root)
     top = _list_class_dirs(root)
     top_names = {p.name for p in top}
     if "train" in top_names and ("val" in top_names or "validation" in top_names):
@@ -353,13 +397,13 @@ def load_dataset(data_dir: str | Path, val_split: float = 0.2, seed: int = 0, va
         groups = [_candidates(root / "train", classes), _candidates(root / val_name, classes)]
         if "test" in top_names:
             groups.append(_candidates(root / "test", classes))
-        train, val, *rest = _decode_all(groups, classes, validate, max_pixels, **kw)
+        (train, val, *rest), checked = _decode_all(groups, classes, validate, max_pixels, **kw)
         test = rest[0] if rest else None
     else:
         layout = "class-folders"
         classes = [p.name for p in top]
         _check_classes(classes, root)
-        (everything,) = _decode_all([_candidates(root, classes)], classes, validate, max_pixels, **kw)
+        (everything,), checked = _decode_all([_candidates(root, classes)], classes, validate, max_pixels, **kw)
         tr, va = _stratified_split(everything.samples, len(classes), val_split, seed)
         train = Split(tr, classes, everything.skipped)
         val = Split(va, classes, [])
@@ -369,7 +413,7 @@ def load_dataset(data_dir: str | Path, val_split: float = 0.2, seed: int = 0, va
         raise EdgetlError(f"no validation images found under {root}")
     if test is not None and not test.samples and not test.skipped:
         test = None
-    return Dataset(classes, train, val, test, layout, str(root), pixels)
+    return Dataset(classes, train, val, test, layout, str(root), pixels, checked)
 
 
 def _check_classes(classes: list[str], folder: Path) -> None:

@@ -243,14 +243,27 @@ def _load_data(r: _Run) -> None:
     """Check every image once (undecodable files skipped) and keep the labelled file lists, not the
     pixels: the frozen-base pass and fine-tuning on images decode the files as they read them
     (edgetl/train/embed.py, edgetl/data/stream.py); class weights; ``config.json`` (status running)."""
-    from edgetl.data import load_dataset, summarize_skipped
+    from edgetl.data import CheckShard, load_dataset, summarize_skipped
 
     cfg = r.cfg
     _log(cfg, f"loading images from {cfg.data_dir} ...")
     t0 = time.perf_counter()
+    # Multi-worker: each worker checks its share of the files, the results are all-gathered (the same on every worker).
+    shard, what = None, "checking images"
+    if r.role is not None:
+        from edgetl.train.distribute import check_combiner
+
+        shard = CheckShard(r.role.index, r.role.workers, check_combiner(r.strategy, r.role.index, r.role.workers))
+        what = f"checking images ({r.role.describe()}: its share)"
     r.ds = ds = load_dataset(cfg.data_dir, val_split=cfg.val_split, seed=cfg.seed, max_pixels=cfg.max_pixels or None,
-                             workers=cfg.workers, progress=quiet.Progress("checking images").update if cfg.verbose else None)
+                             workers=cfg.workers, progress=quiet.Progress(what).update if cfg.verbose else None,
+                             check_shard=shard)
     r.decode_seconds = time.perf_counter() - t0
+    r.checked_images = ds.checked
+    if r.role is not None:
+        listed = sum(len(sp.samples) + len(sp.skipped) for sp in (ds.train, ds.val, ds.test) if sp is not None)
+        _log(cfg, f"{r.role.describe()}: checked its {ds.checked} of the {listed} listed files in {r.decode_seconds:.1f} s "
+                  "(the others' results gathered)")
     msg = summarize_skipped(ds.skipped)
     if msg:
         _warn(cfg, msg, r.warnings)

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from edgetl.errors import UsageError
+from edgetl.errors import EdgetlError, UsageError
 
 
 DISTRIBUTE_ENV = "EDGETL_DISTRIBUTE"
@@ -219,6 +219,60 @@ def gather_shards(strategy: Any, local: Any, n: int, count: int) -> Any:
     for k in range(count):
         out[k::count] = every[k * per_worker][:sizes[k]]
     return out
+
+
+def combine_check(names: Sequence[str], local: Sequence[str | None], index: int, count: int, gather: Any) -> list[str | None]:
+    """Every listed file's check result from each worker's share (worker ``index`` of ``count`` checked
+    the files :func:`shard_rows` gives it; ``local``: its reasons, None for a good file), identical on
+    every worker: what one process checking every file would have found.
+
+    ``gather(array, n)`` all-gathers the workers' :func:`shard_rows` parts of ``n`` rows in their original
+    order (:func:`gather_shards`); it is called the same number of times, with the same shapes, on every
+    worker: (1) each worker's file count and a hash of ``names``, so workers that list different files
+    fail alike instead of hanging in the next collective; (2) every file's reason length (0: good);
+    (3) only when a file is bad, each worker's reasons as UTF-8 codes, padded to the largest.
+
+    Raises:
+        EdgetlError: the workers list different files (the same message on every worker).
+    """
+    import hashlib
+
+    import numpy as np
+
+    n = len(names)
+    rows = shard_rows(n, index, count)
+    if len(local) != len(rows):
+        raise ValueError(f"worker {index} of {count} has {len(local)} results for its {len(rows)} files")
+    digest = hashlib.sha256("\n".join(names).encode("utf-8", "surrogateescape")).digest()
+    listed = gather(np.array([[n, *np.frombuffer(digest[:8], np.int32)]], np.int32), count)
+    differ = [k for k in range(count) if tuple(listed[k]) != tuple(listed[0])]
+    if differ:
+        k = differ[0]
+        raise EdgetlError(f"the workers list different image files: worker {k} lists {listed[k][0]}, worker 0 lists "
+                          f"{listed[0][0]}{' (same count, other names)' if listed[k][0] == listed[0][0] else ''}; "
+                          "DATA_DIR must hold the same files on every worker")
+    codes = [None if reason is None else reason.encode("utf-8", "surrogateescape") for reason in local]
+    lengths = gather(np.array([0 if c is None else len(c) + 1 for c in codes], np.int32), n)
+    bad = [[i for i in shard_rows(n, k, count) if lengths[i]] for k in range(count)]
+    most = max(len(b) for b in bad)
+    out: list[str | None] = [None] * n
+    if most == 0:  # the same on every worker: no third collective anywhere
+        return out
+    block = np.zeros((most, max(1, int(lengths.max()) - 1)), np.int32)
+    for j, c in enumerate(c for c in codes if c is not None):
+        block[j, :len(c)] = np.frombuffer(c, np.uint8)
+    every = gather(block, most * count)  # row j * count + k: worker k's j-th bad file
+    for k in range(count):
+        for j, i in enumerate(bad[k]):
+            out[i] = bytes(every[j * count + k][:lengths[i] - 1].astype(np.uint8)).decode("utf-8", "surrogateescape")
+    return out
+
+
+def check_combiner(strategy: Any, index: int, count: int) -> Any:
+    """``combine(names, reasons)`` of :class:`edgetl.data.CheckShard` for worker ``index`` of ``count``:
+    :func:`combine_check` through ``strategy``'s all-gather (:func:`gather_shards`)."""
+    return lambda names, local: combine_check(names, local, index, count,
+                                              lambda a, n: gather_shards(strategy, a, n, count))
 
 
 def distributed_train_data(strategy: Any, count: int, smallest: int, global_batch: int,

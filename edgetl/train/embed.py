@@ -129,14 +129,15 @@ def _gather_worker_parts(r: _Run) -> None:
     n_tr, n_va = len(_rows(r, len(r.ytr))), len(_rows(r, len(r.yva)))
     # the fine-tune (on images or on cached activations) trains on the same shard (edgetl/train/finetune.py)
     ft = (n_tr if r.shard is not None else len(r.ytr)) if r.fine_tune else 0
-    mine = np.array([[r.role.index, n_tr, n_va, r.n_embedded, r.embed_seconds, ft]], np.float64)
+    mine = np.array([[r.role.index, n_tr, n_va, r.n_embedded, r.embed_seconds, ft, r.checked_images, r.decode_seconds]], np.float64)
     every = gather_shards(r.strategy, mine, workers, workers)
     r.metrics["distributed"] = {
         "num_workers": workers, "sharded": r.shard is not None, "task": r.role.index,
         "fine_tune_sharded": bool(r.fine_tune and r.shard is not None),
         "per_worker": [{"task": int(t), "images": int(a + b), "train_images": int(a), "val_images": int(b),
-                        "embedded_views": int(e), "seconds": round(float(s), 3), "fine_tune_images": int(f)}
-                       for t, a, b, e, s, f in every]}
+                        "embedded_views": int(e), "seconds": round(float(s), 3), "fine_tune_images": int(f),
+                        "checked_images": int(c), "check_seconds": round(float(cs), 3)}
+                       for t, a, b, e, s, f, c, cs in every]}
 
 
 def _start_forward(r: _Run) -> None:

@@ -82,6 +82,7 @@ class _Run:
     weighting_doc: dict[str, Any] | None = None  # the class-weight choice (_choose_weighting)
     va_sw: Any = None  # val sample weights of the objective (None: plain val loss)
     decode_seconds: float = 0.0
+    checked_images: int = 0  # files this process decoded in the image check (its share in a multi-worker run)
     config_doc: dict[str, Any] = field(default_factory=dict)
     # graphs (_build_graphs)
     base: Any = None
