@@ -204,12 +204,16 @@ def test_doctor_offers_the_other_tflite_ranges_priced_by_what_they_recompute():
     art = NS(export_s=90.0, verify_s=5.0, format="tflite_int8", size_bytes=1000, quantization={"calib_samples_used": 300})
     ctx = NS(calibrated={"cached": b""}, train_samples=list(range(50)), reports={"tflite_int8": [], "onnx_int8": []},
              model=NS(count_params=lambda: 10_000),
-             config=NS(calib_samples=300, int8_quant=lambda: q, qat_time=120.0))
+             config=NS(calib_samples=300, int8_quant=lambda: q, qat_time=120.0, doctor=False))
     got = {r: (f, qq) for r, f, qq in doctor._remedies(ctx, art, 0)}
     fmt, quant = got[doctor.RANGES_REMEDY]
     assert fmt == "tflite_int8" and quant.calib_method == "percentile" and quant.rounding == "gptq"
     onnx = {r for r, _, _ in doctor._remedies(ctx, NS(**{**vars(art), "format": "onnx_int8"}), 0)}
     assert doctor.RANGES_REMEDY not in onnx and "Percentile calibration (99.999)" in onnx
+    assert "Entropy calibration" not in onnx  # ORT's Entropy ranges: only when --doctor asks for every remedy
+    ctx.config.doctor = True
+    assert "Entropy calibration" in {r for r, _, _ in doctor._remedies(ctx, NS(**{**vars(art), "format": "onnx_int8"}), 0)}
+    ctx.config.doctor = False
     c = doctor._Costs(ctx, art)
     assert c.estimate(doctor.RANGES_REMEDY, quant) == doctor.RANGES_S_PER_IMAGE * 300 + 5.0 + 5.0
     assert c.estimate(doctor.RANGES_REMEDY, quant) < c.estimate("round-to-nearest weights (no GPTQ)", q)
