@@ -309,9 +309,13 @@ def prepare_batch(paths: Sequence[str | Path], pre: Preprocessing,
 
     For a set that may not fit in RAM, :func:`edgetl.pixels.decode_store` (what export and bench use).
     """
-    from edgetl.pixels import decode_store
-
-    return decode_store(paths, pre, progress, in_ram=True)[0].array()  # filled in place: one copy of the pixels
+    h, w = pre.input_size
+    out = np.empty((len(paths), h, w, 3), np.uint8)  # filled in place: one copy of the pixels, not a list + a stack
+    for i, p in enumerate(paths):
+        out[i] = prepare(p, pre)
+        if progress is not None:
+            progress(i + 1, len(paths))
+    return out
 
 
 def normalize(pixels: np.ndarray, pre: Preprocessing) -> np.ndarray:
