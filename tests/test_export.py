@@ -312,6 +312,53 @@ def test_doctor_reaches_qat_when_post_training_remedies_miss(tiny_run, tmp_path,
     assert d["winner"] is None and d["selection"]["images"] > 0 and d["objective"] == "accuracy"
 
 
+@pytest.mark.parametrize("case", ["chance", "clear"])
+def test_an_all_8bit_remedy_must_beat_a_plain_file_that_missed(tiny_run, tmp_path, monkeypatch, case):
+    """The plain file missed the budget; round-to-nearest (an all-8-bit remedy) is within it. It is shipped
+    only when, on the selection images where the two files differ, it fixes significantly more of the
+    plain file's disagreements than it adds (sign test): 2 fixed / 1 added is chance, all fixed is not."""
+    import edgetl.export.artifacts as artifacts
+    import edgetl.export.doctor as doctor
+
+    real_remedies, real_verify = doctor._remedies, doctor._verify
+
+    def nearest_only(ctx, art, stage):
+        return [r for r in real_remedies(ctx, art, stage) if r[0].startswith("round-to-nearest")] if stage == 0 else []
+
+    def verify(ctx, art):  # the real verification, then which selection images agree, set by the test
+        real_verify(ctx, art)
+        n = len(art.agrees)
+        if art.remedy is None:
+            art.agrees = np.zeros(n, bool) if case == "clear" else np.r_[np.zeros(2, bool), np.ones(n - 2, bool)]
+        elif case == "clear":
+            art.agrees = np.ones(n, bool)
+        else:
+            art.agrees = np.r_[np.ones(2, bool), np.zeros(1, bool), np.ones(n - 3, bool)]
+        return art
+
+    monkeypatch.setattr(doctor, "_remedies", nearest_only)
+    monkeypatch.setattr(doctor, "_verify", verify)
+    monkeypatch.setattr(artifacts, "within_budget", lambda art, config: art.remedy is not None)
+    res = _export(tiny_run, tmp_path / "out", formats=("tflite_int8",), calib_samples=8, quant_report=False)
+    (d,) = res.doctor
+    (att,) = d["attempts"]
+    n = d["selection"]["images"]
+    assert n >= 5 and att["within_budget"] is True
+    if case == "chance":
+        assert att["vs_plain"] == {"fixed": 2, "broken": 1, "p_value": 0.5, "significant": False}
+        assert d["winner"] is None and res.artifact("tflite_int8").remedy is None
+    else:
+        assert att["vs_plain"]["fixed"] == n and att["vs_plain"]["broken"] == 0 and att["vs_plain"]["significant"]
+        assert d["winner"]["remedy"].startswith("round-to-nearest") and res.artifact("tflite_int8").remedy == d["winner"]["remedy"]
+
+
+def test_sign_test_p_values():
+    from edgetl.export.doctor import sign_test
+
+    assert sign_test(0, 0) == 1.0 and sign_test(2, 0) == 0.25 and sign_test(4, 0) == 0.0625
+    assert sign_test(5, 0) == 0.03125 and sign_test(6, 1) == 8 / 128 and sign_test(1, 3) == 15 / 16
+
+
 def test_doctor_balanced_objective_uses_balanced_accuracy():
     from edgetl.export.doctor import balanced_accuracy
 

@@ -45,6 +45,8 @@ class Artifact:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
+    #: per verification image, whether the file's top-1 equals the float model's (not written to export.json)
+    agrees: Any = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -52,6 +54,7 @@ class Artifact:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("agrees", None)
         d["verification"] = self.verification.to_dict() if self.verification else None
         d["size_mb"] = round(self.size_bytes / 1e6, 3)
         return d
@@ -341,6 +344,7 @@ def verify_artifact(ctx: ExportContext, art: Artifact) -> Artifact:
         probs = run_file(art.path, ctx.val_px, ctx.config.threads,
                          progress=Progress(f"  verifying {Path(art.path).name}: images", say=ctx.say).update)
         art.verification = compare(probs, ctx.ref, ctx.val_y)
+        art.agrees = np.asarray(probs).argmax(-1) == np.asarray(ctx.ref).argmax(-1)
     except EdgetlError as exc:
         art.error = f"verification failed: {exc}"
         return art
