@@ -166,13 +166,9 @@ def summarize(paths: list[Path]) -> str:
 
 
 def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+    from edgetl.runtime.env import cpu_info
+
+    return str(cpu_info().get("model") or "unknown")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,6 @@ import datetime as _dt
 import json
 import math
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -141,13 +140,9 @@ def _markdown(doc: dict) -> str:
 
 
 def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    from edgetl.runtime.env import cpu_info
+
+    return str(cpu_info().get("model") or "unknown")
 
 
 def main(argv: list[str] | None = None) -> int:
