@@ -154,6 +154,11 @@ def test_best_and_honest_int8_notes():
     assert fast and "2.00x faster" in fast[0]
     slower = speed_notes([_row("fp32", 10.0, 99.0), _row("int8", 12.0, 99.0)], {"cpu": {"flags": {"avx512_vnni": True}, "vnni_or_dotprod": True}})
     assert "slower than" in slower[0] and "avx512_vnni" in slower[0]
+    own = [_row("fp32", 10.0, 99.0), _row("int8", 5.0, 99.0)]
+    for r in own:
+        r.threads = None  # MediaPipe: no thread setting, its own default
+    note = speed_notes(own, no_vnni)[0]
+    assert "its own thread default" in note and "None" not in note
 
 
 # --------------------------------------------------------------------------- overhead vs a bare loop

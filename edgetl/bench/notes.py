@@ -79,7 +79,10 @@ def speed_notes(rows: Sequence[BenchRow], env: dict[str, Any]) -> list[str]:
         if r.ok and r.p50_ms:
             groups.setdefault((r.format, r.runtime, r.device, r.threads, r.batch), {})[r.precision] = r
     for (fmt, rt, dev, th, _), by in sorted(groups.items(), key=lambda kv: str(kv[0])):
-        where = f"{fmt}/{rt}, {th} thread(s)" if dev == "cpu" else f"{fmt}/{rt} on {dev}"
+        if dev != "cpu":
+            where = f"{fmt}/{rt} on {dev}"
+        else:  # None: the runtime's own thread default (MediaPipe has no thread setting)
+            where = f"{fmt}/{rt}, {th} thread(s)" if th is not None else f"{fmt}/{rt}, its own thread default"
         notes += _lowered_notes(by, where)
         q = next((p for p in ("int8", "qat_int8") if p in by), None)
         if q is None or "fp32" not in by:
