@@ -86,10 +86,10 @@ def summarize(rows: list[dict]) -> dict:
             drop = [a["drop_pt"] for a in arts]
             size = [a["size_over_fp32"] for a in arts if a["size_over_fp32"] is not None]
             ratio = [a["int8_over_fp32_p50"] for a in arts if a.get("int8_over_fp32_p50") is not None]
-            s[fmt] = {"agreement_worst": min(agree), "agreement_median": float(np.median(agree)),
-                      "drop_worst": max(drop), "drop_median": float(np.median(drop)),
+            s[fmt] = {"agreement_worst": min(agree), "agreement_median": round(float(np.median(agree)), 2),
+                      "drop_worst": max(drop), "drop_median": round(float(np.median(drop)), 2),
                       "size_worst": max(size) if size else None,
-                      "int8_over_fp32_p50_median": float(np.median(ratio)) if ratio else None,
+                      "int8_over_fp32_p50_median": round(float(np.median(ratio)), 3) if ratio else None,
                       "remedies": [a["remedy"] for a in arts]}
         out[strategy] = s
     return out
