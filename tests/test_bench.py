@@ -371,3 +371,50 @@ def test_default_data_is_the_runs_test_split_when_it_has_one(tmp_path):
     without = make_image_folder(tmp_path / "v", n_train=3, n_val=2, size=16)
     es = eval_set_for(["alpha", "beta"], None, _FakeRun(without), None, 0)
     assert len(es.paths) == 4 and all("/val/" in str(p) for p in es.paths) and "validation split" in es.source
+
+
+# --------------------------------------------------------------------------- a shared CPU is reported
+
+
+def test_contention_from_proc_stat_snapshots():
+    from edgetl.runtime.timing import contention
+
+    # 2 s of wall time, 300 busy jiffies (3 s at 100 Hz) of which this process used 1 s: others used 1 core
+    c = contention((1000, 50), (1300, 70), own_s=1.0, wall_s=2.0, hz=100.0)
+    assert c["others_cores"] == pytest.approx(1.0) and c["steal_cores"] == pytest.approx(0.1)
+    assert contention((1000, 0), (1050, 0), own_s=1.0, wall_s=1.0, hz=100.0)["others_cores"] == 0.0  # never negative
+    assert contention((0, 0), (0, 0), 0.0, 0.0, 100.0) == {"others_cores": 0.0, "steal_cores": 0.0}
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="Linux /proc/stat needed")
+def test_cpu_contention_sees_a_busy_process():
+    import subprocess
+    import sys
+
+    from edgetl.runtime.timing import CpuContention
+
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        with CpuContention() as busy:
+            time.sleep(1.0)  # this process idles; the hog spins on a core
+    finally:
+        hog.kill()
+        hog.wait()
+    assert busy.result is not None and busy.result["others_cores"] >= 0.6
+
+
+def test_contention_note_names_the_shared_rows():
+    from edgetl.bench.notes import contention_note
+
+    quiet, busy = _row("fp32", 10.0, 99.0), _row("int8", 5.0, 99.0)
+    quiet.detail.update(cpu_others_cores=0.02, cpu_steal_cores=0.0)
+    busy.detail.update(cpu_others_cores=0.93, cpu_steal_cores=0.0)
+    env = {"cpu": {"usable_cores": 2}}
+    note = contention_note([quiet, busy], env)
+    assert len(note) == 1 and "1 of 2 timed rows" in note[0] and "up to 0.93 of 2 cores" in note[0]
+    assert "m_int8.tflite on litert" in note[0] and "upper bounds" in note[0]
+    busy.detail["cpu_others_cores"] = 0.1
+    assert contention_note([quiet, busy], env) == []
+    busy.detail["cpu_steal_cores"] = 0.3  # a VM's host taking cycles counts too
+    assert "hypervisor stole 0.30" in contention_note([quiet, busy], env)[0]

@@ -13,12 +13,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edgetl.bench.jobs import _Job, _open, plan_jobs
-from edgetl.bench.notes import choose_best, client_agreement, speed_notes
+from edgetl.bench.notes import choose_best, client_agreement, contention_note, speed_notes
 from edgetl.bench.results import BenchResult, BenchRow, BenchSettings, _precision_hint
 from edgetl.bench.targets import EvalSet, check_labels_up_front, discover_targets, eval_set_for, majority_for
 from edgetl.errors import EdgetlError, one_line
 from edgetl.runtime.env import RuntimeUnavailableError
-from edgetl.runtime.timing import latency_stats, timed_runs
+from edgetl.runtime.timing import CpuContention, latency_stats, timed_runs
 
 
 def accuracy_metrics(probs: np.ndarray, y: np.ndarray, labels: Sequence[str],
@@ -220,7 +220,7 @@ def _run_bench(items: Sequence[str | Path], settings: BenchSettings, data: str |
     rows = [done[j] for j in range(len(jobs))]
 
     ref_names = sorted({v[0] for v in state.ref.values()})
-    notes = state.notes + client_agreement(rows, state.top1) + speed_notes(rows, env)
+    notes = state.notes + client_agreement(rows, state.top1) + speed_notes(rows, env) + contention_note(rows, env)
     floor, best, why = choose_best(rows, settings.min_accuracy, [v[2] for v in state.ref.values()], settings.min_agreement)
     if best is None and any(r.ok for r in rows):
         notes.append(why)
@@ -285,8 +285,12 @@ def _time_row(row: BenchRow, runner: Any, pixels: np.ndarray, settings: BenchSet
     t0 = time.perf_counter_ns()
     fn()
     row.first_ms = (time.perf_counter_ns() - t0) / 1e6
-    n_warm, times = timed_runs(fn, settings.warmup_runs, settings.warmup_time, settings.min_runs,
-                               settings.min_time, settings.max_time)
+    with CpuContention() as busy:
+        n_warm, times = timed_runs(fn, settings.warmup_runs, settings.warmup_time, settings.min_runs,
+                                   settings.min_time, settings.max_time)
+    if busy.result is not None:
+        row.detail["cpu_others_cores"] = round(busy.result["others_cores"], 2)
+        row.detail["cpu_steal_cores"] = round(busy.result["steal_cores"], 2)
     for k, v in latency_stats(times, settings.batch).items():
         setattr(row, k, v)
     row.warmup_runs = n_warm

@@ -66,6 +66,27 @@ def choose_best(rows: Sequence[BenchRow], min_accuracy: float | None, ref_top1: 
                    "agreement": b.agreement, "min_agreement": min_agreement}, None
 
 
+def contention_note(rows: Sequence[BenchRow], env: dict[str, Any]) -> list[str]:
+    """One note when other processes (or a VM host's steal) used the CPUs while rows were timed."""
+    from edgetl.runtime.timing import CONTENDED_CORES
+
+    hit = []
+    for r in rows:
+        others = r.detail.get("cpu_others_cores") or 0.0
+        steal = r.detail.get("cpu_steal_cores") or 0.0
+        if r.ok and r.p50_ms and others + steal >= CONTENDED_CORES:
+            hit.append((others + steal, others, steal, r))
+    if not hit:
+        return []
+    total, others, steal, worst = max(hit, key=lambda h: h[0])
+    cores = (env.get("cpu") or {}).get("usable_cores") or (env.get("cpu") or {}).get("logical_cores")
+    of = f" of {cores}" if cores else ""
+    what = f"other processes used up to {others:.2f}{of} cores" + (f" and the hypervisor stole {steal:.2f}" if steal >= 0.05 else "")
+    return [f"shared CPU: while {len(hit)} of {sum(1 for r in rows if r.ok and r.p50_ms)} timed rows ran, {what} on average "
+            f"(the most in {worst.model} on {worst.runtime}): their latencies are upper bounds that an idle machine will not "
+            "reproduce; compare rows with care, or rerun with the machine otherwise idle (per row: cpu_others_cores in bench.json)."]
+
+
 def speed_notes(rows: Sequence[BenchRow], env: dict[str, Any]) -> list[str]:
     """Say plainly how int8 compares with fp32 on the same runtime and threads; never claim an unmeasured speed-up."""
     from edgetl.runtime.env import int8_fast_path

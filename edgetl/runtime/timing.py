@@ -11,6 +11,7 @@ No TensorFlow or ONNX Runtime is imported here (the runners import what they run
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,68 @@ def quick_latency(path: str | Path, pixels: np.ndarray, threads: int = 1, min_ru
     out = latency_stats(times, batch=len(pixels))
     out["threads"] = threads
     return out
+
+
+#: other processes' average CPU use (in cores) during a timed row above which bench says the row was contended
+CONTENDED_CORES = 0.25
+
+
+def _proc_stat() -> tuple[int, int] | None:
+    """(busy, steal) jiffies of the whole machine from /proc/stat's ``cpu`` line; None where there is none."""
+    try:
+        with open("/proc/stat") as fh:
+            first = fh.readline().split()
+    except OSError:
+        return None
+    if not first or first[0] != "cpu" or len(first) < 8:
+        return None
+    v = [int(x) for x in first[1:]]
+    # user nice system idle iowait irq softirq [steal ...]; guest time is already inside user
+    busy = v[0] + v[1] + v[2] + v[5] + v[6]
+    return busy, (v[7] if len(v) > 7 else 0)
+
+
+def _own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def contention(stat0: tuple[int, int], stat1: tuple[int, int], own_s: float, wall_s: float, hz: float) -> dict[str, float]:
+    """Other processes' CPU use (cores, on average) and the hypervisor's steal (cores) over an interval.
+
+    ``stat0``/``stat1``: :func:`_proc_stat` before and after; ``own_s``: this process's CPU seconds spent
+    in between (all its threads); ``wall_s``: the interval; ``hz``: jiffies per second.
+    """
+    if wall_s <= 0:
+        return {"others_cores": 0.0, "steal_cores": 0.0}
+    busy_s = (stat1[0] - stat0[0]) / hz
+    steal_s = (stat1[1] - stat0[1]) / hz
+    return {"others_cores": max(0.0, (busy_s - own_s) / wall_s), "steal_cores": max(0.0, steal_s / wall_s)}
+
+
+class CpuContention:
+    """Measures what else used the machine's CPUs while a block ran (Linux; ``result`` stays None elsewhere).
+
+    A latency measured while other processes ran (or while a VM's host stole cycles) is an upper bound
+    that another run will not reproduce; bench records this per row and says so.
+    """
+
+    def __init__(self) -> None:
+        self.result: dict[str, float] | None = None
+
+    def __enter__(self) -> "CpuContention":
+        self._stat, self._own, self._t = _proc_stat(), _own_cpu_s(), time.monotonic()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        stat = _proc_stat()
+        if self._stat is None or stat is None:
+            return
+        try:
+            hz = float(os.sysconf("SC_CLK_TCK"))
+        except (AttributeError, ValueError, OSError):
+            hz = 100.0
+        self.result = contention(self._stat, stat, _own_cpu_s() - self._own, time.monotonic() - self._t, hz)
 
 
 @dataclass
