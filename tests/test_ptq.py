@@ -197,10 +197,12 @@ def test_sequential_gptq_sees_the_rounded_prefix_and_stays_on_the_grid():
     assert dev[1] < dev[0], dev
 
 
-def test_qat_activation_ranges_start_at_the_float_models():
-    """tfmot starts every activation range at [-6, 6]; init_ranges sets each to the float model's on the images."""
+def test_qat_activation_ranges_start_at_the_float_models(monkeypatch):
+    """tfmot starts every activation range at [-6, 6]; init_ranges sets each to the float model's on the images,
+    measured a few images at a time (all of a model's activations for the whole sample once took 11 GB)."""
     from edgetl.export import qat as Q
 
+    monkeypatch.setattr(Q, "RANGE_BATCH", 3)  # 16 images in 6 passes: the ranges must still cover all of them
     m, _ = ptq.fold_batchnorm(_model(seed=1))
     tk = Q.to_tf_keras(m)
     q, _ = Q.quantize_aware(tk)
