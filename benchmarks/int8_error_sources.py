@@ -72,18 +72,19 @@ def fake_quant(lo: float, hi: float, bits: int):
 
 
 def rtn_weights(model) -> None:
+    """Round every conv / dense kernel to nearest on edgetl's int8 grid (:func:`edgetl.export.ptq._rtn`, per channel)."""
+    from edgetl.export import ptq
+
     for layer in model.layers:
         kind = type(layer).__name__
         if kind not in ("Conv2D", "DepthwiseConv2D", "Dense"):
             continue
         w = layer.get_weights()
         k = w[0]
-        if kind == "DepthwiseConv2D":
-            s = np.abs(k).max(axis=(0, 1, 3), keepdims=True) / 127
-        else:
-            s = np.abs(k).reshape(-1, k.shape[-1]).max(0) / 127
-        s = np.where(s == 0, 1, s)
-        w[0] = (np.round(k / s) * s).astype(np.float32)
+        if kind == "DepthwiseConv2D":  # (kh, kw, C, 1): one row per channel, as ptq rounds it
+            w[0] = ptq._rtn(k.reshape(-1, k.shape[2]).T).T.reshape(k.shape).astype(np.float32)
+        else:  # (..., out): one row per output channel
+            w[0] = ptq._rtn(k.reshape(-1, k.shape[-1]).T).T.reshape(k.shape).astype(np.float32)
         layer.set_weights(w)
 
 
