@@ -363,6 +363,7 @@ def export(
     quant_report: bool = typer.Option(True, "--quant-report/--no-quant-report", help="Write the per-layer quantization report of every int8 file."),
     rounding: str = typer.Option("gptq", "--rounding", help="int8 weight rounding: gptq (error-compensating, measured on calibration images) or nearest (the converters' own)."),
     rounding_samples: int = typer.Option(64, "--rounding-samples", min=1, help="Calibration images GPTQ rounding measures each layer on."),
+    onnx_overflow_fix: bool = typer.Option(True, "--onnx-overflow-fix/--no-onnx-overflow-fix", help="int8 .onnx: conv/dense weights on the 7-bit grid, so x86 CPUs without VNNI (AVX2) compute it exactly with ONNX Runtime's defaults and OpenVINO."),
     json_out: bool = typer.Option(False, "--json", help="Print export.json instead of a table."),
     verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
@@ -379,6 +380,7 @@ def export(
             verify_samples=verify_samples, max_drop=max_drop, min_agreement=min_agreement, strict=strict, doctor=doctor, doctor_time=doctor_time,
             data_dir=str(data) if data else None, out_dir=str(out) if out else None, opset=opset, qat_epochs=qat_epochs, quant_report=quant_report,
             rounding=rounding, rounding_samples=rounding_samples, accept_changed_data=accept_changed_data,
+            onnx_overflow_fix=onnx_overflow_fix,
         )
         config.resolve_formats()  # bad names and values fail here, before any conversion
         result = export_run(run_dir, config, progress=quiet.say)

@@ -45,6 +45,10 @@ class QuantizationConfig:
             its output error on calibration images is smallest; :mod:`edgetl.export.ptq`) or
             ``nearest`` (the converters' own round-to-nearest).
         rounding_samples: calibration images GPTQ measures each layer's inputs on.
+        overflow_fix: ONNX int8 only: convolution and dense weights on the 7-bit grid [-64, 64]
+            (depthwise keep 8 bits), so that no x86 int8 kernel without VNNI can saturate on them
+            (:func:`edgetl.export.ptq.overflow_safe_qmax`): the file gives the same results on ONNX
+            Runtime's default session options and on OpenVINO on every x86 CPU.
     """
 
     mode: str = "float32"
@@ -56,6 +60,7 @@ class QuantizationConfig:
     float_nodes: tuple[str, ...] = ()
     rounding: str = "nearest"
     rounding_samples: int = 64
+    overflow_fix: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -82,10 +87,11 @@ class QuantizationConfig:
     @classmethod
     def for_int8(cls, calib_samples: int = 300, io_type: str = "uint8", per_channel: bool = True,
                  calib_method: str = "minmax", seed: int = 0, rounding: str = "gptq",
-                 rounding_samples: int = 64) -> "QuantizationConfig":
+                 rounding_samples: int = 64, overflow_fix: bool = False) -> "QuantizationConfig":
         """Full-integer int8, calibrated on ``calib_samples`` training images, GPTQ-rounded weights."""
         return cls(mode="int8", io_type=io_type, calib_samples=calib_samples, per_channel=per_channel,
-                   calib_method=calib_method, seed=seed, rounding=rounding, rounding_samples=rounding_samples)
+                   calib_method=calib_method, seed=seed, rounding=rounding, rounding_samples=rounding_samples,
+                   overflow_fix=overflow_fix)
 
     @classmethod
     def for_int16x8(cls, calib_samples: int = 300, seed: int = 0) -> "QuantizationConfig":
@@ -108,4 +114,4 @@ class QuantizationConfig:
         return {"mode": self.mode, "io_type": self.io_type, "calib_samples": self.calib_samples,
                 "per_channel": self.per_channel, "calib_method": self.calib_method, "seed": self.seed,
                 "float_nodes": list(self.float_nodes), "rounding": self.rounding,
-                "rounding_samples": self.rounding_samples}
+                "rounding_samples": self.rounding_samples, "overflow_fix": self.overflow_fix}

@@ -161,3 +161,104 @@ def test_bench_times_sessions_in_turns_and_reports_ratio_of_minima():
     assert [len(m) for m in med] == [3, 3]
     r = ratio([6.0, 5.0, 7.0], [10.0, 12.0, 9.0])
     assert r["ratio_of_minima"] == round(5.0 / 9.0, 3) and r["median_round_ratio"] == round(6.0 / 10.0, 3)
+
+
+def _saturating_model():
+    """Pixels / 255 into a 1x1 conv whose weights are all at their channel's maximum: every pair of
+    products of a bright uint8 activation (~255) and int8 weight 127 is ~64,800, twice what int16 holds."""
+    import keras
+
+    inp = keras.Input((8, 8, 3), name="image")
+    x = keras.layers.Rescaling(1 / 255.0, name="normalize")(inp)
+    x = keras.layers.Conv2D(8, 1, name="widen", kernel_initializer="ones", bias_initializer="zeros")(x)
+    x = keras.layers.ReLU(6.0, name="widen_relu")(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", name="dw", depthwise_initializer="ones")(x)
+    y = keras.layers.Conv2D(4, 1, name="mix", kernel_initializer="ones")(x)
+    y = keras.layers.GlobalAveragePooling2D(name="pool")(y)
+    return keras.Model(inp, y)
+
+
+@pytest.fixture(scope="module")
+def saturating_files(tmp_path_factory):
+    """{False: 8-bit file, True: overflow-fixed file} of :func:`_saturating_model`, and bright pixels."""
+    import onnx
+
+    from edgetl.export import onnx as onnx_export
+
+    fp32 = onnx_export.convert(_saturating_model())
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(200, 256, (6, 8, 8, 3), dtype=np.uint8)
+    out = {}
+    for fix in (False, True):
+        q8, _ = onnx_export.quantize(fp32, pixels, QuantizationConfig.for_int8(calib_samples=6, rounding="nearest",
+                                                                               overflow_fix=fix))
+        out[fix] = q8
+        onnx.save(q8, str(tmp_path_factory.mktemp("sat") / f"fix_{fix}.onnx"))
+    return fp32, out, pixels
+
+
+def _weights_by_op(q8) -> dict[str, np.ndarray]:
+    """The int8 weight of every Conv in the QDQ graph, by the Conv's group (1: conv/dense, >1: depthwise)."""
+    from onnx import numpy_helper
+
+    inits = {t.name: numpy_helper.to_array(t) for t in q8.graph.initializer}
+    out_of = {o: n for n in q8.graph.node for o in n.output}
+    found = {}
+    for n in q8.graph.node:
+        if n.op_type == "Conv":
+            dq = out_of[n.input[1]]
+            group = next((a.i for a in n.attribute if a.name == "group"), 1)
+            found[f"{'depthwise' if group > 1 else 'conv'}:{n.name}"] = inits[dq.input[0]]
+    return found
+
+
+def test_overflow_fix_puts_conv_weights_on_7_bits_and_keeps_depthwise_at_8(saturating_files):
+    _, files, _ = saturating_files
+    w = _weights_by_op(files[True])
+    assert any(k.startswith("depthwise") for k in w) and sum(k.startswith("conv") for k in w) == 2
+    for name, q in w.items():
+        assert q.dtype == np.int8
+        assert np.abs(q.astype(int)).max() == (127 if name.startswith("depthwise") else 64), name
+    assert max(np.abs(q.astype(int)).max() for q in _weights_by_op(files[False]).values()) == 127
+
+
+def test_overflow_fixed_file_is_exact_with_ort_defaults_on_any_cpu(saturating_files, tmp_path):
+    """ORT's default kernels and its exact (U8U8) kernels give the same numbers for the fixed file on
+    every CPU, and every conv still runs as an int8 kernel. On x86 without VNNI the 8-bit file's
+    default kernels saturate: the reason for the fix (checked where this machine is such a CPU)."""
+    from edgetl.runtime.onnx_runner import EXACT_INT8_CONFIG, kernel_counts, needs_exact_int8_config, session
+
+    fp32, files, pixels = saturating_files
+    x = pixels.astype(np.float32)
+    ref = session(fp32.SerializeToString(), 1, exact_int8=False).run(None, {"image": x})[0]
+    got = {}
+    for fix, q8 in files.items():
+        data = q8.SerializeToString()
+        default = session(data, 1, exact_int8=False).run(None, {"image": x})[0]
+        exact = session(data, 1, exact_int8=False, config=EXACT_INT8_CONFIG).run(None, {"image": x})[0]
+        got[fix] = (default, exact)
+        assert np.abs(exact - ref).max() < 0.05 * np.abs(ref).max()  # the exact kernels follow the float model
+    np.testing.assert_array_equal(got[True][0], got[True][1])
+    assert kernel_counts(files[True].SerializeToString())["float"] == {}
+    if needs_exact_int8_config():
+        assert np.abs(got[False][0] - got[False][1]).max() > 0.05 * np.abs(ref).max()  # saturated
+
+
+def test_runner_keeps_ort_defaults_for_an_overflow_safe_file(int8_pair, saturating_files, tmp_path, monkeypatch):
+    """A file marked overflow-safe (export's metadata) runs on ORT's default kernels even where the
+    exact option would be applied; an unmarked int8 file keeps the option there."""
+    import onnx
+
+    from edgetl.runtime import onnx_runner
+
+    monkeypatch.setattr(onnx_runner, "needs_exact_int8_config", lambda *a, **k: True)
+    _, q8, plain, *_ = int8_pair
+    marked = onnx.ModelProto()
+    marked.CopyFrom(q8)
+    entry = marked.metadata_props.add()
+    entry.key, entry.value = onnx_runner.OVERFLOW_SAFE_KEY, "7-bit conv/dense weights"
+    path = tmp_path / "marked.onnx"
+    onnx.save(marked, str(path))
+    assert onnx_runner.overflow_safe(path) and not onnx_runner.overflow_safe(plain)
+    assert onnx_runner.OnnxRunner(path, threads=1).describe()["ort_u8u8"] is False
+    assert onnx_runner.OnnxRunner(plain, threads=1).describe()["ort_u8u8"] is True

@@ -71,11 +71,11 @@ def test_split_input_normalization_is_exact_only_on_the_int8_grid():
     assert ptq.split_input_normalization(_model(127.5, 127.5)) is None
 
 
-def _on_grid(kernel: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+def _on_grid(kernel: np.ndarray, ref: np.ndarray, qmax: int = 127) -> tuple[float, float]:
     """(max distance of kernel/scale from an integer, max relative change of the channel's max |w|)."""
     k2 = kernel.reshape(-1, kernel.shape[-1]) if kernel.ndim == 2 or kernel.shape[-1] > 1 else kernel.reshape(-1, kernel.shape[2])
     r2 = ref.reshape(k2.shape)
-    scale = np.abs(r2).max(axis=0) / 127
+    scale = np.abs(r2).max(axis=0) / qmax
     steps = k2 / scale
     return float(np.abs(steps - np.round(steps)).max()), float(np.abs(np.abs(k2).max(0) / np.abs(r2).max(0) - 1).max())
 
@@ -95,6 +95,34 @@ def test_gptq_rounds_onto_the_converters_grid_and_beats_nearest():
     rtn = np.array([e[1] for e in report.errors])
     gq = np.array([e[2] for e in report.errors])
     assert np.all(gq <= rtn + 1e-9) and gq.sum() < 0.8 * rtn.sum(), report.errors
+
+
+def test_overflow_safe_gptq_puts_conv_and_dense_on_7_bits_and_reuses_the_hessians():
+    """The overflow fix: conv and dense kernels on the [-64, 64] grid (no u8 x s8 pair can pass 32767),
+    depthwise on the int8 grid; a second rounding from the Hessians of the first runs no statistics pass
+    and rounds exactly as a fresh one."""
+    folded, _ = ptq.fold_batchnorm(_model())
+    before = {l.name: l.get_weights()[0].copy() for l in ptq._targets(folded)}
+    x = (_pixels(16, 6).astype(np.float32))
+    hessians: dict = {}
+    ptq.gptq_round(ptq.copy_model(folded), x, hessians=hessians)
+    assert len(hessians) == 4
+    totals: list[int] = []
+    cached = ptq.copy_model(folded)
+    ptq.gptq_round(cached, x, qmax_for=ptq.overflow_safe_qmax, hessians=hessians, step=lambda d, t: totals.append(t))
+    assert set(totals) == {4}  # the 4 layers, no statistics batch
+    fresh = ptq.copy_model(folded)
+    ptq.gptq_round(fresh, x, qmax_for=ptq.overflow_safe_qmax)
+    for layer in ptq._targets(cached):
+        kernel = layer.get_weights()[0]
+        np.testing.assert_array_equal(kernel, fresh.get_layer(layer.name).get_weights()[0])
+        qmax = 127 if type(layer).__name__ == "DepthwiseConv2D" else 64
+        assert ptq.overflow_safe_qmax(layer) == qmax
+        frac, max_change = _on_grid(kernel, before[layer.name], qmax)
+        assert frac < 1e-3 and max_change < 1e-6, layer.name
+        if qmax == 64:  # pairs of products of a uint8 activation and these weights stay inside int16
+            steps = np.abs(np.round(kernel / (np.abs(before[layer.name]).reshape(-1, kernel.shape[-1]).max(0) / 64)))
+            assert steps.max() <= 64 and 255 * 2 * steps.max() <= 32767
 
 
 def test_tflite_file_holds_exactly_the_gptq_weights_and_takes_raw_pixels():
@@ -148,6 +176,28 @@ def test_export_records_the_rounding_and_nearest_is_a_different_file(tiny_run, t
         assert not degraded_notes(res)  # the GPTQ note is information, not a WARNING line on the console
     for fmt in ("tflite_int8", "onnx_int8"):
         assert files[("gptq", fmt)] != files[("nearest", fmt)]
+
+
+def test_export_puts_the_overflow_fix_into_the_onnx_file_only(tiny_run, tmp_path):
+    """Default export: the int8 .onnx is GPTQ-rounded onto the 7-bit conv/dense grid and says so in its
+    metadata (runners then need no session option); the .tflite keeps 8 bits; --no-onnx-overflow-fix
+    writes the 8-bit file with the x86 session option in its metadata, as before."""
+    import onnx
+
+    from edgetl.export.api import ExportConfig, export_run
+    from edgetl.runtime.onnx_runner import ORT_CONFIG_KEY, OVERFLOW_SAFE_KEY
+
+    for fix in (True, False):
+        res = export_run(tiny_run, ExportConfig(formats=("tflite_int8", "onnx_int8"), calib_samples=8, doctor=False,
+                                                quant_report=False, onnx_overflow_fix=fix, out_dir=str(tmp_path / str(fix))))
+        art = res.artifact("onnx_int8")
+        assert art.error is None, art.error
+        assert art.quantization["overflow_fix"] is fix
+        assert res.artifact("tflite_int8").quantization["overflow_fix"] is False
+        assert any("overflow-safe grid" in n for n in art.notes) is fix, art.notes
+        keys = {p.key for p in onnx.load(art.path).metadata_props}
+        assert (OVERFLOW_SAFE_KEY in keys, ORT_CONFIG_KEY in keys) == (fix, not fix), keys
+        assert art.verification.agreement >= 90
 
 
 def test_bad_rounding_option_is_a_usage_error():

@@ -81,6 +81,10 @@ class ExportConfig:
             ``percentile`` per tensor (:mod:`edgetl.export.act_ranges`), ``entropy`` (ONNX).
         accept_changed_data: go on (with a loud warning in export.json) when the data folder no longer
             gives the split recorded in config.json; otherwise that is an error.
+        onnx_overflow_fix: the int8 ``.onnx`` file's convolution and dense weights on the 7-bit grid
+            (:attr:`edgetl.quant.QuantizationConfig.overflow_fix`), so that x86 CPUs without VNNI
+            (AVX2) give the same results as every other CPU, with ONNX Runtime's default session
+            options and with OpenVINO.
         doctor_time: seconds the doctor may spend (shared fairly by the int8 files it treats; no
             remedy starts once a file's share is used up, and the untried ones are listed).
             None: ``AUTO_DOCTOR_TIME`` in automatic mode, no limit with ``doctor=True``.
@@ -112,6 +116,7 @@ class ExportConfig:
     calib_method: str = "auto"
     doctor_time: float | None = None
     accept_changed_data: bool = False
+    onnx_overflow_fix: bool = True
 
     def doctor_seconds(self) -> float | None:
         """The doctor's time limit in seconds (None: unlimited)."""
@@ -150,7 +155,8 @@ class ExportConfig:
     def int8_quant(self) -> QuantizationConfig:
         return QuantizationConfig.for_int8(calib_samples=self.calib_samples, io_type=self.io_type, seed=self.seed,
                                            calib_method=self.calib_method,
-                                           rounding=self.rounding, rounding_samples=self.rounding_samples)
+                                           rounding=self.rounding, rounding_samples=self.rounding_samples,
+                                           overflow_fix=self.onnx_overflow_fix)
 
 
 ROW_COLUMNS = ["format", "file", "size_MB", "acc_%", "drop_pt", "agree_%", "max_dp", "p50_ms", "export_s", "status"]

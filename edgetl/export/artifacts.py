@@ -177,7 +177,8 @@ class ExportContext:
         from edgetl.export import ptq
 
         gptq = quant.mode == "int8" and quant.rounding == "gptq"
-        key_r = ("gptq", quant.rounding_samples) if gptq else ("nearest",)
+        safe = gptq and family == "onnx" and quant.overflow_fix  # 7-bit conv/dense grid (ptq.overflow_safe_qmax)
+        key_r = _rounding_key(quant, family)
         if key_r not in self.quant_models:
             model = self.model
             if gptq:
@@ -190,9 +191,14 @@ class ExportContext:
                 t0 = time.perf_counter()
                 from edgetl.quiet import Progress
 
+                grid = "7-bit conv/dense, " if safe else ""
                 rep = ptq.gptq_round(model, picked.astype(np.float32),
-                                     step=Progress("  int8 weights: GPTQ rounding (statistics batches + layers)", say=self.say).update)
-                line = f"{rep.summary()} on {len(picked)} calibration images, {n_bn} BN folded, {time.perf_counter() - t0:.0f} s"
+                                     step=Progress(f"  int8 weights: GPTQ rounding ({grid}statistics batches + layers)", say=self.say).update,
+                                     qmax_for=ptq.overflow_safe_qmax if safe else None,
+                                     hessians=self.quant_models.setdefault(("hessians", quant.rounding_samples), {}))
+                line = (f"{rep.summary()} on {len(picked)} calibration images, {n_bn} BN folded, "
+                        + ("onto the overflow-safe grid (7-bit conv/dense, 8-bit depthwise), " if safe else "")
+                        + f"{time.perf_counter() - t0:.0f} s")
                 self.quant_models[("note",) + key_r] = line
                 self.say(f"  int8 weights: {line}")
             self.quant_models[key_r] = model
@@ -205,9 +211,17 @@ class ExportContext:
         return self.quant_models[key_s]
 
 
-def _rounding_note(ctx: ExportContext, quant: QuantizationConfig) -> list[str]:
+def _rounding_key(quant: QuantizationConfig, family: str) -> tuple:
+    """The key of the rounded Keras model a converter of ``family`` quantizes for ``quant``."""
+    if quant.mode != "int8" or quant.rounding != "gptq":
+        return ("nearest",)
+    return ("gptq", quant.rounding_samples) + (("7bit",) if family == "onnx" and quant.overflow_fix else ())
+
+
+def _rounding_note(ctx: ExportContext, quant: QuantizationConfig, family: str) -> list[str]:
     """The GPTQ line for export.json (empty for round-to-nearest)."""
-    line = ctx.quant_models.get(("note", "gptq", quant.rounding_samples)) if quant.mode == "int8" and quant.rounding == "gptq" else None
+    key = _rounding_key(quant, family)
+    line = ctx.quant_models.get(("note",) + key) if key[0] == "gptq" else None
     return [f"int8 weights: {line}"] if line else []
 
 
@@ -241,7 +255,7 @@ def build_artifact_bytes(ctx: ExportContext, fmt: ExportFormat, quant: Quantizat
             notes += qat_notes
         elif quant.needs_calibration:
             model, affine = ctx.quant_model(quant, "tflite")
-            notes += _rounding_note(ctx, quant)
+            notes += _rounding_note(ctx, quant, "tflite")
         raw = tflite.convert(model, quant, calib, affine,
                              calibrated=ctx.calibrated_for(quant, model, calib) if quant.mode == "int8" else None)
         from edgetl.export.act_ranges import resolve
@@ -262,6 +276,7 @@ def build_artifact_bytes(ctx: ExportContext, fmt: ExportFormat, quant: Quantizat
             notes.append(f"input normalization carried by the uint8 input's quantization (scale {affine.scale:g}, "
                          f"zero point {affine.uint8_zero_point}): raw pixels in, no normalization op")
         qd = quant.to_dict()
+        qd["overflow_fix"] = False  # an ONNX setting: the TFLite file keeps 8-bit weights everywhere
         if quant.mode == "int8":
             qd["calib_method"] = resolve(quant.calib_method, "tflite")
         qd["calib_samples_used"] = 0 if calib is None else int(len(calib))
@@ -282,7 +297,7 @@ def build_artifact_bytes(ctx: ExportContext, fmt: ExportFormat, quant: Quantizat
         quant = quant or cfg.int8_quant()
         calib = ctx.calibration(quant.calib_samples if quant.calib_samples != cfg.calib_samples else None)
         source = ctx.onnx_source(quant)
-        notes += _rounding_note(ctx, quant)
+        notes += _rounding_note(ctx, quant, "onnx")
         proto, qnotes = onnx_export.quantize(source, calib, quant)
         notes += qnotes
         qd = quant.to_dict()
@@ -295,10 +310,13 @@ def build_artifact_bytes(ctx: ExportContext, fmt: ExportFormat, quant: Quantizat
     if fmt.precision != "fp32":
         import json
 
-        from edgetl.runtime.onnx_runner import EXACT_INT8_CONFIG, ORT_CONFIG_KEY
+        from edgetl.runtime.onnx_runner import EXACT_INT8_CONFIG, ORT_CONFIG_KEY, OVERFLOW_SAFE_KEY
 
         entry = proto.metadata_props.add()
-        entry.key, entry.value = ORT_CONFIG_KEY, json.dumps(EXACT_INT8_CONFIG)
+        if quant.overflow_fix:  # exact on every x86 CPU with ORT's defaults: no session option needed
+            entry.key, entry.value = OVERFLOW_SAFE_KEY, "7-bit conv/dense weights"
+        else:
+            entry.key, entry.value = ORT_CONFIG_KEY, json.dumps(EXACT_INT8_CONFIG)
     set_onnx_props(proto, ctx.facts(fmt, "float32", **extra))
     onnx_export.check(proto)
     return proto.SerializeToString(), {"quantization": qd, "io": {"input_dtype": "float32", "output_dtype": "float32"}}, notes, warns

@@ -163,6 +163,23 @@ def float_edges(proto: Any) -> list[str]:
     return [n for n in names if n]
 
 
+def overflow_fix_options(proto: Any) -> dict[str, Any]:
+    """``quantize_static`` arguments for :attr:`QuantizationConfig.overflow_fix`.
+
+    ``reduce_range=True`` puts every int8 weight on ORT's 7-bit grid ([-64, 64], ``scale = max|w| / 64``);
+    a per-tensor override gives the depthwise convolutions (``group > 1``) their 8 bits back. The
+    Keras model was GPTQ-rounded onto the same grids (:func:`edgetl.export.ptq.overflow_safe_qmax`),
+    with the largest weight of each channel kept, so ORT re-rounds nothing. Activations are not
+    affected by ``reduce_range`` (ORT applies it to weights only).
+    """
+    consts = {t.name for t in proto.graph.initializer}
+    depthwise = [n.input[1] for n in proto.graph.node
+                 if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in consts
+                 and next((a.i for a in n.attribute if a.name == "group"), 1) > 1]
+    overrides = {name: [{"axis": 0, "reduce_range": False}] for name in depthwise}
+    return {"reduce_range": True, "extra_options": {"TensorQuantOverrides": overrides} if overrides else {}}
+
+
 def quantize(proto: Any, calib_pixels: np.ndarray, quant: QuantizationConfig) -> tuple[Any, list[str]]:
     """Static QDQ int8 quantization (per-channel weights by default), calibrated on ``calib_pixels``.
 
@@ -208,6 +225,10 @@ def quantize(proto: Any, calib_pixels: np.ndarray, quant: QuantizationConfig) ->
             cache = {"calibration_cache_path": str(path)}
             notes.append(f"activation ranges: mse per tensor ({summary['tensors']} tensors, median range "
                          f"{summary['median_range_fraction']:.2f} of min/max)")
+        overflow = {}
+        if quant.overflow_fix:
+            overflow = overflow_fix_options(onnx.load(str(src)))
+            extra = {**extra, **overflow.pop("extra_options")}
         try:
             quantize_static(
                 str(src),
@@ -221,6 +242,7 @@ def quantize(proto: Any, calib_pixels: np.ndarray, quant: QuantizationConfig) ->
                 nodes_to_exclude=list(dict.fromkeys([*quant.float_nodes, *float_edges(onnx.load(str(src)))])) or None,
                 extra_options=extra,
                 **cache,
+                **overflow,
             )
         except Exception as exc:  # noqa: BLE001
             raise EdgetlError(f"ONNX int8 quantization failed: {one_line(exc, 300)}") from None

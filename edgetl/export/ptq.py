@@ -33,6 +33,9 @@ from edgetl.errors import EdgetlError
 #: GPTQ's damping of H (fraction of the mean diagonal), the value of the reference implementation
 DAMP = 0.01
 QMAX = 127
+#: the 7-bit grid of :func:`overflow_safe_qmax` (ONNX Runtime's ``reduce_range`` int8 weights: [-64, 64],
+#: ``scale = max|w| / 64``)
+QMAX_7BIT = 64
 #: GPTQ's "act-order" (see :func:`_gptq`)
 ACT_ORDER = True
 #: layers per statistics pass of :func:`gptq_round` (1: fully sequential, each H from the rounded prefix;
@@ -233,13 +236,27 @@ class RoundingReport:
                 f"mean relative output deviation {np.mean(gq):.4f} (round-to-nearest {np.mean(rtn):.4f})")
 
 
-def _scales(w2d: np.ndarray) -> np.ndarray:
+def _scales(w2d: np.ndarray, qmax: int = QMAX) -> np.ndarray:
     amax = np.max(np.abs(w2d), axis=1)
-    return np.where(amax > 0, amax / QMAX, 1.0)
+    return np.where(amax > 0, amax / qmax, 1.0)
 
 
-def _gptq(w: np.ndarray, h: np.ndarray, act_order: bool | None = None) -> np.ndarray:
-    """GPTQ on one layer. Returns ``w`` rounded onto the per-row int8 grid.
+def overflow_safe_qmax(layer: Any) -> int:
+    """The weight grid that keeps ``layer`` exact on x86 int8 kernels without VNNI.
+
+    Those kernels (ONNX Runtime's MLAS and OpenVINO's oneDNN on AVX2, and on AVX-512 without VNNI)
+    multiply uint8 activations by int8 weights with ``vpmaddubsw``, which adds *pairs* of products
+    into int16 with saturation: ``255 * (|w1| + |w2|)`` overflows 32767 once ``|w1| + |w2| > 128``.
+    Weights on the 7-bit grid ``[-64, 64]`` can never do that (255 * 128 = 32640): what
+    ONNX Runtime's ``reduce_range`` and NNCF's overflow fix do. Convolutions and dense layers get
+    it; depthwise convolutions keep 8 bits (those kernels widen to 16 bits before multiplying:
+    measured exact on AVX2 with 8-bit depthwise weights).
+    """
+    return QMAX if type(layer).__name__ == "DepthwiseConv2D" else QMAX_7BIT
+
+
+def _gptq(w: np.ndarray, h: np.ndarray, act_order: bool | None = None, qmax: int = QMAX) -> np.ndarray:
+    """GPTQ on one layer. Returns ``w`` rounded onto the per-row grid of ``qmax`` steps each side (int8: 127).
 
     ``w`` is (rows, d), a row per output channel. ``h`` is (d, d), shared by every row (conv,
     dense), or (rows, d, d), one per row (depthwise: each channel sees its own inputs).
@@ -252,11 +269,11 @@ def _gptq(w: np.ndarray, h: np.ndarray, act_order: bool | None = None) -> np.nda
     if act_order if act_order is not None else ACT_ORDER:
         perm = np.argsort(-np.einsum("cii->ci", h), axis=1, kind="stable")  # (1 or rows, d)
         hp = np.take_along_axis(np.take_along_axis(h, perm[:, :, None], axis=1), perm[:, None, :], axis=2)
-        out = _gptq(np.take_along_axis(w, perm, axis=1), hp, act_order=False)
+        out = _gptq(np.take_along_axis(w, perm, axis=1), hp, act_order=False, qmax=qmax)
         return np.take_along_axis(out, np.argsort(perm, axis=1), axis=1)
     w = w.astype(np.float64).copy()
     rows, d = w.shape
-    s = _scales(w)
+    s = _scales(w, qmax)
     free = np.ones_like(w, bool)
     free[np.arange(rows), np.argmax(np.abs(w), axis=1)] = False
     h = h.copy()
@@ -267,11 +284,11 @@ def _gptq(w: np.ndarray, h: np.ndarray, act_order: bool | None = None) -> np.nda
     try:
         hinv = np.transpose(np.linalg.cholesky(np.linalg.inv(h)), (0, 2, 1))  # upper triangular
     except np.linalg.LinAlgError:
-        return _rtn(w)
+        return _rtn(w, qmax)
     q = np.empty_like(w)
     for j in range(d):
         col = w[:, j]
-        qc = np.clip(np.round(col / s), -QMAX, QMAX) * s
+        qc = np.clip(np.round(col / s), -qmax, qmax) * s
         q[:, j] = qc
         if j + 1 < d:
             err = (col - qc) / hinv[:, j, j]
@@ -342,7 +359,8 @@ def _add_sum(sums: list[Any], i: int, layer: Any, x: Any) -> None:
 
 def gptq_round(model: Any, inputs: np.ndarray, batch: int = 8, progress: Callable[[str], None] | None = None,
                step: Callable[[int, int], None] | None = None, sequential: int | None = None,
-               bias_correction: bool | None = None) -> RoundingReport:
+               bias_correction: bool | None = None, qmax_for: Callable[[Any], int] | None = None,
+               hessians: dict[int, Any] | None = None) -> RoundingReport:
     """Round every Conv2D / DepthwiseConv2D / Dense kernel of ``model`` in place with GPTQ.
 
     Args:
@@ -359,6 +377,11 @@ def gptq_round(model: Any, inputs: np.ndarray, batch: int = 8, progress: Callabl
         bias_correction: (default ``BIAS_CORRECTION``) sequential only: each layer's bias absorbs the mean output shift that the
             rounded prefix and its own rounding cause on the calibration images (``b += W mean(x_float)
             - Q mean(x_rounded)``, per output channel; empirical bias correction, Nagel et al., 2019).
+        qmax_for: the grid of each layer, ``qmax_for(layer)`` steps each side (default: int8's 127 for
+            every layer; :func:`overflow_safe_qmax` for files that must be exact on x86 without VNNI).
+        hessians: parallel only: a dict that the first call fills with every layer's ``H`` (by layer
+            index) and later calls on the same graph (another copy of the folded model, another
+            ``qmax_for``) read instead of running the statistics passes again.
 
     The biases stay float (the converters keep them in int32 at input scale x weight scale).
     """
@@ -372,11 +395,10 @@ def gptq_round(model: Any, inputs: np.ndarray, batch: int = 8, progress: Callabl
         return report
     chunk = len(targets) if sequential <= 0 else sequential
     groups = [targets[i : i + chunk] for i in range(0, len(targets), chunk)]
-    n_batches = -(-len(inputs) // batch)
-    total = len(groups) * n_batches + len(targets)
     report.sequential = len(groups) > 1
     correct = bias_correction and report.sequential
-    n_batches = -(-len(inputs) // batch)
+    cached = hessians is not None and not report.sequential and len(hessians) == len(targets)
+    n_batches = 0 if cached else -(-len(inputs) // batch)
     total = (len(groups) + correct) * n_batches + len(targets)
     done = 0
     sums_f: list[Any] = [None] * len(targets)
@@ -391,21 +413,25 @@ def gptq_round(model: Any, inputs: np.ndarray, batch: int = 8, progress: Callabl
     first = 0
     for group in groups:
         # the model's layers are rounded in place: this probe runs the already rounded prefix
-        probe = keras.Model(model.inputs, [t.input for t in group])
+        probe = None if cached else keras.Model(model.inputs, [t.input for t in group])
         hs: list[Any] = [None] * len(group)
         sums_q: list[Any] = [None] * len(group)
-        for start in range(0, len(inputs), batch):
+        if cached:
+            hs = [hessians[first + i] for i in range(len(group))]
+        for start in range(0, 0 if cached else len(inputs), batch):
             outs = probe(inputs[start : start + batch], training=False)
             _accumulate(hs, group, [outs] if len(group) == 1 else outs, sums_q if correct else None)
             done += 1
             if step:
                 step(done, total)
+        if hessians is not None and not report.sequential and not cached:
+            hessians.update({first + i: h for i, h in enumerate(hs)})
         for i, (layer, h) in enumerate(zip(group, hs)):
             done += 1
             if step:
                 step(done, total)
             w_float = layer.get_weights()[0].copy()
-            _round_layer(layer, h, report, progress)
+            _round_layer(layer, h, report, progress, QMAX if qmax_for is None else int(qmax_for(layer)))
             if correct:
                 f = sums_f[first + i]
                 _correct_bias(layer, w_float, f[0] / f[1], sums_q[i][0] / sums_q[i][1], report)
@@ -431,7 +457,8 @@ def _correct_bias(layer: Any, w_float: np.ndarray, mean_f: np.ndarray, mean_q: n
     report.bias_corrected += 1
 
 
-def _round_layer(layer: Any, h: np.ndarray, report: RoundingReport, progress: Callable[[str], None] | None) -> None:
+def _round_layer(layer: Any, h: np.ndarray, report: RoundingReport, progress: Callable[[str], None] | None,
+                 qmax: int = QMAX) -> None:
     weights = layer.get_weights()
     kernel = weights[0]
     if type(layer).__name__ == "DepthwiseConv2D":
@@ -441,8 +468,8 @@ def _round_layer(layer: Any, h: np.ndarray, report: RoundingReport, progress: Ca
         w2 = kernel.reshape(kh * kw, c).T  # (C, d), one H per channel
     else:
         w2 = kernel.reshape(-1, kernel.shape[-1]).T  # (out, d), one shared H
-    q2 = _gptq(w2, h)
-    err_rtn, err_q = _rel_err(w2, _rtn(w2), h), _rel_err(w2, q2, h)
+    q2 = _gptq(w2, h, qmax=qmax)
+    err_rtn, err_q = _rel_err(w2, _rtn(w2, qmax), h), _rel_err(w2, q2, h)
     weights[0] = q2.T.reshape(kernel.shape).astype(np.float32)
     layer.set_weights(weights)
     report.layers += 1
@@ -451,9 +478,9 @@ def _round_layer(layer: Any, h: np.ndarray, report: RoundingReport, progress: Ca
         progress(f"{layer.name}: output error {err_rtn:.4f} -> {err_q:.4f}")
 
 
-def _rtn(w2: np.ndarray) -> np.ndarray:
-    s = _scales(w2)[:, None]
-    return np.clip(np.round(w2 / s), -QMAX, QMAX) * s
+def _rtn(w2: np.ndarray, qmax: int = QMAX) -> np.ndarray:
+    s = _scales(w2, qmax)[:, None]
+    return np.clip(np.round(w2 / s), -qmax, qmax) * s
 
 
 def _rel_err(w: np.ndarray, q: np.ndarray, h: np.ndarray) -> float:

@@ -42,6 +42,25 @@ _AUTO_GPU = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 #: it into the file's metadata (``edgetl.ort_session_config``) for code that runs the file there.
 EXACT_INT8_CONFIG = {"session.x64quantprecision": "1"}
 ORT_CONFIG_KEY = "edgetl.ort_session_config"
+#: metadata key of an int8 file whose conv/dense weights are on the 7-bit grid (``export`` with the
+#: overflow fix, :attr:`edgetl.quant.QuantizationConfig.overflow_fix`): no pair of products can
+#: saturate, so ORT's default kernels are exact on every x86 CPU and the option above is not needed
+OVERFLOW_SAFE_KEY = "edgetl.int8_overflow_safe"
+
+
+def overflow_safe(path: str | Path) -> bool:
+    """True when the ``.onnx`` file says its int8 weights cannot saturate (:data:`OVERFLOW_SAFE_KEY`).
+
+    Reads the file's ``metadata_props`` with the ``onnx`` package (False when it is missing or the
+    file cannot be parsed: the runner then keeps the exact option, which is never wrong, only slower).
+    """
+    try:
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - ImportError, bad file: the session reports a bad file itself
+        return False
+    return any(p.key == OVERFLOW_SAFE_KEY for p in proto.metadata_props)
 
 
 def needs_exact_int8_config(machine: str | None = None, vnni: bool | None = None) -> bool:
@@ -201,8 +220,9 @@ class OnnxRunner:
         ort = _ort()
         self.providers_requested = resolve_providers(providers)
         self.threads = int(threads) if threads else default_threads()
-        self.exact_int8 = exact_int8
-        so = session_options(self.threads, exact_int8=exact_int8)
+        # a file that cannot saturate runs on ORT's default (fast) kernels everywhere
+        self.exact_int8 = exact_int8 and not (needs_exact_int8_config() and overflow_safe(self.path))
+        so = session_options(self.threads, exact_int8=self.exact_int8)
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=so, providers=self.providers_requested)
         except Exception as exc:  # noqa: BLE001 - InvalidProtobuf, Fail, InvalidGraph ... all mean "bad file"
