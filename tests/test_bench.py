@@ -418,3 +418,38 @@ def test_contention_note_names_the_shared_rows():
     assert contention_note([quiet, busy], env) == []
     busy.detail["cpu_steal_cores"] = 0.3  # a VM's host taking cycles counts too
     assert "hypervisor stole 0.30" in contention_note([quiet, busy], env)[0]
+
+
+def test_saturation_note_on_x86_without_vnni_only_for_unsafe_openvino_int8_rows(tmp_path, monkeypatch):
+    """An OpenVINO int8 row that lost many predictions on an x86 CPU without VNNI gets a note that says
+    why and what runs exactly; a file export marked overflow-safe, a VNNI CPU and LiteRT rows get none."""
+    import platform
+
+    import onnx
+    from onnx import helper
+
+    from edgetl.bench.notes import saturation_notes
+    from edgetl.runtime.onnx_runner import OVERFLOW_SAFE_KEY
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    safe = tmp_path / "safe.onnx"
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    proto = helper.make_model(graph)
+    proto.metadata_props.add(key=OVERFLOW_SAFE_KEY, value="7-bit conv/dense weights")
+    onnx.save(proto, str(safe))
+    rows = []
+    for fmt, path, runtime in (("onnx", str(tmp_path / "plain.onnx"), "openvino"), ("onnx", str(safe), "openvino"),
+                               ("tflite", "m.tflite", "openvino"), ("tflite", "m.tflite", "litert")):
+        r = BenchRow(model=Path(path).name, path=path, format=fmt, runtime=runtime, precision="int8", threads=1, p50_ms=5.0, top1=90.0)
+        r.agreement = 75.0
+        rows.append(r)
+    no_vnni = {"cpu": {"flags": {"avx2": True}, "vnni_or_dotprod": False}}
+    notes = saturation_notes(rows, no_vnni, 99.0)
+    assert len(notes) == 2, notes
+    assert notes[0].startswith("plain.onnx on openvino: 75.00 %") and "overflow" in notes[0]
+    assert notes[1].startswith("m.tflite on openvino") and "LiteRT runs this .tflite exactly" in notes[1]
+    assert saturation_notes(rows, {"cpu": {"flags": {"avx512_vnni": True}, "vnni_or_dotprod": True}}, 99.0) == []
+    rows[0].agreement = 99.5
+    assert len(saturation_notes(rows, no_vnni, 99.0)) == 1

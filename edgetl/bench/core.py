@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edgetl.bench.jobs import _Job, _open, plan_jobs
-from edgetl.bench.notes import choose_best, client_agreement, contention_note, speed_notes
+from edgetl.bench.notes import choose_best, client_agreement, contention_note, saturation_notes, speed_notes
 from edgetl.bench.results import BenchResult, BenchRow, BenchSettings, _precision_hint
 from edgetl.bench.targets import EvalSet, check_labels_up_front, discover_targets, eval_set_for, majority_for
 from edgetl.errors import EdgetlError, one_line
@@ -220,7 +220,8 @@ def _run_bench(items: Sequence[str | Path], settings: BenchSettings, data: str |
     rows = [done[j] for j in range(len(jobs))]
 
     ref_names = sorted({v[0] for v in state.ref.values()})
-    notes = state.notes + client_agreement(rows, state.top1) + speed_notes(rows, env) + contention_note(rows, env)
+    notes = (state.notes + client_agreement(rows, state.top1) + speed_notes(rows, env) + contention_note(rows, env)
+             + saturation_notes(rows, env, settings.min_agreement))
     floor, best, why = choose_best(rows, settings.min_accuracy, [v[2] for v in state.ref.values()], settings.min_agreement)
     if best is None and any(r.ok for r in rows):
         notes.append(why)

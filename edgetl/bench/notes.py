@@ -121,6 +121,37 @@ def speed_notes(rows: Sequence[BenchRow], env: dict[str, Any]) -> list[str]:
     return notes
 
 
+def saturation_notes(rows: Sequence[BenchRow], env: dict[str, Any], min_agreement: float | None) -> list[str]:
+    """Why an int8 row on an x86 CPU without VNNI can lose many predictions, and what to run instead.
+
+    Such CPUs' int8 kernels (OpenVINO's, and ONNX Runtime's default ones) add pairs of uint8 x int8
+    products in 16 bits with saturation; 8-bit weights overflow it (measured: 72-80 % agreement on
+    OpenVINO for a sign_digits Lite0). An ``.onnx`` file that ``edgetl export`` marked overflow-safe
+    (7-bit conv/dense weights) cannot overflow; such a row gets no note.
+    """
+    import platform
+
+    from edgetl.runtime.env import int8_fast_path
+    from edgetl.runtime.onnx_runner import overflow_safe
+
+    if int8_fast_path(env) or platform.machine().lower() not in ("x86_64", "amd64"):
+        return []
+    floor = 99.0 if min_agreement is None else float(min_agreement)
+    notes = []
+    for r in rows:
+        if not (r.ok and r.precision.startswith("int8") and r.agreement is not None and r.agreement < floor):
+            continue
+        if r.runtime not in ("openvino",) or (r.format == "onnx" and overflow_safe(r.path)):
+            continue
+        other = ("the int8 .onnx that edgetl export writes (7-bit conv/dense weights, overflow-safe) runs exactly here"
+                 if r.format == "onnx" else "LiteRT runs this .tflite exactly; for OpenVINO use the int8 .onnx edgetl export writes "
+                 "(7-bit conv/dense weights, overflow-safe)")
+        notes.append(f"{r.model} on {r.runtime}: {r.agreement:.2f} % top-1 agreement with the float model: this CPU has no VNNI, "
+                     "and its int8 kernels add pairs of uint8 x int8 products in 16 bits, which 8-bit weights overflow; "
+                     f"{other}.")
+    return notes
+
+
 def _lowered_notes(by: dict[str, BenchRow], where: str) -> list[str]:
     """A row the device ran below the file's precision (``fp32->bf16``) against the same file run as told."""
     notes = []
