@@ -45,9 +45,10 @@ class QuantizationConfig:
             its output error on calibration images is smallest; :mod:`edgetl.export.ptq`) or
             ``nearest`` (the converters' own round-to-nearest).
         rounding_samples: calibration images GPTQ measures each layer's inputs on.
-        overflow_fix: ONNX int8 only: convolution and dense weights on the 7-bit grid [-64, 64]
-            (depthwise keep 8 bits), so that no x86 int8 kernel without VNNI can saturate on them
-            (:func:`edgetl.export.ptq.overflow_safe_qmax`): the file gives the same results on ONNX
+        overflow_fix: ONNX int8 only: int8 weights that no x86 int8 kernel without VNNI can
+            saturate on (its 16-bit sums of pairs of products): GPTQ keeps each pair of 1x1 conv / dense
+            weights within budget and puts other convs on the 7-bit grid, depthwise keep 8 bits
+            (:func:`edgetl.export.ptq.overflow_grid`): the file gives the same results with ONNX
             Runtime's default session options and on OpenVINO on every x86 CPU.
     """
 

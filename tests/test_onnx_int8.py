@@ -262,3 +262,31 @@ def test_runner_keeps_ort_defaults_for_an_overflow_safe_file(int8_pair, saturati
     assert onnx_runner.overflow_safe(path) and not onnx_runner.overflow_safe(plain)
     assert onnx_runner.OnnxRunner(path, threads=1).describe()["ort_u8u8"] is False
     assert onnx_runner.OnnxRunner(plain, threads=1).describe()["ort_u8u8"] is True
+
+
+def test_gptq_pair_budget_file_is_exact_with_ort_defaults(tmp_path):
+    """The default overflow fix end to end on the saturating model: GPTQ with the pair budget, then ORT's
+    quantizer (1x1 weights kept 8-bit, ORT re-rounds nothing): every pair of adjacent input channels of
+    the 1x1 convs is within 128 in the file, and ORT's default kernels give the exact kernels' outputs."""
+    from edgetl.export import onnx as onnx_export
+    from edgetl.export import ptq
+    from edgetl.runtime.onnx_runner import EXACT_INT8_CONFIG, session
+
+    model = _saturating_model()
+    pixels = np.random.default_rng(2).integers(200, 256, (8, 8, 8, 3), dtype=np.uint8)
+    ptq.gptq_round(model, pixels.astype(np.float32), grid_for=lambda layer: ptq.overflow_grid(layer, "pairs"))
+    q8, _ = onnx_export.quantize(onnx_export.convert(model), pixels,
+                                 QuantizationConfig.for_int8(calib_samples=8, overflow_fix=True))
+    w = _weights_by_op(q8)
+    convs = [q.astype(int) for k, q in w.items() if k.startswith("conv")]
+    assert len(convs) == 2
+    for q in convs:  # (out, cin, 1, 1): 8-bit grid, pairs within budget
+        assert np.abs(q).max() == 127
+        n = q.shape[1] // 2 * 2  # an odd last channel pairs with the kernels' zero padding
+        pairs = np.abs(q[:, 0:n:2]) + np.abs(q[:, 1:n:2])
+        assert pairs.max() <= ptq.PAIR_MAX
+    x = pixels.astype(np.float32)
+    data = q8.SerializeToString()
+    default = session(data, 1, exact_int8=False).run(None, {"image": x})[0]
+    exact = session(data, 1, exact_int8=False, config=EXACT_INT8_CONFIG).run(None, {"image": x})[0]
+    np.testing.assert_array_equal(default, exact)

@@ -97,32 +97,51 @@ def test_gptq_rounds_onto_the_converters_grid_and_beats_nearest():
     assert np.all(gq <= rtn + 1e-9) and gq.sum() < 0.8 * rtn.sum(), report.errors
 
 
-def test_overflow_safe_gptq_puts_conv_and_dense_on_7_bits_and_reuses_the_hessians():
-    """The overflow fix: conv and dense kernels on the [-64, 64] grid (no u8 x s8 pair can pass 32767),
-    depthwise on the int8 grid; a second rounding from the Hessians of the first runs no statistics pass
-    and rounds exactly as a fresh one."""
+def _pair_sums(kernel: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """|q_2i| + |q_2i+1| over adjacent input channels of a 1x1 conv / dense kernel, on the 8-bit grid of ``ref``."""
+    k2 = kernel.reshape(-1, kernel.shape[-1])  # (cin, out)
+    q = np.abs(np.round(k2 / (np.abs(ref.reshape(k2.shape)).max(0) / 127)))
+    n = q.shape[0] // 2 * 2
+    return q[0:n:2] + q[1:n:2]
+
+
+@pytest.mark.parametrize("mode", ["pairs", "7bit"])
+def test_overflow_safe_gptq_keeps_every_pair_inside_int16_and_reuses_the_hessians(mode):
+    """The overflow fix: no pair of uint8 x int8 products of adjacent input channels can pass 32767.
+    ``pairs``: 1x1 conv and dense stay on the 8-bit grid with |q1| + |q2| <= 128 (plain GPTQ breaks
+    that on this model), the 3x3 stem goes to [-64, 64]; ``7bit``: every conv/dense on [-64, 64];
+    depthwise on the int8 grid either way. A second rounding from the Hessians of the first runs no
+    statistics pass and rounds exactly as a fresh one."""
     folded, _ = ptq.fold_batchnorm(_model())
     before = {l.name: l.get_weights()[0].copy() for l in ptq._targets(folded)}
     x = (_pixels(16, 6).astype(np.float32))
+    grid = lambda layer: ptq.overflow_grid(layer, mode)  # noqa: E731
     hessians: dict = {}
-    ptq.gptq_round(ptq.copy_model(folded), x, hessians=hessians)
+    plain = ptq.copy_model(folded)
+    ptq.gptq_round(plain, x, hessians=hessians)
     assert len(hessians) == 4
     totals: list[int] = []
     cached = ptq.copy_model(folded)
-    ptq.gptq_round(cached, x, qmax_for=ptq.overflow_safe_qmax, hessians=hessians, step=lambda d, t: totals.append(t))
+    ptq.gptq_round(cached, x, grid_for=grid, hessians=hessians, step=lambda d, t: totals.append(t))
     assert set(totals) == {4}  # the 4 layers, no statistics batch
     fresh = ptq.copy_model(folded)
-    ptq.gptq_round(fresh, x, qmax_for=ptq.overflow_safe_qmax)
+    ptq.gptq_round(fresh, x, grid_for=grid)
+    kinds = {}
     for layer in ptq._targets(cached):
         kernel = layer.get_weights()[0]
         np.testing.assert_array_equal(kernel, fresh.get_layer(layer.name).get_weights()[0])
-        qmax = 127 if type(layer).__name__ == "DepthwiseConv2D" else 64
-        assert ptq.overflow_safe_qmax(layer) == qmax
+        qmax, pairs = grid(layer)
+        kinds[layer.name] = (qmax, pairs)
         frac, max_change = _on_grid(kernel, before[layer.name], qmax)
         assert frac < 1e-3 and max_change < 1e-6, layer.name
-        if qmax == 64:  # pairs of products of a uint8 activation and these weights stay inside int16
-            steps = np.abs(np.round(kernel / (np.abs(before[layer.name]).reshape(-1, kernel.shape[-1]).max(0) / 64)))
-            assert steps.max() <= 64 and 255 * 2 * steps.max() <= 32767
+        if pairs:
+            assert _pair_sums(kernel, before[layer.name]).max() <= ptq.PAIR_MAX, layer.name
+            assert _pair_sums(plain.get_layer(layer.name).get_weights()[0], before[layer.name]).max() > ptq.PAIR_MAX
+    assert kinds["block0_dwconv"] == (127, False)
+    assert kinds["stem_conv"] == (64, False)
+    one_by_one = (127, True) if mode == "pairs" else (64, False)
+    assert kinds["block0_project_conv"] == one_by_one and kinds["probs"] == one_by_one
+    assert 255 * ptq.PAIR_MAX <= 32767 and 255 * 2 * ptq.QMAX_7BIT <= 32767
 
 
 def test_tflite_file_holds_exactly_the_gptq_weights_and_takes_raw_pixels():
@@ -179,7 +198,7 @@ def test_export_records_the_rounding_and_nearest_is_a_different_file(tiny_run, t
 
 
 def test_export_puts_the_overflow_fix_into_the_onnx_file_only(tiny_run, tmp_path):
-    """Default export: the int8 .onnx is GPTQ-rounded onto the 7-bit conv/dense grid and says so in its
+    """Default export: the int8 .onnx is GPTQ-rounded onto the overflow-safe grid and says so in its
     metadata (runners then need no session option); the .tflite keeps 8 bits; --no-onnx-overflow-fix
     writes the 8-bit file with the x86 session option in its metadata, as before."""
     import onnx

@@ -177,7 +177,7 @@ class ExportContext:
         from edgetl.export import ptq
 
         gptq = quant.mode == "int8" and quant.rounding == "gptq"
-        safe = gptq and family == "onnx" and quant.overflow_fix  # 7-bit conv/dense grid (ptq.overflow_safe_qmax)
+        safe = gptq and family == "onnx" and quant.overflow_fix  # 7-bit conv/dense grid (ptq.overflow_grid)
         key_r = _rounding_key(quant, family)
         if key_r not in self.quant_models:
             model = self.model
@@ -191,13 +191,13 @@ class ExportContext:
                 t0 = time.perf_counter()
                 from edgetl.quiet import Progress
 
-                grid = "7-bit conv/dense, " if safe else ""
+                grid = "overflow-safe, " if safe else ""
                 rep = ptq.gptq_round(model, picked.astype(np.float32),
                                      step=Progress(f"  int8 weights: GPTQ rounding ({grid}statistics batches + layers)", say=self.say).update,
-                                     qmax_for=ptq.overflow_safe_qmax if safe else None,
+                                     grid_for=ptq.overflow_grid if safe else None,
                                      hessians=self.quant_models.setdefault(("hessians", quant.rounding_samples), {}))
                 line = (f"{rep.summary()} on {len(picked)} calibration images, {n_bn} BN folded, "
-                        + ("onto the overflow-safe grid (7-bit conv/dense, 8-bit depthwise), " if safe else "")
+                        + (f"onto the overflow-safe grid ({ptq.overflow_summary()}), " if safe else "")
                         + f"{time.perf_counter() - t0:.0f} s")
                 self.quant_models[("note",) + key_r] = line
                 self.say(f"  int8 weights: {line}")
@@ -314,7 +314,9 @@ def build_artifact_bytes(ctx: ExportContext, fmt: ExportFormat, quant: Quantizat
 
         entry = proto.metadata_props.add()
         if quant.overflow_fix:  # exact on every x86 CPU with ORT's defaults: no session option needed
-            entry.key, entry.value = OVERFLOW_SAFE_KEY, "7-bit conv/dense weights"
+            from edgetl.export.ptq import overflow_summary
+
+            entry.key, entry.value = OVERFLOW_SAFE_KEY, overflow_summary("7bit" if quant.rounding != "gptq" else None)
         else:
             entry.key, entry.value = ORT_CONFIG_KEY, json.dumps(EXACT_INT8_CONFIG)
     set_onnx_props(proto, ctx.facts(fmt, "float32", **extra))

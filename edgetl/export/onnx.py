@@ -163,21 +163,33 @@ def float_edges(proto: Any) -> list[str]:
     return [n for n in names if n]
 
 
-def overflow_fix_options(proto: Any) -> dict[str, Any]:
+def overflow_fix_options(proto: Any, mode: str | None = None) -> dict[str, Any]:
     """``quantize_static`` arguments for :attr:`QuantizationConfig.overflow_fix`.
 
-    ``reduce_range=True`` puts every int8 weight on ORT's 7-bit grid ([-64, 64], ``scale = max|w| / 64``);
-    a per-tensor override gives the depthwise convolutions (``group > 1``) their 8 bits back. The
-    Keras model was GPTQ-rounded onto the same grids (:func:`edgetl.export.ptq.overflow_safe_qmax`),
-    with the largest weight of each channel kept, so ORT re-rounds nothing. Activations are not
-    affected by ``reduce_range`` (ORT applies it to weights only).
+    The Keras model was GPTQ-rounded onto the grids of :func:`edgetl.export.ptq.overflow_grid`, with the
+    largest weight of each channel kept, so ORT finds the same scales and re-rounds nothing. Weights
+    that grid puts on 7 bits get ORT's ``reduce_range`` ([-64, 64], ``scale = max|w| / 64``) by a
+    per-tensor override: the convolutions that are neither 1x1 nor depthwise in ``pairs`` mode (1x1
+    and dense weights stay 8-bit, their pairs kept within budget by GPTQ); every convolution but the
+    depthwise ones, and the dense weights, in ``7bit`` mode. Activations are never reduced.
     """
+    from edgetl.export import ptq
+
+    mode = mode or ptq.OVERFLOW_MODE
     consts = {t.name for t in proto.graph.initializer}
-    depthwise = [n.input[1] for n in proto.graph.node
-                 if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in consts
-                 and next((a.i for a in n.attribute if a.name == "group"), 1) > 1]
-    overrides = {name: [{"axis": 0, "reduce_range": False}] for name in depthwise}
-    return {"reduce_range": True, "extra_options": {"TensorQuantOverrides": overrides} if overrides else {}}
+    shapes = {t.name: list(t.dims) for t in proto.graph.initializer}
+    if mode == "7bit":  # everything on 7 bits but the depthwise weights
+        depthwise = [n.input[1] for n in proto.graph.node
+                     if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in consts
+                     and next((a.i for a in n.attribute if a.name == "group"), 1) > 1]
+        overrides = {name: [{"axis": 0, "reduce_range": False}] for name in depthwise}
+        return {"reduce_range": True, "extra_options": {"TensorQuantOverrides": overrides} if overrides else {}}
+    seven = [n.input[1] for n in proto.graph.node
+             if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in consts
+             and next((a.i for a in n.attribute if a.name == "group"), 1) == 1
+             and len(shapes[n.input[1]]) == 4 and shapes[n.input[1]][2:] != [1, 1]]
+    overrides = {name: [{"axis": 0, "reduce_range": True}] for name in seven}
+    return {"reduce_range": False, "extra_options": {"TensorQuantOverrides": overrides} if overrides else {}}
 
 
 def quantize(proto: Any, calib_pixels: np.ndarray, quant: QuantizationConfig) -> tuple[Any, list[str]]:
@@ -227,7 +239,8 @@ def quantize(proto: Any, calib_pixels: np.ndarray, quant: QuantizationConfig) ->
                          f"{summary['median_range_fraction']:.2f} of min/max)")
         overflow = {}
         if quant.overflow_fix:
-            overflow = overflow_fix_options(onnx.load(str(src)))
+            # round-to-nearest weights have no pair budget: the 7-bit grid is the only safe one for them
+            overflow = overflow_fix_options(onnx.load(str(src)), None if quant.rounding == "gptq" else "7bit")
             extra = {**extra, **overflow.pop("extra_options")}
         try:
             quantize_static(

@@ -33,7 +33,7 @@ from edgetl.errors import EdgetlError
 #: GPTQ's damping of H (fraction of the mean diagonal), the value of the reference implementation
 DAMP = 0.01
 QMAX = 127
-#: the 7-bit grid of :func:`overflow_safe_qmax` (ONNX Runtime's ``reduce_range`` int8 weights: [-64, 64],
+#: the 7-bit grid of :func:`overflow_grid` (ONNX Runtime's ``reduce_range`` int8 weights: [-64, 64],
 #: ``scale = max|w| / 64``)
 QMAX_7BIT = 64
 #: GPTQ's "act-order" (see :func:`_gptq`)
@@ -241,21 +241,52 @@ def _scales(w2d: np.ndarray, qmax: int = QMAX) -> np.ndarray:
     return np.where(amax > 0, amax / qmax, 1.0)
 
 
-def overflow_safe_qmax(layer: Any) -> int:
-    """The weight grid that keeps ``layer`` exact on x86 int8 kernels without VNNI.
+#: the largest ``|q1| + |q2|`` of a pair of int8 weights that ``vpmaddubsw`` multiplies by two uint8
+#: activations and adds into int16: 255 * 128 = 32640 <= 32767
+PAIR_MAX = 128
+
+
+#: how :func:`overflow_grid` keeps pairs inside int16: ``pairs`` (8-bit grid, each pair's budget) or
+#: ``7bit`` (every conv/dense weight on [-64, 64], as ONNX Runtime's ``reduce_range`` and NNCF's overflow fix)
+OVERFLOW_MODE = "7bit"
+
+
+def overflow_summary(mode: str | None = None) -> str:
+    """How :func:`overflow_grid` keeps a model's int8 weights from overflowing, in a few words."""
+    if (mode or OVERFLOW_MODE) == "pairs":
+        return f"1x1 conv/dense pairs within {PAIR_MAX}, other convs 7-bit, depthwise 8-bit"
+    return "7-bit conv/dense, 8-bit depthwise"
+
+
+def overflow_grid(layer: Any, mode: str | None = None) -> tuple[int, bool]:
+    """(qmax, pair budget) that keeps ``layer`` exact on x86 int8 kernels without VNNI.
 
     Those kernels (ONNX Runtime's MLAS and OpenVINO's oneDNN on AVX2, and on AVX-512 without VNNI)
     multiply uint8 activations by int8 weights with ``vpmaddubsw``, which adds *pairs* of products
-    into int16 with saturation: ``255 * (|w1| + |w2|)`` overflows 32767 once ``|w1| + |w2| > 128``.
-    Weights on the 7-bit grid ``[-64, 64]`` can never do that (255 * 128 = 32640): what
-    ONNX Runtime's ``reduce_range`` and NNCF's overflow fix do. Convolutions and dense layers get
-    it; depthwise convolutions keep 8 bits (those kernels widen to 16 bits before multiplying:
+    (input channels 2i and 2i+1) into int16 with saturation: ``255 * (|w1| + |w2|)`` overflows
+    32767 once ``|w1| + |w2| > 128``. Two ways out:
+
+    * ``pairs``: 1x1 convolutions and dense layers stay on the 8-bit grid and GPTQ keeps every pair
+      of adjacent input channels within :data:`PAIR_MAX` (measured: 4.4 % of Lite0's pairs are over it
+      after plain GPTQ); other convolutions (the stem, whose im2col order pairs taps differently in
+      different runtimes) go to the 7-bit grid.
+    * ``7bit``: every convolution and dense layer on [-64, 64] (255 * 128 = 32640).
+
+    Depthwise convolutions keep 8 bits either way (those kernels widen to 16 bits before multiplying:
     measured exact on AVX2 with 8-bit depthwise weights).
     """
-    return QMAX if type(layer).__name__ == "DepthwiseConv2D" else QMAX_7BIT
+    kind = type(layer).__name__
+    if kind == "DepthwiseConv2D":
+        return QMAX, False
+    mode = mode or OVERFLOW_MODE
+    one_by_one = kind == "Dense" or tuple(getattr(layer, "kernel_size", (1, 1))) == (1, 1)
+    if mode == "pairs" and one_by_one:
+        return QMAX, True
+    return QMAX_7BIT, False
 
 
-def _gptq(w: np.ndarray, h: np.ndarray, act_order: bool | None = None, qmax: int = QMAX) -> np.ndarray:
+def _gptq(w: np.ndarray, h: np.ndarray, act_order: bool | None = None, qmax: int = QMAX,
+          partner: np.ndarray | None = None) -> np.ndarray:
     """GPTQ on one layer. Returns ``w`` rounded onto the per-row grid of ``qmax`` steps each side (int8: 127).
 
     ``w`` is (rows, d), a row per output channel. ``h`` is (d, d), shared by every row (conv,
@@ -263,13 +294,21 @@ def _gptq(w: np.ndarray, h: np.ndarray, act_order: bool | None = None, qmax: int
     ``act_order``: round the input columns with the largest ``H`` diagonal (the most energetic
     inputs) first, so that their errors can still be compensated by the many columns after them.
     The largest weight of each row is never moved (it keeps the row's scale for the converter).
+    ``partner``: (d,) the column each column shares a ``vpmaddubsw`` pair with (-1: none); the two
+    integers of a pair then keep ``|q1| + |q2| <= PAIR_MAX`` (see :func:`overflow_grid`): the column
+    rounded second is clipped to what its partner left (a fixed largest weight counts as rounded
+    from the start), and GPTQ pushes that clipping error onto the columns after it like any other.
     """
     h = np.asarray(h, np.float64)
     h = h[None] if h.ndim == 2 else h
     if act_order if act_order is not None else ACT_ORDER:
         perm = np.argsort(-np.einsum("cii->ci", h), axis=1, kind="stable")  # (1 or rows, d)
         hp = np.take_along_axis(np.take_along_axis(h, perm[:, :, None], axis=1), perm[:, None, :], axis=2)
-        out = _gptq(np.take_along_axis(w, perm, axis=1), hp, act_order=False, qmax=qmax)
+        pp = None
+        if partner is not None and perm.shape[0] == 1:  # one column order for every row (conv, dense)
+            pos = np.argsort(perm[0])
+            pp = np.where(partner[perm[0]] >= 0, pos[np.maximum(partner[perm[0]], 0)], -1)
+        out = _gptq(np.take_along_axis(w, perm, axis=1), hp, act_order=False, qmax=qmax, partner=pp)
         return np.take_along_axis(out, np.argsort(perm, axis=1), axis=1)
     w = w.astype(np.float64).copy()
     rows, d = w.shape
@@ -283,12 +322,21 @@ def _gptq(w: np.ndarray, h: np.ndarray, act_order: bool | None = None, qmax: int
     h += (DAMP * h[:, idx, idx].mean(axis=1))[:, None, None] * np.eye(d)[None]
     try:
         hinv = np.transpose(np.linalg.cholesky(np.linalg.inv(h)), (0, 2, 1))  # upper triangular
-    except np.linalg.LinAlgError:
-        return _rtn(w, qmax)
+    except np.linalg.LinAlgError:  # round to nearest (no error to push), still within the pair budget
+        hinv = np.broadcast_to(np.eye(d), h.shape).copy()
     q = np.empty_like(w)
+    qi = np.where(free, 0.0, np.round(w / s[:, None]))  # integers: the fixed largest weights are known already
+    done = ~free
     for j in range(d):
         col = w[:, j]
-        qc = np.clip(np.round(col / s), -qmax, qmax) * s
+        qint = np.clip(np.round(col / s), -qmax, qmax)
+        if partner is not None and partner[j] >= 0:
+            other = np.where(done[:, partner[j]], np.abs(qi[:, partner[j]]), 0.0)
+            limit = PAIR_MAX - other
+            qint = np.clip(qint, -limit, limit)
+        qi[:, j] = qint
+        done[:, j] = True
+        qc = qint * s
         q[:, j] = qc
         if j + 1 < d:
             err = (col - qc) / hinv[:, j, j]
@@ -359,7 +407,7 @@ def _add_sum(sums: list[Any], i: int, layer: Any, x: Any) -> None:
 
 def gptq_round(model: Any, inputs: np.ndarray, batch: int = 8, progress: Callable[[str], None] | None = None,
                step: Callable[[int, int], None] | None = None, sequential: int | None = None,
-               bias_correction: bool | None = None, qmax_for: Callable[[Any], int] | None = None,
+               bias_correction: bool | None = None, grid_for: Callable[[Any], tuple[int, bool]] | None = None,
                hessians: dict[int, Any] | None = None) -> RoundingReport:
     """Round every Conv2D / DepthwiseConv2D / Dense kernel of ``model`` in place with GPTQ.
 
@@ -377,8 +425,8 @@ def gptq_round(model: Any, inputs: np.ndarray, batch: int = 8, progress: Callabl
         bias_correction: (default ``BIAS_CORRECTION``) sequential only: each layer's bias absorbs the mean output shift that the
             rounded prefix and its own rounding cause on the calibration images (``b += W mean(x_float)
             - Q mean(x_rounded)``, per output channel; empirical bias correction, Nagel et al., 2019).
-        qmax_for: the grid of each layer, ``qmax_for(layer)`` steps each side (default: int8's 127 for
-            every layer; :func:`overflow_safe_qmax` for files that must be exact on x86 without VNNI).
+        grid_for: the grid of each layer, ``(qmax, pair budget)`` (default: int8's 127 steps each side,
+            no budget; :func:`overflow_grid` for files that must be exact on x86 without VNNI).
         hessians: parallel only: a dict that the first call fills with every layer's ``H`` (by layer
             index) and later calls on the same graph (another copy of the folded model, another
             ``qmax_for``) read instead of running the statistics passes again.
@@ -431,7 +479,7 @@ def gptq_round(model: Any, inputs: np.ndarray, batch: int = 8, progress: Callabl
             if step:
                 step(done, total)
             w_float = layer.get_weights()[0].copy()
-            _round_layer(layer, h, report, progress, QMAX if qmax_for is None else int(qmax_for(layer)))
+            _round_layer(layer, h, report, progress, *((QMAX, False) if grid_for is None else grid_for(layer)))
             if correct:
                 f = sums_f[first + i]
                 _correct_bias(layer, w_float, f[0] / f[1], sums_q[i][0] / sums_q[i][1], report)
@@ -458,7 +506,7 @@ def _correct_bias(layer: Any, w_float: np.ndarray, mean_f: np.ndarray, mean_q: n
 
 
 def _round_layer(layer: Any, h: np.ndarray, report: RoundingReport, progress: Callable[[str], None] | None,
-                 qmax: int = QMAX) -> None:
+                 qmax: int = QMAX, pairs: bool = False) -> None:
     weights = layer.get_weights()
     kernel = weights[0]
     if type(layer).__name__ == "DepthwiseConv2D":
@@ -468,7 +516,11 @@ def _round_layer(layer: Any, h: np.ndarray, report: RoundingReport, progress: Ca
         w2 = kernel.reshape(kh * kw, c).T  # (C, d), one H per channel
     else:
         w2 = kernel.reshape(-1, kernel.shape[-1]).T  # (out, d), one shared H
-    q2 = _gptq(w2, h, qmax=qmax)
+    d = w2.shape[1]
+    partner = (np.arange(d) ^ 1) if pairs else None  # input channel 2i with 2i+1 (1x1 conv, dense: columns are channels)
+    if partner is not None:
+        partner = np.where(partner < d, partner, -1)
+    q2 = _gptq(w2, h, qmax=qmax, partner=partner)
     err_rtn, err_q = _rel_err(w2, _rtn(w2, qmax), h), _rel_err(w2, q2, h)
     weights[0] = q2.T.reshape(kernel.shape).astype(np.float32)
     layer.set_weights(weights)
