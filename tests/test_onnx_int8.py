@@ -264,14 +264,15 @@ def test_runner_keeps_ort_defaults_for_an_overflow_safe_file(int8_pair, saturati
     assert onnx_runner.OnnxRunner(plain, threads=1).describe()["ort_u8u8"] is True
 
 
-def test_gptq_pair_budget_file_is_exact_with_ort_defaults(tmp_path):
-    """The default overflow fix end to end on the saturating model: GPTQ with the pair budget, then ORT's
+def test_gptq_pair_budget_file_is_exact_with_ort_defaults(tmp_path, monkeypatch):
+    """The pair-budget overflow fix end to end on the saturating model: GPTQ with the pair budget, then ORT's
     quantizer (1x1 weights kept 8-bit, ORT re-rounds nothing): every pair of adjacent input channels of
     the 1x1 convs is within 128 in the file, and ORT's default kernels give the exact kernels' outputs."""
     from edgetl.export import onnx as onnx_export
     from edgetl.export import ptq
     from edgetl.runtime.onnx_runner import EXACT_INT8_CONFIG, session
 
+    monkeypatch.setattr(ptq, "OVERFLOW_MODE", "pairs")
     model = _saturating_model()
     pixels = np.random.default_rng(2).integers(200, 256, (8, 8, 8, 3), dtype=np.uint8)
     ptq.gptq_round(model, pixels.astype(np.float32), grid_for=lambda layer: ptq.overflow_grid(layer, "pairs"))
