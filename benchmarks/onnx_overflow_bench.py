@@ -41,7 +41,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 #: variant name -> ExportConfig.onnx_overflow_fix, edgetl.export.ptq.OVERFLOW_MODE
-VARIANTS = {"off": (False, None), "7bit": (True, "7bit"), "pairs": (True, "pairs")}
+VARIANTS = {"off": (False, None), "7bit": (True, "7bit"), "adaptive": (True, "adaptive"), "pairs": (True, "pairs")}
 
 
 def export_variants(run: Path, work: Path, names: list[str]) -> dict[str, Path]:
@@ -129,7 +129,8 @@ def measure(run: Path, dirs: dict[str, Path], rounds: int, runs: int) -> dict[st
 
 def to_markdown(doc: dict[str, Any]) -> str:
     names = doc["variants"]
-    label = {"off": "8-bit (no fix)", "7bit": "7-bit conv/dense", "pairs": "pair budget"}
+    label = {"off": "8-bit (no fix)", "7bit": "7-bit conv/dense", "adaptive": "per-channel grid + pair budget",
+             "pairs": "8-bit grid + pair budget"}
     lines = [f"# int8 ONNX overflow fix ({doc['date']})", "",
              f"CPU: {doc['cpu']}; 1 thread; p50 interleaved ({doc['rounds']} rounds x {doc['runs']} runs, ratio of the minima). "
              "Agreement: top-1 with the fp32 .onnx, in %. `exact`: ORT with session.x64quantprecision=1 (what the file computes on "

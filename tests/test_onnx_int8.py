@@ -264,30 +264,75 @@ def test_runner_keeps_ort_defaults_for_an_overflow_safe_file(int8_pair, saturati
     assert onnx_runner.OnnxRunner(plain, threads=1).describe()["ort_u8u8"] is True
 
 
-def test_gptq_pair_budget_file_is_exact_with_ort_defaults(tmp_path, monkeypatch):
-    """The pair-budget overflow fix end to end on the saturating model: GPTQ with the pair budget, then ORT's
-    quantizer (1x1 weights kept 8-bit, ORT re-rounds nothing): every pair of adjacent input channels of
-    the 1x1 convs is within 128 in the file, and ORT's default kernels give the exact kernels' outputs."""
+@pytest.mark.parametrize("mode", ["pairs", "adaptive"])
+def test_gptq_pair_budget_file_is_exact_with_ort_defaults(mode, monkeypatch):
+    """The pair-budget overflow fixes end to end on the saturating model: GPTQ with the pair budget (on
+    the 8-bit grid, or per channel on the finest grid its pairs allow), then ORT's quantizer (and, for the
+    per-channel grid, edgetl's regrid of ORT's 8-bit values): the file holds exactly GPTQ's weights, every
+    pair of adjacent input channels of the 1x1 convs is within 128, and ORT's default kernels give the
+    exact kernels' outputs bit for bit."""
+    from onnx import numpy_helper
+
     from edgetl.export import onnx as onnx_export
     from edgetl.export import ptq
     from edgetl.runtime.onnx_runner import EXACT_INT8_CONFIG, session
 
-    monkeypatch.setattr(ptq, "OVERFLOW_MODE", "pairs")
+    monkeypatch.setattr(ptq, "OVERFLOW_MODE", mode)
     model = _saturating_model()
-    pixels = np.random.default_rng(2).integers(200, 256, (8, 8, 8, 3), dtype=np.uint8)
-    ptq.gptq_round(model, pixels.astype(np.float32), grid_for=lambda layer: ptq.overflow_grid(layer, "pairs"))
-    q8, _ = onnx_export.quantize(onnx_export.convert(model), pixels,
-                                 QuantizationConfig.for_int8(calib_samples=8, overflow_fix=True))
-    w = _weights_by_op(q8)
-    convs = [q.astype(int) for k, q in w.items() if k.startswith("conv")]
-    assert len(convs) == 2
-    for q in convs:  # (out, cin, 1, 1): 8-bit grid, pairs within budget
-        assert np.abs(q).max() == 127
-        n = q.shape[1] // 2 * 2  # an odd last channel pairs with the kernels' zero padding
-        pairs = np.abs(q[:, 0:n:2]) + np.abs(q[:, 1:n:2])
-        assert pairs.max() <= ptq.PAIR_MAX
+    rng = np.random.default_rng(2)
+    for name in ("widen", "mix"):  # some channels with one large weight, some with two large neighbours
+        k = model.get_layer(name).get_weights()
+        k[0] = rng.uniform(-0.2, 0.2, k[0].shape).astype(np.float32)
+        k[0][0, 0, 0, ::2] = 1.0
+        k[0][0, 0, 1, ::3] = -0.9
+        model.get_layer(name).set_weights(k)
+    pixels = rng.integers(200, 256, (8, 8, 8, 3), dtype=np.uint8)
+    ptq.gptq_round(model, pixels.astype(np.float32), grid_for=ptq.overflow_grid)
+    q8, notes = onnx_export.quantize(onnx_export.convert(model), pixels,
+                                     QuantizationConfig.for_int8(calib_samples=8, overflow_fix=True))
+    inits = {t.name: numpy_helper.to_array(t) for t in q8.graph.initializer}
+    out_of = {o: n for n in q8.graph.node for o in n.output}
+    convs = 0
+    for n in q8.graph.node:
+        if n.op_type != "Conv" or next((a.i for a in n.attribute if a.name == "group"), 1) > 1:
+            continue
+        dq = out_of[n.input[1]]
+        q = inits[dq.input[0]].astype(int)[:, :, 0, 0]  # (out, cin)
+        scale = inits[dq.input[1]]
+        layer = "widen" if q.shape[1] == 3 else "mix"
+        want = model.get_layer(layer).get_weights()[0][0, 0].T  # (out, cin)
+        np.testing.assert_allclose(q * scale[:, None], want, rtol=1e-5, atol=1e-7)  # GPTQ's values, exactly
+        nn = q.shape[1] // 2 * 2  # an odd last channel pairs with the kernels' zero padding
+        assert (np.abs(q[:, 0:nn:2]) + np.abs(q[:, 1:nn:2])).max() <= ptq.PAIR_MAX
+        if mode == "adaptive":
+            assert np.abs(q).max(axis=1).min() < 127  # some channel was put on a coarser grid of its own
+        convs += 1
+    assert convs == 2 and onnx_export.overflow_violations(q8) == []
     x = pixels.astype(np.float32)
     data = q8.SerializeToString()
     default = session(data, 1, exact_int8=False).run(None, {"image": x})[0]
     exact = session(data, 1, exact_int8=False, config=EXACT_INT8_CONFIG).run(None, {"image": x})[0]
     np.testing.assert_array_equal(default, exact)
+
+
+def test_pair_qmax_gives_each_channel_the_finest_grid_its_pairs_allow():
+    from edgetl.export import ptq
+
+    w = np.array([[1.0, 0.0, 0.2, 0.3],     # the largest weight's neighbour is 0: all 127 steps
+                  [1.0, 0.1, 0.2, 0.3],     # a neighbour of 0.1: floor(128 / 1.1) = 116 steps
+                  [1.0, 1.0, 0.1, 0.0],     # two equal largest neighbours: 64 (255 * 128 fits int16)
+                  [0.5, 0.0, 0.5, 0.5],     # a pair of 1.0 x max: 128 * 0.5 / 1.0 = 64
+                  [1.0, 0.0, 0.6, 0.4]])    # worst pair 1.0 x max: 127
+    assert ptq.pair_qmax(w).tolist() == [127, 116, 64, 64, 127]
+    assert ptq.pair_qmax(np.array([[0.8, 0.4, 0.4]])).tolist() == [85]  # floor(128 * 0.8 / 1.2)
+
+
+def test_overflow_violations_finds_what_8_bit_weights_break(int8_pair, saturating_files):
+    """The plain 8-bit files have pairs over 128 (or stem weights over 64); the check names them, and
+    finds nothing in the 7-bit file."""
+    from edgetl.export.onnx import overflow_violations
+
+    _, files, _ = saturating_files
+    assert overflow_violations(files[False]) and overflow_violations(files[True]) == []
+    _, q8, *_ = int8_pair
+    assert overflow_violations(q8)

@@ -313,11 +313,15 @@ def build_artifact_bytes(ctx: ExportContext, fmt: ExportFormat, quant: Quantizat
         from edgetl.runtime.onnx_runner import EXACT_INT8_CONFIG, ORT_CONFIG_KEY, OVERFLOW_SAFE_KEY
 
         entry = proto.metadata_props.add()
-        if quant.overflow_fix:  # exact on every x86 CPU with ORT's defaults: no session option needed
+        unsafe = onnx_export.overflow_violations(proto) if quant.overflow_fix else None
+        if quant.overflow_fix and not unsafe:  # exact on every x86 CPU with ORT's defaults: no session option needed
             from edgetl.export.ptq import overflow_summary
 
             entry.key, entry.value = OVERFLOW_SAFE_KEY, overflow_summary("7bit" if quant.rounding != "gptq" else None)
         else:
+            if unsafe:
+                warns.append(f"overflow fix incomplete: {len(unsafe)} layer(s) still have int8 weight pairs that x86 CPUs "
+                             f"without VNNI can saturate (e.g. {unsafe[0]}); the file keeps the exact-session option instead")
             entry.key, entry.value = ORT_CONFIG_KEY, json.dumps(EXACT_INT8_CONFIG)
     set_onnx_props(proto, ctx.facts(fmt, "float32", **extra))
     onnx_export.check(proto)

@@ -192,6 +192,150 @@ def overflow_fix_options(proto: Any, mode: str | None = None) -> dict[str, Any]:
     return {"reduce_range": False, "extra_options": {"TensorQuantOverrides": overrides} if overrides else {}}
 
 
+def _weight_dqs(proto: Any) -> list[tuple[Any, Any, str]]:
+    """(DequantizeLinear of an int8 weight, its consumer, kind) for every conv / dense weight:
+    kind ``depthwise``, ``conv1x1``, ``conv`` (kxk) or ``dense`` (Gemm / MatMul)."""
+    from onnx import TensorProto
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    out = []
+    for n in proto.graph.node:
+        if n.op_type != "DequantizeLinear" or n.input[0] not in inits or inits[n.input[0]].data_type != TensorProto.INT8:
+            continue
+        for c in consumers.get(n.output[0], []):
+            if c.op_type == "Conv" and len(c.input) > 1 and c.input[1] == n.output[0]:
+                group = next((a.i for a in c.attribute if a.name == "group"), 1)
+                dims = list(inits[n.input[0]].dims)
+                kind = "depthwise" if group > 1 else ("conv1x1" if dims[2:] in ([1, 1], []) else "conv")
+            elif c.op_type in ("Gemm", "MatMul") and len(c.input) > 1 and c.input[1] == n.output[0]:
+                kind = "dense"
+            else:
+                continue
+            out.append((n, c, kind))
+    return out
+
+
+def _k_axis(consumer: Any, kind: str) -> int:
+    """The axis of a weight along which a GEMM kernel reduces (input channels / features)."""
+    if kind == "dense":
+        trans_b = next((a.i for a in consumer.attribute if a.name == "transB"), 0) if consumer.op_type == "Gemm" else 0
+        return 1 if trans_b else 0
+    return 1  # Conv (O, I, kh, kw)
+
+
+def overflow_violations(proto: Any) -> list[str]:
+    """The conv / dense weights of an int8 QDQ model that a ``vpmaddubsw`` kernel could saturate on:
+    a pair of adjacent input channels (per tap) with ``|q1| + |q2| > 128`` (1x1 convs, dense), or any
+    ``|q| > 64`` (other non-depthwise convs, whose im2col order pairs differently per runtime).
+    Empty: the file is exact on every x86 int8 kernel (see :func:`edgetl.export.ptq.overflow_grid`)."""
+    from onnx import numpy_helper
+
+    from edgetl.export.ptq import PAIR_MAX, QMAX_7BIT
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    bad = []
+    for dq, c, kind in _weight_dqs(proto):
+        q = numpy_helper.to_array(inits[dq.input[0]]).astype(np.int64)
+        if kind == "depthwise":
+            continue
+        if kind == "conv":
+            if np.abs(q).max() > QMAX_7BIT:
+                bad.append(c.name)
+            continue
+        a = np.abs(np.moveaxis(q, _k_axis(c, kind), -1))
+        d = a.shape[-1] // 2 * 2
+        if d and (a[..., 0:d:2] + a[..., 1:d:2]).max() > PAIR_MAX:
+            bad.append(c.name)
+    return bad
+
+
+def _clamp_pairs(qc: np.ndarray) -> int:
+    """Last resort of :func:`_regrid`, in place: cut any pair of adjacent columns of ``qc`` (channels,
+    input channels) still over the budget by lowering its smaller member (degenerate channels whose
+    float weights were on no grid). Returns the pairs cut."""
+    from edgetl.export.ptq import PAIR_MAX
+
+    d = qc.shape[1] // 2 * 2
+    if not d:
+        return 0
+    x, y = qc[:, 0:d:2], qc[:, 1:d:2]
+    over = np.abs(x) + np.abs(y) - PAIR_MAX
+    hit = over > 0
+    if hit.any():
+        small_x = np.abs(x) <= np.abs(y)
+        qc[:, 0:d:2] = np.where(hit & small_x, np.sign(x) * (np.abs(x) - over), x)
+        qc[:, 1:d:2] = np.where(hit & ~small_x, np.sign(y) * (np.abs(y) - over), y)
+    return int(hit.sum())
+
+
+def _regrid(out: Any, src: Any) -> tuple[int, int]:
+    """Put each 1x1 conv / dense weight of the quantized ``out`` back on the per-channel grid GPTQ chose.
+
+    ORT's quantizer rounds every weight with ``scale = max|w| / 127``. The adaptive overflow grid
+    (:func:`edgetl.export.ptq.pair_qmax`) rounded some channels onto ``max|w| / k`` with k < 127: the
+    float weights in ``src`` are exact multiples of that step, so k is found per channel (the smallest
+    in 64..127 on which they all are integers: the same values, the safest steps) and the int8 values are recomputed from the float ones,
+    exactly GPTQ's integers. The bias (int32 at input scale x weight scale) is rescaled with the weight
+    scale so that ORT still fuses the triple into one int8 kernel. Returns (channels regridded, pairs
+    clamped by :func:`_clamp_pairs`)."""
+    from onnx import numpy_helper
+
+    from edgetl.export.ptq import QMAX, QMAX_7BIT
+
+    floats = {t.name: t for t in src.graph.initializer}
+    inits = {t.name: t for t in out.graph.initializer}
+    producer = {o: n for n in out.graph.node for o in n.output}
+    changed = clamped = 0
+    for dq, c, kind in _weight_dqs(out):
+        if kind not in ("conv1x1", "dense"):
+            continue
+        name = dq.input[0][: -len("_quantized")] if dq.input[0].endswith("_quantized") else None
+        if name not in floats or len(dq.input) < 2 or dq.input[1] not in inits:
+            continue
+        w = numpy_helper.to_array(floats[name]).astype(np.float64)
+        scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
+        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+        if scale.ndim != 1 or w.ndim < 2 or w.shape[axis] != scale.shape[0]:
+            continue
+        wc = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+        amax = np.abs(wc).max(axis=1)
+        live = amax > 0
+        safe_amax = np.where(live, amax, 1.0)
+        ks = np.zeros(len(amax), np.int64)  # the smallest grid (fewest steps) the weights lie on exactly
+        for k in range(QMAX_7BIT, QMAX + 1):
+            steps = wc * (k / safe_amax)[:, None]
+            fits = (np.abs(steps - np.round(steps)).max(axis=1) < 1e-3) & (ks == 0)
+            ks[fits] = k
+        lost = live & (ks == 0)  # on no grid (degenerate channels): the finest grid its pairs allow
+        if lost.any():
+            from edgetl.export.ptq import pair_qmax
+
+            ks[lost] = pair_qmax(wc[lost])  # wc: (channels, input channels) for 1x1 conv and dense alike
+        ks[~live] = QMAX
+        new_scale = np.where(live, amax / ks, scale)
+        qc = np.clip(np.round(wc / new_scale[:, None]), -QMAX, QMAX)
+        cut = _clamp_pairs(qc)
+        if np.all(ks == QMAX) and not cut:
+            continue  # ORT's own 8-bit values are GPTQ's already
+        clamped += cut
+        q = np.moveaxis(qc.reshape(np.moveaxis(w, axis, 0).shape), 0, axis).astype(np.int8)
+        inits[dq.input[0]].CopyFrom(numpy_helper.from_array(q, dq.input[0]))
+        inits[dq.input[1]].CopyFrom(numpy_helper.from_array(new_scale.astype(np.float32), dq.input[1]))
+        bias_dq = producer.get(c.input[2]) if len(c.input) > 2 else None
+        if bias_dq is not None and bias_dq.op_type == "DequantizeLinear" and bias_dq.input[0] in inits:
+            qb = numpy_helper.to_array(inits[bias_dq.input[0]]).astype(np.float64)
+            sb = numpy_helper.to_array(inits[bias_dq.input[1]]).astype(np.float64)
+            sb2 = sb * (new_scale / scale)
+            inits[bias_dq.input[0]].CopyFrom(numpy_helper.from_array(np.round(qb * sb / sb2).astype(np.int32), bias_dq.input[0]))
+            inits[bias_dq.input[1]].CopyFrom(numpy_helper.from_array(sb2.astype(np.float32), bias_dq.input[1]))
+        changed += int(np.sum(ks != QMAX))
+    return changed, clamped
+
+
 def quantize(proto: Any, calib_pixels: np.ndarray, quant: QuantizationConfig) -> tuple[Any, list[str]]:
     """Static QDQ int8 quantization (per-channel weights by default), calibrated on ``calib_pixels``.
 
@@ -240,7 +384,8 @@ def quantize(proto: Any, calib_pixels: np.ndarray, quant: QuantizationConfig) ->
         overflow = {}
         if quant.overflow_fix:
             # round-to-nearest weights have no pair budget: the 7-bit grid is the only safe one for them
-            overflow = overflow_fix_options(onnx.load(str(src)), None if quant.rounding == "gptq" else "7bit")
+            mode = None if quant.rounding == "gptq" else "7bit"  # nearest-rounded weights have no pair budget
+            overflow = overflow_fix_options(onnx.load(str(src)), mode)
             extra = {**extra, **overflow.pop("extra_options")}
         try:
             quantize_static(
@@ -260,6 +405,13 @@ def quantize(proto: Any, calib_pixels: np.ndarray, quant: QuantizationConfig) ->
         except Exception as exc:  # noqa: BLE001
             raise EdgetlError(f"ONNX int8 quantization failed: {one_line(exc, 300)}") from None
         out = onnx.load(str(q8))
+        if quant.overflow_fix:
+            from edgetl.export import ptq
+
+            if (mode or ptq.OVERFLOW_MODE) == "adaptive":
+                n, clamped = _regrid(out, onnx.load(str(src)))
+                notes.append(f"overflow fix: {n} 1x1 conv/dense channels on their own grid (64-127 steps)"
+                             + (f", {clamped} pairs of degenerate channels clamped" if clamped else ""))
     check(out)
     notes.append(_kernel_note(out))
     return out, notes

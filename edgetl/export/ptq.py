@@ -236,9 +236,24 @@ class RoundingReport:
                 f"mean relative output deviation {np.mean(gq):.4f} (round-to-nearest {np.mean(rtn):.4f})")
 
 
-def _scales(w2d: np.ndarray, qmax: int = QMAX) -> np.ndarray:
+def _scales(w2d: np.ndarray, qmax: Any = QMAX) -> np.ndarray:
+    """Per-row scales ``max|w| / qmax`` (``qmax``: one number, or one per row)."""
     amax = np.max(np.abs(w2d), axis=1)
     return np.where(amax > 0, amax / qmax, 1.0)
+
+
+def pair_qmax(w2d: np.ndarray) -> np.ndarray:
+    """Per row, the finest grid (64-127 steps each side) on which no pair of adjacent columns exceeds
+    :data:`PAIR_MAX` steps before rounding: ``floor(PAIR_MAX * max|w| / max(|w_2i| + |w_2i+1|))``.
+    A row whose largest weight has only small neighbours keeps all 127 steps; a row with two large
+    neighbours gets fewer (64 at worst, when they are both its largest)."""
+    a = np.abs(np.asarray(w2d, np.float64))
+    d = a.shape[1] // 2 * 2
+    amax = a.max(axis=1)
+    pairs = (a[:, 0:d:2] + a[:, 1:d:2]).max(axis=1) if d else amax
+    pairs = np.maximum(pairs, amax)  # an odd last column pairs with zero padding
+    q = np.floor(PAIR_MAX * amax / np.where(pairs > 0, pairs, 1.0) + 1e-9)
+    return np.clip(q, QMAX_7BIT, QMAX).astype(np.int64)
 
 
 #: the largest ``|q1| + |q2|`` of a pair of int8 weights that ``vpmaddubsw`` multiplies by two uint8
@@ -246,19 +261,24 @@ def _scales(w2d: np.ndarray, qmax: int = QMAX) -> np.ndarray:
 PAIR_MAX = 128
 
 
-#: how :func:`overflow_grid` keeps pairs inside int16: ``pairs`` (8-bit grid, each pair's budget) or
-#: ``7bit`` (every conv/dense weight on [-64, 64], as ONNX Runtime's ``reduce_range`` and NNCF's overflow fix)
+#: how :func:`overflow_grid` keeps pairs inside int16: ``adaptive`` (per-channel grid of :func:`pair_qmax`
+#: plus the pair budget), ``pairs`` (8-bit grid, pair budget only) or ``7bit`` (every conv/dense weight on
+#: [-64, 64], as ONNX Runtime's ``reduce_range`` and NNCF's overflow fix)
 OVERFLOW_MODE = "7bit"
+OVERFLOW_MODES = ("7bit", "adaptive", "pairs")
 
 
 def overflow_summary(mode: str | None = None) -> str:
     """How :func:`overflow_grid` keeps a model's int8 weights from overflowing, in a few words."""
-    if (mode or OVERFLOW_MODE) == "pairs":
+    mode = mode or OVERFLOW_MODE
+    if mode == "pairs":
         return f"1x1 conv/dense pairs within {PAIR_MAX}, other convs 7-bit, depthwise 8-bit"
+    if mode == "adaptive":
+        return f"1x1 conv/dense on 64-127 steps per channel with pairs within {PAIR_MAX}, other convs 7-bit, depthwise 8-bit"
     return "7-bit conv/dense, 8-bit depthwise"
 
 
-def overflow_grid(layer: Any, mode: str | None = None) -> tuple[int, bool]:
+def overflow_grid(layer: Any, mode: str | None = None) -> tuple[Any, bool]:
     """(qmax, pair budget) that keeps ``layer`` exact on x86 int8 kernels without VNNI.
 
     Those kernels (ONNX Runtime's MLAS and OpenVINO's oneDNN on AVX2, and on AVX-512 without VNNI)
@@ -270,6 +290,8 @@ def overflow_grid(layer: Any, mode: str | None = None) -> tuple[int, bool]:
       of adjacent input channels within :data:`PAIR_MAX` (measured: 4.4 % of Lite0's pairs are over it
       after plain GPTQ); other convolutions (the stem, whose im2col order pairs taps differently in
       different runtimes) go to the 7-bit grid.
+    * ``adaptive``: as ``pairs``, on the per-channel grid of :func:`pair_qmax` (``qmax`` is then the
+      string ``"adaptive"``), so the budget only trims what rounding and GPTQ's updates add.
     * ``7bit``: every convolution and dense layer on [-64, 64] (255 * 128 = 32640).
 
     Depthwise convolutions keep 8 bits either way (those kernels widen to 16 bits before multiplying:
@@ -280,12 +302,12 @@ def overflow_grid(layer: Any, mode: str | None = None) -> tuple[int, bool]:
         return QMAX, False
     mode = mode or OVERFLOW_MODE
     one_by_one = kind == "Dense" or tuple(getattr(layer, "kernel_size", (1, 1))) == (1, 1)
-    if mode == "pairs" and one_by_one:
-        return QMAX, True
+    if mode in ("pairs", "adaptive") and one_by_one:
+        return ("adaptive" if mode == "adaptive" else QMAX), True
     return QMAX_7BIT, False
 
 
-def _gptq(w: np.ndarray, h: np.ndarray, act_order: bool | None = None, qmax: int = QMAX,
+def _gptq(w: np.ndarray, h: np.ndarray, act_order: bool | None = None, qmax: Any = QMAX,
           partner: np.ndarray | None = None) -> np.ndarray:
     """GPTQ on one layer. Returns ``w`` rounded onto the per-row grid of ``qmax`` steps each side (int8: 127).
 
@@ -506,7 +528,7 @@ def _correct_bias(layer: Any, w_float: np.ndarray, mean_f: np.ndarray, mean_q: n
 
 
 def _round_layer(layer: Any, h: np.ndarray, report: RoundingReport, progress: Callable[[str], None] | None,
-                 qmax: int = QMAX, pairs: bool = False) -> None:
+                 qmax: Any = QMAX, pairs: bool = False) -> None:
     weights = layer.get_weights()
     kernel = weights[0]
     if type(layer).__name__ == "DepthwiseConv2D":
@@ -517,6 +539,8 @@ def _round_layer(layer: Any, h: np.ndarray, report: RoundingReport, progress: Ca
     else:
         w2 = kernel.reshape(-1, kernel.shape[-1]).T  # (out, d), one shared H
     d = w2.shape[1]
+    if isinstance(qmax, str):  # "adaptive": per output channel, the finest grid its pairs allow
+        qmax = pair_qmax(w2)
     partner = (np.arange(d) ^ 1) if pairs else None  # input channel 2i with 2i+1 (1x1 conv, dense: columns are channels)
     if partner is not None:
         partner = np.where(partner < d, partner, -1)
@@ -530,9 +554,10 @@ def _round_layer(layer: Any, h: np.ndarray, report: RoundingReport, progress: Ca
         progress(f"{layer.name}: output error {err_rtn:.4f} -> {err_q:.4f}")
 
 
-def _rtn(w2: np.ndarray, qmax: int = QMAX) -> np.ndarray:
+def _rtn(w2: np.ndarray, qmax: Any = QMAX) -> np.ndarray:
     s = _scales(w2, qmax)[:, None]
-    return np.clip(np.round(w2 / s), -qmax, qmax) * s
+    qm = np.asarray(qmax)[:, None] if np.ndim(qmax) else qmax
+    return np.clip(np.round(w2 / s), -qm, qm) * s
 
 
 def _rel_err(w: np.ndarray, q: np.ndarray, h: np.ndarray) -> float:
