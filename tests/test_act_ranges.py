@@ -254,3 +254,28 @@ def test_default_export_has_percentile_ranges_in_tflite_and_minmax_in_onnx(tiny_
     saved = json.loads((tmp_path / "out" / "export.json").read_text())
     assert {a["format"]: a["quantization"]["calib_method"] for a in saved["artifacts"]} == {
         "tflite_int8": "percentile", "onnx_int8": "minmax"}
+
+
+def test_doctor_offers_8_bit_onnx_weights_first_when_the_overflow_fix_is_on():
+    """The 7-bit overflow fix can cost a few images; the doctor's first ONNX remedy is the 8-bit file (exact
+    on VNNI/ARM, and with the session option in its metadata on every x86 CPU); not offered for TFLite or
+    when the fix is off already."""
+    from types import SimpleNamespace as NS
+
+    from edgetl.export import doctor
+    from edgetl.quant import QuantizationConfig
+
+    art = NS(export_s=90.0, verify_s=5.0, format="onnx_int8", size_bytes=1000, quantization={"calib_samples_used": 300})
+    for fix in (True, False):
+        q = QuantizationConfig.for_int8(calib_samples=300, overflow_fix=fix)
+        ctx = NS(calibrated={}, train_samples=list(range(50)), reports={"onnx_int8": [], "tflite_int8": []},
+                 model=NS(count_params=lambda: 10_000), config=NS(calib_samples=300, int8_quant=lambda q=q: q, qat_time=120.0, doctor=False))
+        got = doctor._remedies(ctx, art, 0)
+        names = [r for r, _, _ in got]
+        assert (doctor.EIGHT_BIT_REMEDY in names) is fix
+        if fix:
+            remedy, fmt, quant = got[[r for r, _, _ in got].index(doctor.EIGHT_BIT_REMEDY)]
+            assert fmt == "onnx_int8" and quant.overflow_fix is False and quant.rounding == "gptq"
+            assert names.index(doctor.EIGHT_BIT_REMEDY) == 0  # the most promising ONNX remedy, pure int8 and cheap
+        tfl = [r for r, _, _ in doctor._remedies(ctx, NS(**{**vars(art), "format": "tflite_int8"}), 0)]
+        assert doctor.EIGHT_BIT_REMEDY not in tfl

@@ -661,3 +661,33 @@ def test_mobilenet_v2_rebuilds_in_tf_keras_for_qat(tmp_path, image_folder):
     assert np.max(np.abs(tk.predict(x, verbose=0) - model.predict(x, verbose=0))) < 1e-4
     qat, _notes = quantize_aware(tk)
     assert qat.predict(x, verbose=0).shape == (2, 2)
+
+
+def test_a_remedy_over_the_size_ratio_is_dropped_before_verification():
+    """Automatic mode measures the candidate's real size against the written fp32 file of its family:
+    one over MAX_SIZE_RATIO (the float-layer estimate misses per-tensor overhead) is recorded, not verified;
+    --doctor verifies it anyway; without an fp32 file the parameter count stands in; where the plain int8
+    file is over the ratio itself (a tiny model's overhead) the ratio does not apply."""
+    from types import SimpleNamespace as NS
+
+    from edgetl.export import doctor
+
+    said: list[str] = []
+    ctx = NS(say=said.append, model=NS(count_params=lambda: 1000))
+    result = NS(artifacts=[NS(format="tflite_fp32", error=None, size_bytes=10_000),
+                           NS(format="onnx_fp32", error=None, size_bytes=20_000)])
+
+    def cand(size, fmt="tflite_int8"):
+        return NS(remedy="keep 8 worst layers in float", format=fmt, error=None, export_s=1.0, size_bytes=size)
+
+    plain = NS(size_bytes=2_900)
+    report: dict = {"attempts": []}
+    assert doctor._too_big(ctx, result, plain, cand(4_050), False, report)
+    (entry,) = report["attempts"]
+    assert "0.405 of the float32 file" in entry["skipped"] and said
+    assert not doctor._too_big(ctx, result, plain, cand(4_000), False, report)           # exactly 0.40: fine
+    assert not doctor._too_big(ctx, result, plain, cand(4_050), True, report)            # --doctor: verified anyway
+    assert not doctor._too_big(ctx, result, plain, cand(4_050, "onnx_int8"), False, report)  # vs the ONNX fp32 file
+    assert doctor._too_big(ctx, NS(artifacts=[]), NS(size_bytes=1_000), cand(1_700), False, report)  # 4 B x 1000 params
+    assert not doctor._too_big(ctx, result, NS(size_bytes=4_500), cand(5_000), False, report)  # tiny model: plain over already
+    assert len(report["attempts"]) == 2

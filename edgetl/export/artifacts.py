@@ -319,6 +319,10 @@ def build_artifact_bytes(ctx: ExportContext, fmt: ExportFormat, quant: Quantizat
 
             entry.key, entry.value = OVERFLOW_SAFE_KEY, overflow_summary("7bit" if quant.rounding != "gptq" else None)
         else:
+            if not quant.overflow_fix and getattr(cfg, "onnx_overflow_fix", False):  # a doctor's remedy chose 8-bit weights
+                warns.append("8-bit conv/dense weights (the doctor's remedy; export's default is the overflow fix): on x86 "
+                             "CPUs without VNNI, ONNX Runtime needs session.x64quantprecision=1 (in the file's metadata, "
+                             "edgetl.ort_session_config) and OpenVINO may lose predictions; --no-doctor keeps the overflow-safe file")
             if unsafe:
                 warns.append(f"overflow fix incomplete: {len(unsafe)} layer(s) still have int8 weight pairs that x86 CPUs "
                              f"without VNNI can saturate (e.g. {unsafe[0]}); the file keeps the exact-session option instead")

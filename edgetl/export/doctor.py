@@ -74,6 +74,8 @@ MAX_FALLBACK_SLOWDOWN = 2.0
 #: (a plain int8 file is ~0.28-0.30): the int8 promise is a ~4x smaller file, not only a faithful one.
 MAX_SIZE_RATIO = 0.40
 QAT_REMEDY = "quantization-aware training"
+#: the ONNX remedy that drops the overflow fix (:attr:`edgetl.quant.QuantizationConfig.overflow_fix`)
+EIGHT_BIT_REMEDY = "8-bit conv/dense weights (no overflow fix)"
 RANGES_REMEDY = "percentile activation ranges (99.99)"
 MINMAX_REMEDY = "min/max activation ranges (the converter's own)"
 #: seconds per calibration image of a TFLite histogram pass (measured 45-58 s for 301 images on the loaded 2-core Xeon)
@@ -179,6 +181,10 @@ def _remedies(ctx: Any, art: Any, stage: int) -> list[tuple[str, str, Quantizati
         from edgetl.export.quant_report import rank
 
         # pure 8-bit remedies first: an all-int8 file at the plain file's speed
+        if not tflite and base.overflow_fix:
+            # the overflow fix's 7-bit conv/dense weights cost a little agreement on some runs; the 8-bit file
+            # is exact on VNNI/ARM CPUs and, with the session option in its metadata, on every x86 CPU
+            out.append((EIGHT_BIT_REMEDY, "onnx_int8", base.with_(overflow_fix=False)))
         if base.rounding == "gptq":
             # GPTQ minimises each layer's output error on the calibration images; if those are
             # unrepresentative, the converters' own rounding can be the better file: verified like the rest
@@ -409,7 +415,7 @@ def run_doctor(ctx: Any, result: Any, art: Any, deadline: float | None = None) -
                                              quant, remedy, verify=False)
                     finally:
                         sel_ctx.qat_seconds = sel_ctx.qat_epochs = None
-                    if _too_slow(ctx, art, cand, stage, explicit, report):
+                    if _too_slow(ctx, art, cand, stage, explicit, report) or _too_big(ctx, result, art, cand, explicit, report):
                         continue
                     _verify(sel_ctx, cand)
                 costs.record(remedy, quant, time.monotonic() - t_start)
@@ -527,6 +533,29 @@ class _Costs:
     def record(self, remedy: str, quant: QuantizationConfig | None, seconds: float) -> None:
         kind, scale = self._kind(remedy, quant)
         self.seen[kind] = seconds / scale
+
+
+def _too_big(ctx: Any, result: Any, art: Any, cand: Any, explicit: bool, report: dict[str, Any]) -> bool:
+    """Automatic mode: a candidate whose file came out over ``MAX_SIZE_RATIO`` of the float32 file of its
+    family (the written ``*_fp32`` file, else 4 bytes per parameter) is recorded and dropped unverified.
+    :func:`_affordable` picks the float layers from a weight count, which misses per-tensor overhead:
+    a sign_digits run shipped 8 float layers at 0.405 of the fp32 file. Where the plain int8 file ``art``
+    is over the ratio already (tiny models, whose files are mostly overhead) the ratio does not apply."""
+    if explicit or cand.error or not cand.size_bytes:
+        return False
+    family = cand.format.split("_")[0]
+    ref = next((a.size_bytes for a in result.artifacts
+                if a.format == f"{family}_fp32" and a.error is None and a.size_bytes), None)
+    ref = ref or 4 * int(ctx.model.count_params())
+    ratio = cand.size_bytes / ref
+    if ratio <= MAX_SIZE_RATIO + 1e-9 or (art.size_bytes or 0) / ref > MAX_SIZE_RATIO:
+        return False
+    why = (f"{ratio:.3f} of the float32 file's size, over the {MAX_SIZE_RATIO:g} an int8 file may take: "
+           "not verified, not written; --doctor verifies it anyway")
+    report["attempts"].append({"remedy": cand.remedy, "format": cand.format, "error": None,
+                               "export_s": round(cand.export_s, 2), "size_bytes": cand.size_bytes, "skipped": why})
+    ctx.say(f"  doctor: {cand.remedy}: {why}")
+    return True
 
 
 def _too_slow(ctx: Any, art: Any, cand: Any, stage: int, explicit: bool, report: dict[str, Any]) -> bool:
