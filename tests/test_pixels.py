@@ -165,7 +165,10 @@ def test_bench_spilled_to_disk_measures_the_same(tiny_run, monkeypatch, tmp_path
     on_disk = _bench(run, data, monkeypatch, 0)
     assert len(probs) == len(probs_ram) >= 3
     for p1, p2 in zip(probs_ram, probs):
-        np.testing.assert_array_equal(p1, p2)  # every row's probabilities, bit for bit
+        # every row's probabilities: the same pixels; Keras runs them in chunks of 5 here instead of 32, and
+        # TensorFlow's CPU kernels may round a batch of 5 differently in the last bit (seen on an AVX2-only CPU)
+        np.testing.assert_array_equal(p1.argmax(1), p2.argmax(1))
+        np.testing.assert_allclose(p1, p2, rtol=0, atol=1e-6)
     key = lambda r: (r.model, r.runtime, r.threads)  # noqa: E731
     a, b = sorted(in_ram.rows, key=key), sorted(on_disk.rows, key=key)
     assert [key(r) for r in a] == [key(r) for r in b] and len(a) >= 3
