@@ -691,3 +691,17 @@ def test_a_remedy_over_the_size_ratio_is_dropped_before_verification():
     assert doctor._too_big(ctx, NS(artifacts=[]), NS(size_bytes=1_000), cand(1_700), False, report)  # 4 B x 1000 params
     assert not doctor._too_big(ctx, result, NS(size_bytes=4_500), cand(5_000), False, report)  # tiny model: plain over already
     assert len(report["attempts"]) == 2
+
+
+def test_float_layers_are_chosen_within_the_size_ratio_with_a_margin():
+    """The float-layer candidates skip a layer whose weights would take the file past 0.40 of the fp32 size,
+    counting each float weight at FLOAT_WEIGHT_BYTES (3 bytes by count, plus measured overhead)."""
+    from types import SimpleNamespace as NS
+
+    from edgetl.export import doctor
+
+    sizes = {"a": 100, "b": 90, "c": 10}
+    ctx = NS(model=NS(count_params=lambda: 1000, get_layer=lambda n: NS(count_params=lambda: sizes[n])))
+    art = NS(size_bytes=1000)  # fp32 4000 bytes: room (1600 - 1000) / 3.3 = 181 weights (200 at 3 bytes)
+    assert doctor.FLOAT_WEIGHT_BYTES > 3
+    assert doctor._affordable(ctx, art, ["a", "b", "c"]) == ["a", "c"]
