@@ -381,11 +381,11 @@ def quantize(proto: Any, calib_pixels: np.ndarray, quant: QuantizationConfig) ->
             cache = {"calibration_cache_path": str(path)}
             notes.append(f"activation ranges: mse per tensor ({summary['tensors']} tensors, median range "
                          f"{summary['median_range_fraction']:.2f} of min/max)")
+        src_proto = onnx.load(str(src))  # the float graph ORT quantizes, read once for the steps below
         overflow = {}
         if quant.overflow_fix:
-            # round-to-nearest weights have no pair budget: the 7-bit grid is the only safe one for them
             mode = None if quant.rounding == "gptq" else "7bit"  # nearest-rounded weights have no pair budget
-            overflow = overflow_fix_options(onnx.load(str(src)), mode)
+            overflow = overflow_fix_options(src_proto, mode)
             extra = {**extra, **overflow.pop("extra_options")}
         try:
             quantize_static(
@@ -397,7 +397,7 @@ def quantize(proto: Any, calib_pixels: np.ndarray, quant: QuantizationConfig) ->
                 activation_type=getattr(QuantType, ACTIVATION_TYPE),
                 weight_type=getattr(QuantType, WEIGHT_TYPE),
                 calibrate_method=getattr(CalibrationMethod, _METHODS[method]),
-                nodes_to_exclude=list(dict.fromkeys([*quant.float_nodes, *float_edges(onnx.load(str(src)))])) or None,
+                nodes_to_exclude=list(dict.fromkeys([*quant.float_nodes, *float_edges(src_proto)])) or None,
                 extra_options=extra,
                 **cache,
                 **overflow,
@@ -409,7 +409,7 @@ def quantize(proto: Any, calib_pixels: np.ndarray, quant: QuantizationConfig) ->
             from edgetl.export import ptq
 
             if (mode or ptq.OVERFLOW_MODE) == "adaptive":
-                n, clamped = _regrid(out, onnx.load(str(src)))
+                n, clamped = _regrid(out, src_proto)
                 notes.append(f"overflow fix: {n} 1x1 conv/dense channels on their own grid (64-127 steps)"
                              + (f", {clamped} pairs of degenerate channels clamped" if clamped else ""))
     check(out)
