@@ -613,14 +613,19 @@ def test_calibration_without_images(tiny_run, tmp_path, capsys):
 # --------------------------------------------------------------------------- real backbones (weights=None)
 
 
+#: the registry backbones are built at 96 px here: the graph (what converts) is the same at any size, and
+#: 224 px took 48 s of the suite for EfficientNetB0 alone
+BACKBONE_TEST_SIZE = 96
+
+
 def _backbone_run(tmp_path: Path, image_folder: Path, name: str) -> Path:
     import keras
 
     from edgetl import __version__
     from edgetl.models import build, get_spec
 
-    spec = get_spec(name)
-    base = build(name, weights=None)
+    spec = get_spec(name).at_size(BACKBONE_TEST_SIZE)
+    base = build(spec, weights=None)
     x = keras.layers.GlobalAveragePooling2D(name="head_pool")(base.output)
     out = keras.layers.Dense(2, activation="softmax", name="probs", dtype="float32")(x)
     run = tmp_path / name
@@ -657,7 +662,7 @@ def test_mobilenet_v2_rebuilds_in_tf_keras_for_qat(tmp_path, image_folder):
     run = load_run(_backbone_run(tmp_path, image_folder, "mobilenet_v2_035"))
     model = run.load_model()
     tk = to_tf_keras(model)
-    x = np.random.default_rng(0).uniform(0, 255, (2, 224, 224, 3)).astype(np.float32)
+    x = np.random.default_rng(0).uniform(0, 255, (2, BACKBONE_TEST_SIZE, BACKBONE_TEST_SIZE, 3)).astype(np.float32)
     assert np.max(np.abs(tk.predict(x, verbose=0) - model.predict(x, verbose=0))) < 1e-4
     qat, _notes = quantize_aware(tk)
     assert qat.predict(x, verbose=0).shape == (2, 2)
