@@ -301,14 +301,19 @@ def test_doctor_reaches_qat_when_post_training_remedies_miss(tiny_run, tmp_path,
 
     monkeypatch.setattr(doctor, "_remedies", only_fallbacks)
     monkeypatch.setattr(artifacts, "within_budget", lambda art, config: False)
+    monkeypatch.setattr(artifacts, "QAT_CALIB_IMAGES", 5)
     res = _export(tiny_run, tmp_path / "out", formats=("tflite_int8",), calib_samples=8, quant_report=False,
-                  qat_time=3.0, qat_samples=16, doctor_time=1e-6)
+                  qat_time=3.0, qat_samples=20, doctor_time=1e-6)
     (d,) = res.doctor
     assert seen[-1][0] == doctor.QAT_REMEDY and "int16x8" in seen[-1][1]  # QAT is the last 8-bit remedy, first fallback
     (qat,) = [a for a in d["attempts"] if a["remedy"] == doctor.QAT_REMEDY]
     assert qat["format"] == "tflite_qat" and qat["error"] is None and d["qat_budget_s"] == 3.0
     assert qat["agreement"] is not None and qat["within_budget"] is False  # verified on the selection half
     assert any("3 s budget" in n and "distilled from the float model" in n for n in qat["notes"]), qat["notes"]
+    # whole batches of 16 only (20 sampled: a last batch of 4 would trace the training step again), and the
+    # conversion calibrates only what tfmot left float, on a few images
+    assert any("of 16 images)" in n for n in qat["notes"]), qat["notes"]
+    assert any(n.startswith("QAT conversion: 5 calibration images") for n in qat["notes"]), qat["notes"]
     assert d["winner"] is None and d["selection"]["images"] > 0 and d["objective"] == "accuracy"
 
 
@@ -710,3 +715,55 @@ def test_float_layers_are_chosen_within_the_size_ratio_with_a_margin():
     art = NS(size_bytes=1000)  # fp32 4000 bytes: room (1600 - 1000) / 3.3 = 181 weights (200 at 3 bytes)
     assert doctor.FLOAT_WEIGHT_BYTES > 3
     assert doctor._affordable(ctx, art, ["a", "b", "c"]) == ["a", "c"]
+
+
+@pytest.mark.parametrize("start", ["gptq", "float"])
+def test_qat_starts_from_the_gptq_rounded_weights(tiny_run, tmp_path, monkeypatch, start):
+    """The QAT fine-tune starts where post-training quantization ended: the model rebuilt for tfmot is the
+    export's GPTQ-rounded one (BN folded, every kernel on the converter's per-channel grid, the same
+    object the int8 file was converted from), not the float model. QAT_START="float" is the old start."""
+    import edgetl.export.qat as Q
+
+    seen = []
+    real = Q.to_tf_keras
+    monkeypatch.setattr(Q, "to_tf_keras", lambda m: seen.append(m) or real(m))
+    monkeypatch.setattr(Q, "QAT_START", start)
+    res = _export(tiny_run, tmp_path, formats=("tflite_int8", "tflite_qat"), calib_samples=8, qat_samples=16,
+                  quant_report=False, doctor=False)
+    assert res.artifact("tflite_qat").error is None and res.artifact("tflite_qat").verification.agreement is not None
+    (model,) = seen
+    kernels = [l.get_weights()[0] for l in model.layers if type(l).__name__ in ("Conv2D", "Dense")]
+    assert kernels and not any(type(l).__name__ == "BatchNormalization" for l in model.layers)
+
+    def off_grid(k):  # per output channel: distance of w / (max|w| / 127) from an integer
+        k2 = k.reshape(-1, k.shape[-1])
+        steps = k2 / (np.abs(k2).max(axis=0) / 127)
+        return float(np.abs(steps - np.round(steps)).max())
+
+    worst = max(off_grid(k) for k in kernels)
+    if start == "gptq":
+        assert worst < 1e-3, worst
+        assert any(n.startswith("QAT starts from the GPTQ-rounded weights") for n in res.artifact("tflite_qat").notes)
+    else:
+        assert worst > 0.1, worst  # float weights: nowhere near the grid
+
+
+def test_automatic_qat_trains_for_what_is_left_of_the_export_time():
+    """Automatic mode: QAT trains for at most what is left of AUTO_EXPORT_TIME (from the export's start, less
+    QAT_RESERVE for its conversion and verification), never less than QAT_MIN_TIME nor more than qat_time;
+    --doctor gives it qat_time whatever the clock says."""
+    import time
+    from types import SimpleNamespace as NS
+
+    from edgetl.export import doctor
+    from edgetl.export.api import AUTO_EXPORT_TIME, QAT_MIN_TIME, QAT_RESERVE
+
+    def ctx(elapsed):
+        return NS(config=NS(qat_time=120.0), started=time.perf_counter() - elapsed)
+
+    assert doctor._qat_seconds(ctx(0.0), False) == (120.0, "")
+    secs, why = doctor._qat_seconds(ctx(200.0), False)
+    assert AUTO_EXPORT_TIME - 200 - QAT_RESERVE - 1 < secs <= AUTO_EXPORT_TIME - 200 - QAT_RESERVE
+    assert "what is left of the automatic export's 360 s" in why and "--doctor gives it 120 s" in why
+    assert doctor._qat_seconds(ctx(1000.0), False)[0] == QAT_MIN_TIME
+    assert doctor._qat_seconds(ctx(1000.0), True) == (120.0, "")

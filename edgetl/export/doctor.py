@@ -112,6 +112,22 @@ def _lateral_gain(plain: Any, cand: Any) -> dict[str, Any] | None:
     return {"fixed": fixed, "broken": broken, "p_value": round(p, 4), "significant": p <= LATERAL_ALPHA}
 
 
+def _qat_seconds(ctx: Any, explicit: bool) -> tuple[float, str]:
+    """(seconds of QAT training, why that many): ``qat_time``; in automatic mode at most what is left of
+    ``AUTO_EXPORT_TIME`` from the export's start after ``QAT_RESERVE``, and at least ``QAT_MIN_TIME``."""
+    from edgetl.export.api import AUTO_EXPORT_TIME, QAT_MIN_TIME, QAT_RESERVE
+
+    full = float(ctx.config.qat_time)
+    if explicit:
+        return full, ""
+    left = AUTO_EXPORT_TIME - (time.perf_counter() - ctx.started) - QAT_RESERVE
+    if left >= full:
+        return full, ""
+    secs = min(full, max(QAT_MIN_TIME, left))
+    return secs, (f"; what is left of the automatic export's {AUTO_EXPORT_TIME:.0f} s, less {QAT_RESERVE:.0f} s for "
+                  f"conversion and verification; --doctor gives it {full:.0f} s")
+
+
 def _qat_epochs(ctx: Any) -> int:
     return max(ctx.config.qat_epochs, QAT_DOCTOR_EPOCHS)
 
@@ -408,11 +424,12 @@ def run_doctor(ctx: Any, result: Any, art: Any, deadline: float | None = None) -
                     left = sum(costs.estimate(r, q) for r, _, q in remedies[k:])
                     ctx.say(f"  doctor: [{k + 1}/{len(remedies)}] trying {remedy} ... "
                             f"({time.monotonic() - t_doctor:.0f} s so far, about {left:.0f} s left for this stage)")
+                    qat_s, why = _qat_seconds(ctx, explicit)
                     if quant is None:
-                        report["qat_budget_s"] = ctx.config.qat_time
+                        report["qat_budget_s"] = qat_s
                         ctx.say(f"  doctor: post-training remedies missed the budget: {QAT_REMEDY}, at most "
-                                f"{ctx.config.qat_time:.0f} s of training (up to {_qat_epochs(ctx)} epochs)")
-                    sel_ctx.qat_seconds, sel_ctx.qat_epochs = ctx.config.qat_time, _qat_epochs(ctx)
+                                f"{qat_s:.0f} s of training (up to {_qat_epochs(ctx)} epochs{why})")
+                    sel_ctx.qat_seconds, sel_ctx.qat_epochs = qat_s, _qat_epochs(ctx)
                     try:
                         cand = make_artifact(sel_ctx, fmt, scratch / f"{len(report['attempts'])}_{fmt.file_name(ctx.run.backbone)}",
                                              quant, remedy, verify=False)

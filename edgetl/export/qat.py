@@ -118,6 +118,10 @@ def quantize_aware(tk_model: Any) -> tuple[Any, list[str]]:
 #: Adam learning rate of the QAT fine-tune: low, the float weights are already good; QAT only moves them
 #: (and the fake-quant ranges) toward what survives 8-bit rounding
 QAT_LR = 1e-5
+#: QAT training batch
+QAT_BATCH = 16
+#: where QAT starts: "gptq" (the PTQ file's rounded weights, when the export rounds with GPTQ) or "float"
+QAT_START = "gptq"
 
 
 def qat_finetune(ctx: Any, seconds: float | None = None, epochs: int | None = None) -> tuple[Any, list[str]]:
@@ -135,10 +139,23 @@ def qat_finetune(ctx: Any, seconds: float | None = None, epochs: int | None = No
     cfg = ctx.config
     epochs = epochs or cfg.qat_epochs
     notes: list[str] = []
-    folded, n_bn = ptq.fold_batchnorm(ctx.model)  # tfmot would fold Conv+BN itself, but not every pattern
+    if QAT_START == "gptq" and cfg.rounding == "gptq":
+        # start from the post-training solution: BN folded and every kernel GPTQ-rounded on the converter's
+        # grid (the export's own rounded model, shared with the PTQ file), so the fine-tune moves on from
+        # the PTQ file's agreement instead of from round-to-nearest
+        from edgetl.export.artifacts import _rounding_key
+
+        quant = cfg.int8_quant()
+        ctx.quant_model(quant, "tflite")
+        folded = ctx.quant_models[_rounding_key(quant, "tflite")]
+        n_bn = sum(type(layer).__name__ == "BatchNormalization" for layer in ctx.model.layers) - sum(
+            type(layer).__name__ == "BatchNormalization" for layer in folded.layers)
+        notes.append("QAT starts from the GPTQ-rounded weights of the int8 file")
+    else:
+        folded, n_bn = ptq.fold_batchnorm(ctx.model)  # tfmot would fold Conv+BN itself, but not every pattern
     tk = to_tf_keras(folded)
     probe = ctx.calibration()[:8].astype(np.float32)
-    diff = float(np.max(np.abs(tk.predict(probe, verbose=0) - ctx.model.predict(probe, verbose=0))))
+    diff = float(np.max(np.abs(tk.predict(probe, verbose=0) - folded.predict(probe, verbose=0))))
     if diff > 1e-3:
         raise EdgetlError(f"QAT: the tf_keras rebuild differs from the Keras 3 model by {diff:.3g} (max |dp|)")
     import tf_keras
@@ -147,25 +164,23 @@ def qat_finetune(ctx: Any, seconds: float | None = None, epochs: int | None = No
     notes += qnotes
     picked = stratified_sample(ctx.train_samples, cfg.qat_samples, seed=cfg.seed)
     x = prepare_batch([s.path for s in picked], ctx.run.preprocessing).astype(np.float32)
+    if len(x) > QAT_BATCH:
+        # whole batches only: a last, smaller batch makes tf_keras trace the training step a second time
+        # (tens of seconds of a time-limited fine-tune for Lite0); the stratified sample is label-sorted,
+        # so a spread subset is dropped, not the last class
+        keep = len(x) - len(x) % QAT_BATCH
+        x = x[np.sort(np.random.default_rng(cfg.seed).permutation(len(x))[:keep])]
     y = ctx.model.predict(x, batch_size=32, verbose=0).astype(np.float32)
     n_init = init_ranges(qat, tk, x[:64])
-    qat.compile(optimizer=tf_keras.optimizers.Adam(QAT_LR), loss="categorical_crossentropy",
-                metrics=[tf_keras.metrics.CategoricalAccuracy(name="agreement")])
     budget = f", at most {seconds:.0f} s" if seconds is not None else ""
     ctx.say(f"  QAT: fine-tuning up to {epochs} epoch(s) on {len(x)} training images{budget} "
             f"({n_bn} BN folded, Adam {QAT_LR:g}, targets: the float model's probabilities)")
-    stop = _TimeLimit(tf_keras, seconds)
-    import time
-
-    t0 = time.perf_counter()
-    hist = qat.fit(x, y, epochs=epochs, batch_size=16, shuffle=True, verbose=0, callbacks=[stop])
-    took = time.perf_counter() - t0
-    notes.append(f"QAT: {stop.steps} step(s) of 16 images ({stop.steps * 16 / max(1, len(x)):.1f} epoch(s) of {len(x)} "
+    steps, took, hit_at, agreement = _train(qat, x, y, epochs, seconds, cfg.seed)
+    notes.append(f"QAT: {steps} step(s) of {QAT_BATCH} images ({steps * QAT_BATCH / max(1, len(x)):.1f} epoch(s) of {len(x)} "
                  f"images) in {took:.0f} s{budget + ' budget' if budget else ''}"
-                 + (" (stopped by the time budget)" if stop.hit else "")
+                 + (f" (stopped by the time budget after {hit_at:.0f} s)" if hit_at is not None else "")
                  + f", distilled from the float model, {n_bn} BN folded, {n_init} activation ranges set from the "
-                 "float model's activations, final train agreement "
-                 f"{100 * hist.history['agreement'][-1]:.1f}%")
+                 f"float model's activations, final train agreement {100 * agreement:.1f}%")
     return qat, notes
 
 
@@ -217,19 +232,44 @@ def init_ranges(qat: Any, tk: Any, x: np.ndarray) -> int:
     return n
 
 
-def _TimeLimit(tf_keras: Any, seconds: float | None) -> Any:
-    """A tf_keras callback that stops training once ``seconds`` have passed (after at least one step)."""
+def _train(model: Any, x: np.ndarray, y: np.ndarray, epochs: int, seconds: float | None, seed: int
+           ) -> tuple[int, float, float | None, float]:
+    """Adam on the distillation loss, shuffled whole batches, until ``epochs`` epochs or ``seconds`` have
+    passed (checked after each step; at least one step): (steps, seconds taken, when the limit stopped it
+    or None, agreement with the targets over the last epoch's steps).
+
+    A plain loop rather than ``fit``: tf_keras' ``fit`` went on for 9-30 s after a callback stopped it
+    (measured on Lite0), time a limited fine-tune does not have."""
     import time
 
-    class TimeLimit(tf_keras.callbacks.Callback):
-        def __init__(self) -> None:
-            super().__init__()
-            self.t0, self.steps, self.hit = time.perf_counter(), 0, False
+    import tensorflow as tf
+    import tf_keras
 
-        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-            self.steps += 1
-            if seconds is not None and time.perf_counter() - self.t0 > seconds:
-                self.hit = True
-                self.model.stop_training = True
+    opt = tf_keras.optimizers.Adam(QAT_LR)
+    loss_fn = tf_keras.losses.CategoricalCrossentropy()
 
-    return TimeLimit()
+    @tf.function
+    def step(xb: Any, yb: Any) -> Any:
+        with tf.GradientTape() as tape:
+            p = model(xb, training=True)
+            loss = loss_fn(yb, p)
+        opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+        return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(p, -1), tf.argmax(yb, -1)), tf.int32))
+
+    rng = np.random.default_rng(seed)
+    t0 = time.perf_counter()
+    steps, hit_at, hits, seen = 0, None, 0, 0
+    for _ in range(max(1, epochs)):
+        order = rng.permutation(len(x))
+        hits = seen = 0
+        for i in range(0, len(x), QAT_BATCH):
+            idx = np.sort(order[i:i + QAT_BATCH])
+            hits += int(step(tf.constant(x[idx]), tf.constant(y[idx])))
+            seen += len(idx)
+            steps += 1
+            if seconds is not None and time.perf_counter() - t0 > seconds:
+                hit_at = time.perf_counter() - t0
+                break
+        if hit_at is not None:
+            break
+    return steps, time.perf_counter() - t0, hit_at, hits / max(1, seen)
