@@ -756,7 +756,7 @@ def test_automatic_qat_trains_for_what_is_left_of_the_export_time():
     from types import SimpleNamespace as NS
 
     from edgetl.export import doctor
-    from edgetl.export.api import AUTO_EXPORT_TIME, QAT_MIN_TIME, QAT_RESERVE
+    from edgetl.export.doctor import AUTO_EXPORT_TIME, QAT_MIN_TIME, QAT_RESERVE
 
     def ctx(elapsed):
         return NS(config=NS(qat_time=120.0), started=time.perf_counter() - elapsed)

@@ -44,17 +44,6 @@ EXPORT_JSON = "export.json"
 AUTO_DOCTOR_TIME = 120.0
 #: seconds of QAT training the doctor's QAT remedy gets (see ExportConfig.qat_time)
 QAT_TIME = 120.0
-#: the automatic doctor's QAT trains for at most what is left of this many seconds from the export's start,
-#: less ``QAT_RESERVE`` (never less than ``QAT_MIN_TIME``, never more than ``qat_time``): the whole
-#: ``export --int8`` then ends within about 6 minutes even when QAT is reached; ``--doctor`` gives QAT
-#: its full ``qat_time``
-AUTO_EXPORT_TIME = 360.0
-#: what the export spends beside QAT's training once QAT starts (its set-up, conversion and verification:
-#: 66 s measured for Lite0 on 2 cores; then the doctor's report), plus the process start-up the export's
-#: own clock does not see
-QAT_RESERVE = 90.0
-#: the least QAT training the automatic doctor gives when it reaches QAT (a late start still trains)
-QAT_MIN_TIME = 30.0
 
 
 @dataclass(frozen=True)

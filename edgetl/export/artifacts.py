@@ -165,6 +165,12 @@ class ExportContext:
             self.quant_models[key] = onnx_export.convert(model, opset=self.config.opset)
         return self.quant_models[key]
 
+    def rounded_model(self, quant: QuantizationConfig, family: str) -> Any:
+        """The Keras model ``family``'s converter quantizes for ``quant`` before any input split: for GPTQ
+        rounding, BN folded and every kernel rounded (what QAT starts from); else the run's model."""
+        self.quant_model(quant, family)
+        return self.quant_models[_rounding_key(quant, family)]
+
     def quant_model(self, quant: QuantizationConfig, family: str) -> tuple[Any, Any]:
         """(Keras model, input map) that a converter quantizes for ``quant`` (int8 / int16x8).
 

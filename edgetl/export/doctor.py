@@ -112,11 +112,22 @@ def _lateral_gain(plain: Any, cand: Any) -> dict[str, Any] | None:
     return {"fixed": fixed, "broken": broken, "p_value": round(p, 4), "significant": p <= LATERAL_ALPHA}
 
 
+#: the automatic doctor's QAT trains for at most what is left of this many seconds from the export's start,
+#: less ``QAT_RESERVE`` (never less than ``QAT_MIN_TIME``, never more than ``qat_time``): the whole
+#: ``export --int8`` then ends within about 6 minutes even when QAT is reached; ``--doctor`` gives QAT
+#: its full ``qat_time``
+AUTO_EXPORT_TIME = 360.0
+#: what the export spends beside QAT's training once QAT starts (its set-up, conversion and verification:
+#: 66 s measured for Lite0 on 2 cores; then the doctor's report), plus the process start-up the export's
+#: own clock does not see
+QAT_RESERVE = 90.0
+#: the least QAT training the automatic doctor gives when it reaches QAT (a late start still trains)
+QAT_MIN_TIME = 30.0
+
+
 def _qat_seconds(ctx: Any, explicit: bool) -> tuple[float, str]:
     """(seconds of QAT training, why that many): ``qat_time``; in automatic mode at most what is left of
     ``AUTO_EXPORT_TIME`` from the export's start after ``QAT_RESERVE``, and at least ``QAT_MIN_TIME``."""
-    from edgetl.export.api import AUTO_EXPORT_TIME, QAT_MIN_TIME, QAT_RESERVE
-
     full = float(ctx.config.qat_time)
     if explicit:
         return full, ""
