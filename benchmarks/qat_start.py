@@ -26,17 +26,15 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def _test_agreement(run_dir: Path, files: dict[str, Path]) -> dict[str, dict]:
     """Agreement of each file with the Keras model on the run's test split (empty when there is none)."""
-    from edgetl.data.folders import scan_folder
-    from edgetl.export.artifacts import prepare_images
+    from benchmarks.int8_bench import _test_images
     from edgetl.export.verify import compare, run_file
     from edgetl.run import load_run
 
     run = load_run(run_dir)
-    test = Path(run.config["data_dir"]) / "test"
-    if not test.is_dir():
+    data = Path(run.config["data_dir"])
+    if not (data / "test").is_dir():
         return {}
-    split = scan_folder(test, run.labels)
-    px, labels, _ = prepare_images(split.samples, run.preprocessing)
+    px, labels = _test_images(run, data)
     ref = run.load_model().predict(px.astype(np.float32), batch_size=32, verbose=0)
     out = {}
     for name, path in files.items():

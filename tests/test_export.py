@@ -645,14 +645,20 @@ def _backbone_run(tmp_path: Path, image_folder: Path, name: str) -> Path:
 
 @pytest.mark.parametrize("backbone", ["mobilenet_v2_035", "efficientnet_b0"])  # Lite0: tests/test_real_path.py
 def test_registry_backbones_export_int8_and_onnx(tmp_path, image_folder, backbone):
-    """Every backbone family in the registry converts (random weights: this checks the graph, not accuracy)."""
+    """Every backbone family in the registry converts (random weights: this checks the graph, not accuracy).
+
+    EfficientNetB0 converts to int8 TFLite only: its ONNX conversion alone took 18 s of the suite, and the
+    EfficientNet family's ONNX path (squeeze-excite aside) is exercised on Lite0 in tests/test_real_path.py."""
     run = _backbone_run(tmp_path, image_folder, backbone)
-    res = _export(run, run / "export", formats=("tflite_int8", "onnx_fp32"), calib_samples=6, verify_samples=4, doctor=False)
-    for fmt in ("tflite_int8", "onnx_fp32"):
+    formats = ("tflite_int8", "onnx_fp32") if backbone == "mobilenet_v2_035" else ("tflite_int8",)
+    res = _export(run, run / "export", formats=formats, calib_samples=6, verify_samples=4, doctor=False,
+                  quant_report=False)
+    for fmt in formats:
         art = res.artifact(fmt)
         assert art.error is None, art.error
         assert art.verification.n == 4
-    assert res.artifact("onnx_fp32").verification.max_abs_diff < 1e-3
+    if "onnx_fp32" in formats:
+        assert res.artifact("onnx_fp32").verification.max_abs_diff < 1e-3
     # raw uint8 pixels in: scale 1 / zero point 0, or the model's exact leading rescale carried by the
     # input quantization (EfficientNetB0 starts with Rescaling(1/255): scale 1/255, zero point 0)
     expect = {"mobilenet_v2_035": [1.0, 0], "efficientnet_b0": [pytest.approx(1 / 255), 0]}[backbone]

@@ -114,6 +114,7 @@ def test_test_sh_filters_only_the_known_resolver_message(tmp_path):
     calls = (root / "calls.txt").read_text()
     for tool in ("mediapipe==", "torch==", "timm==", "-e .[train,openvino,dev]"):
         assert tool in calls
+    assert "-m pytest -n 2 --dist loadfile" in calls  # the suite runs in two worker processes (pytest-xdist)
 
 
 def test_ci_run_sets_ci_true(tmp_path):

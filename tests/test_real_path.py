@@ -37,7 +37,9 @@ def real_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "cats_dogs_lite0"
     code = main(["train", str(data), "--strategy", "feature-extraction", "--epochs", "8", "--out", str(run), "--quiet"])
     assert code == 0
-    code = main(["export", str(run), "--formats", "tflite_fp32,tflite_int8,onnx_int8", "--calib-samples", "40", "--no-doctor"])
+    # no per-layer report (tested on the tiny model; about 10 s here)
+    code = main(["export", str(run), "--formats", "tflite_fp32,tflite_int8,onnx_int8", "--calib-samples", "40", "--no-doctor",
+                 "--no-quant-report"])
     assert code == 0
     return run
 
@@ -50,7 +52,9 @@ def test_trained_and_exported_on_real_photos(real_run):
     assert set(arts) == {"tflite_fp32", "tflite_int8", "onnx_int8"}
     for fmt, a in arts.items():
         assert a["error"] is None, (fmt, a["error"])
-        assert a["verification"]["agreement"] >= 95.0, (fmt, a["verification"])
+        # int8 on 40 images of a model trained on 60: measured 97.5 % (LiteRT) and 95.0 % (ONNX, 2 of 40 images);
+        # a broken conversion lands near chance (50 %). int8 fidelity itself is measured in benchmarks/.
+        assert a["verification"]["agreement"] >= (99.0 if fmt == "tflite_fp32" else 90.0), (fmt, a["verification"])
     assert arts["tflite_int8"]["size_bytes"] < 5_000_000
     assert arts["tflite_int8"]["size_bytes"] / arts["tflite_fp32"]["size_bytes"] <= 0.30
 

@@ -435,12 +435,12 @@ def run_doctor(ctx: Any, result: Any, art: Any, deadline: float | None = None) -
                     left = sum(costs.estimate(r, q) for r, _, q in remedies[k:])
                     ctx.say(f"  doctor: [{k + 1}/{len(remedies)}] trying {remedy} ... "
                             f"({time.monotonic() - t_doctor:.0f} s so far, about {left:.0f} s left for this stage)")
-                    qat_s, why = _qat_seconds(ctx, explicit)
-                    if quant is None:
+                    if quant is None:  # QAT: its training time is what is left of the export's (see _qat_seconds)
+                        qat_s, why = _qat_seconds(ctx, explicit)
                         report["qat_budget_s"] = qat_s
                         ctx.say(f"  doctor: post-training remedies missed the budget: {QAT_REMEDY}, at most "
                                 f"{qat_s:.0f} s of training (up to {_qat_epochs(ctx)} epochs{why})")
-                    sel_ctx.qat_seconds, sel_ctx.qat_epochs = qat_s, _qat_epochs(ctx)
+                        sel_ctx.qat_seconds, sel_ctx.qat_epochs = qat_s, _qat_epochs(ctx)
                     try:
                         cand = make_artifact(sel_ctx, fmt, scratch / f"{len(report['attempts'])}_{fmt.file_name(ctx.run.backbone)}",
                                              quant, remedy, verify=False)
