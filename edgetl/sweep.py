@@ -311,16 +311,23 @@ def _one_image(data_dir: str) -> Any:
 
 def _int8_scores(tflite: Path, data_dir: str, split: str) -> dict[str, Any] | None:
     """Accuracy, balanced accuracy and macro-F1 (fractions, edgetl/metrics.py) of the int8 file on a
-    split (``val`` or ``test``); None when the split is empty or absent."""
+    split (``val`` or ``test``); None when the split is empty or absent.
+
+    The split is decoded into a :class:`edgetl.pixels.PixelStore` (on disk past the RAM budget, as in
+    ``bench``), never into one array: a split of any size fits."""
     from edgetl.metrics import scores
-    from edgetl.preprocess import prepare_batch
+    from edgetl.pixels import decode_store
     from edgetl.runtime.tflite_runner import TFLiteRunner
 
     part = getattr(_scan(data_dir), split)
     if part is None or not part.paths:
         return None
     r = TFLiteRunner(tflite, threads=None)
-    probs = r.predict(prepare_batch(part.paths, r.preprocessing))
+    store, _, _ = decode_store(part.paths, r.preprocessing)
+    try:
+        probs = r.predict(store)
+    finally:
+        store.close()
     return scores(part.labels, probs.argmax(1), probs.shape[1])
 
 

@@ -124,3 +124,33 @@ def test_sweep_bad_input_is_one_line(data_with_test, tmp_path, capsys):
     code = main(["sweep", str(data_with_test), "--out", str(tmp_path / "s"), "--max-latency-ms", "-1", *TINY])
     assert code == 2 and "--max-latency-ms must be > 0" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_split_scores_stream_through_a_pixel_store(tiny_run, image_folder, tmp_path, monkeypatch):
+    """The sweep scores a split through a PixelStore (spilled to disk past the RAM budget), never decoding
+    it into one array, with the same scores as the whole-array path."""
+    import numpy as np
+
+    import edgetl.preprocess
+    from edgetl import sweep
+    from edgetl.export.api import ExportConfig, export_run
+    from edgetl.metrics import scores
+    from edgetl.pixels import PIXEL_RAM_ENV
+    from edgetl.runtime.tflite_runner import TFLiteRunner
+
+    res = export_run(tiny_run, ExportConfig(formats=("tflite_fp32",), out_dir=str(tmp_path / "exp"), verify_samples=4))
+    path = res.artifact("tflite_fp32").path
+    part = sweep._scan(str(image_folder)).val
+    r = TFLiteRunner(path, threads=None)
+    probs = r.predict(edgetl.preprocess.prepare_batch(part.paths, r.preprocessing))
+    want = scores(part.labels, probs.argmax(1), probs.shape[1])
+
+    def whole_split(*a, **kw):
+        raise AssertionError("decoded the whole split into one array")
+
+    monkeypatch.setattr(edgetl.preprocess, "prepare_batch", whole_split)
+    monkeypatch.setenv(PIXEL_RAM_ENV, "0")  # no RAM budget: the store lives in a temporary file
+    got = sweep._int8_scores(path, str(image_folder), "val")
+    assert got is not None and len(part.paths) > 1
+    for key in ("accuracy", "balanced_accuracy", "macro_f1"):
+        assert np.isclose(got[key], want[key]), (key, got, want)
