@@ -319,7 +319,7 @@ def test_doctor_reaches_qat_when_post_training_remedies_miss(tiny_run, tmp_path,
 
 @pytest.mark.parametrize("case", ["chance", "clear"])
 def test_an_all_8bit_remedy_must_beat_a_plain_file_that_missed(tiny_run, tmp_path, monkeypatch, case):
-    """The plain file missed the budget; round-to-nearest (an all-8-bit remedy) is within it. It is shipped
+    """The plain file missed the budget; min/max activation ranges (an all-8-bit remedy) is within it. It is shipped
     only when, on the selection images where the two files differ, it fixes significantly more of the
     plain file's disagreements than it adds (sign test): 2 fixed / 1 added is chance, all fixed is not."""
     import edgetl.export.artifacts as artifacts
@@ -327,8 +327,8 @@ def test_an_all_8bit_remedy_must_beat_a_plain_file_that_missed(tiny_run, tmp_pat
 
     real_remedies, real_verify = doctor._remedies, doctor._verify
 
-    def nearest_only(ctx, art, stage):
-        return [r for r in real_remedies(ctx, art, stage) if r[0].startswith("round-to-nearest")] if stage == 0 else []
+    def minmax_only(ctx, art, stage):
+        return [r for r in real_remedies(ctx, art, stage) if r[0] == doctor.MINMAX_REMEDY] if stage == 0 else []
 
     def verify(ctx, art):  # the real verification, then which selection images agree, set by the test
         real_verify(ctx, art)
@@ -341,7 +341,7 @@ def test_an_all_8bit_remedy_must_beat_a_plain_file_that_missed(tiny_run, tmp_pat
             art.agrees = np.r_[np.ones(2, bool), np.zeros(1, bool), np.ones(n - 3, bool)]
         return art
 
-    monkeypatch.setattr(doctor, "_remedies", nearest_only)
+    monkeypatch.setattr(doctor, "_remedies", minmax_only)
     monkeypatch.setattr(doctor, "_verify", verify)
     monkeypatch.setattr(artifacts, "within_budget", lambda art, config: art.remedy is not None)
     res = _export(tiny_run, tmp_path / "out", formats=("tflite_int8",), calib_samples=8, quant_report=False)
@@ -354,7 +354,29 @@ def test_an_all_8bit_remedy_must_beat_a_plain_file_that_missed(tiny_run, tmp_pat
         assert d["winner"] is None and res.artifact("tflite_int8").remedy is None
     else:
         assert att["vs_plain"]["fixed"] == n and att["vs_plain"]["broken"] == 0 and att["vs_plain"]["significant"]
-        assert d["winner"]["remedy"].startswith("round-to-nearest") and res.artifact("tflite_int8").remedy == d["winner"]["remedy"]
+        assert d["winner"]["remedy"] == doctor.MINMAX_REMEDY and res.artifact("tflite_int8").remedy == d["winner"]["remedy"]
+
+
+def test_round_to_nearest_is_tried_only_when_asked_for_every_remedy():
+    """Round-to-nearest never shipped in the automatic doctor's recorded attempts and cost up to 84 s, so only
+    --doctor tries it (as with ORT's Entropy calibration); the other remedies are the same in both modes."""
+    from types import SimpleNamespace as NS
+
+    from edgetl.export import doctor
+    from edgetl.export.api import ExportConfig
+
+    rows = [{"name": "stem/conv", "op": "CONV_2D"}, {"name": "head/dense", "op": "FULLY_CONNECTED"}]
+    for fmt in ("tflite_int8", "onnx_int8"):
+        names = {}
+        for explicit in (None, True):
+            cfg = ExportConfig(doctor=explicit)
+            ctx = NS(config=cfg, train_samples=[None] * 50, reports={fmt: rows}, model=NS(count_params=lambda: 10**6))
+            art = NS(format=fmt, quantization={"calib_samples_used": 20}, size_bytes=10**5)
+            names[explicit] = [r for r, _, _ in doctor._remedies(ctx, art, 0)]
+        auto, every = names[None], names[True]
+        assert not any(r.startswith("round-to-nearest") for r in auto), (fmt, auto)
+        assert any(r.startswith("round-to-nearest") for r in every), (fmt, every)
+        assert [r for r in every if not r.startswith(("round-to-nearest", "Entropy"))] == auto
 
 
 def test_sign_test_p_values():

@@ -6,7 +6,8 @@ agreement with the Keras model); an accuracy gain never excuses low agreement.
 Remedies, tried in this order (pure 8-bit remedies first: the file stays all-int8 and as fast as the
 plain one; then the ones that keep layers in float), each written to a scratch folder:
 
-1. round-to-nearest weights instead of GPTQ (:mod:`edgetl.export.ptq`), in case GPTQ fitted the
+1. (``--doctor`` only: it never shipped in automatic mode and cost up to 84 s) round-to-nearest weights
+   instead of GPTQ (:mod:`edgetl.export.ptq`), in case GPTQ fitted the
    calibration images too closely; TFLite: the other activation ranges (the default takes each tensor's
    0.01 / 99.99 % percentiles, the remedy the converter's min/max, or the other way round with
    ``calib_method="minmax"``; :mod:`edgetl.export.act_ranges`); ONNX: Percentile calibration,
@@ -215,9 +216,12 @@ def _remedies(ctx: Any, art: Any, stage: int) -> list[tuple[str, str, Quantizati
             # the overflow fix's 7-bit conv/dense weights cost a little agreement on some runs; the 8-bit file
             # is exact on VNNI/ARM CPUs and, with the session option in its metadata, on every x86 CPU
             out.append((EIGHT_BIT_REMEDY, "onnx_int8", base.with_(overflow_fix=False)))
-        if base.rounding == "gptq":
+        if base.rounding == "gptq" and cfg.doctor:
             # GPTQ minimises each layer's output error on the calibration images; if those are
-            # unrepresentative, the converters' own rounding can be the better file: verified like the rest
+            # unrepresentative, the converters' own rounding can be the better file: verified like the rest.
+            # Only with --doctor: in the 13 automatic-doctor attempts recorded in benchmarks/results/int8_seeds_*
+            # (sign_digits, its 1-channel copy, hymenoptera; TFLite and ONNX) it never shipped (its best: fixes 4,
+            # adds 2, p = 0.34), and it cost 8-84 s each, the time the later remedies and QAT need.
             out.append(("round-to-nearest weights (no GPTQ)", art.format, base.with_(rounding="nearest")))
         if tflite:
             # the other activation-range choice (edgetl.export.act_ranges): the calibration pass is cached;
