@@ -195,7 +195,7 @@ def test_doctor_offers_the_other_tflite_ranges_priced_by_what_they_recompute():
     auto = QuantizationConfig.for_int8(calib_samples=300, calib_method="auto")
     art0 = NS(export_s=90.0, verify_s=5.0, format="tflite_int8", size_bytes=1000, quantization={"calib_samples_used": 300})
     ctx0 = NS(calibrated={"cached": b""}, train_samples=list(range(50)), reports={"tflite_int8": []},
-              model=NS(count_params=lambda: 10_000), config=NS(calib_samples=300, int8_quant=lambda: auto, qat_time=120.0))
+              model=NS(count_params=lambda: 10_000), config=NS(calib_samples=300, int8_quant=lambda: auto, qat_time=120.0, doctor=None))
     got0 = {r: qq for r, _, qq in doctor._remedies(ctx0, art0, 0)}
     assert doctor.RANGES_REMEDY not in got0 and got0[doctor.MINMAX_REMEDY].calib_method == "minmax"
     assert doctor._Costs(ctx0, art0).estimate(doctor.MINMAX_REMEDY, got0[doctor.MINMAX_REMEDY]) == 10.0
