@@ -751,6 +751,7 @@ def test_qat_starts_from_the_gptq_rounded_weights(tiny_run, tmp_path, monkeypatc
     export's GPTQ-rounded one (BN folded, every kernel on the converter's per-channel grid, the same
     object the int8 file was converted from), not the float model. QAT_START="float" is the old start."""
     import edgetl.export.qat as Q
+    from edgetl.run import load_run
 
     seen = []
     real = Q.to_tf_keras
@@ -769,6 +770,9 @@ def test_qat_starts_from_the_gptq_rounded_weights(tiny_run, tmp_path, monkeypatc
         return float(np.abs(steps - np.round(steps)).max())
 
     worst = max(off_grid(k) for k in kernels)
+    # both starts fold the same BatchNormalization layers, and the QAT note says how many
+    n_bn = sum(type(l).__name__ == "BatchNormalization" for l in load_run(tiny_run).load_model().layers)
+    assert any(f", {n_bn} BN folded," in n for n in res.artifact("tflite_qat").notes), res.artifact("tflite_qat").notes
     if start == "gptq":
         assert worst < 1e-3, worst
         assert any(n.startswith("QAT starts from the GPTQ-rounded weights") for n in res.artifact("tflite_qat").notes)

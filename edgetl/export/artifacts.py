@@ -165,11 +165,13 @@ class ExportContext:
             self.quant_models[key] = onnx_export.convert(model, opset=self.config.opset)
         return self.quant_models[key]
 
-    def rounded_model(self, quant: QuantizationConfig, family: str) -> Any:
-        """The Keras model ``family``'s converter quantizes for ``quant`` before any input split: for GPTQ
-        rounding, BN folded and every kernel rounded (what QAT starts from); else the run's model."""
+    def rounded_model(self, quant: QuantizationConfig, family: str) -> tuple[Any, int]:
+        """(Keras model, BatchNormalization layers folded into it) that ``family``'s converter quantizes for
+        ``quant`` before any input split: for GPTQ rounding, BN folded and every kernel rounded (what QAT
+        starts from); else the run's model (0 folded)."""
         self.quant_model(quant, family)
-        return self.quant_models[_rounding_key(quant, family)]
+        key = _rounding_key(quant, family)
+        return self.quant_models[key], self.quant_models.get(("bn_folded",) + key, 0)
 
     def quant_model(self, quant: QuantizationConfig, family: str) -> tuple[Any, Any]:
         """(Keras model, input map) that a converter quantizes for ``quant`` (int8 / int16x8).
@@ -207,6 +209,7 @@ class ExportContext:
                         + (f"onto the overflow-safe grid ({ptq.overflow_summary()}), " if safe else "")
                         + f"{time.perf_counter() - t0:.0f} s")
                 self.quant_models[("note",) + key_r] = line
+                self.quant_models[("bn_folded",) + key_r] = n_bn
                 self.say(f"  int8 weights: {line}")
             self.quant_models[key_r] = model
         model = self.quant_models[key_r]

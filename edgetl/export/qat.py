@@ -143,9 +143,7 @@ def qat_finetune(ctx: Any, seconds: float | None = None, epochs: int | None = No
         # start from the post-training solution: BN folded and every kernel GPTQ-rounded on the converter's
         # grid (the export's own rounded model, shared with the PTQ file), so the fine-tune moves on from
         # the PTQ file's agreement instead of from round-to-nearest
-        folded = ctx.rounded_model(cfg.int8_quant(), "tflite")
-        n_bn = sum(type(layer).__name__ == "BatchNormalization" for layer in ctx.model.layers) - sum(
-            type(layer).__name__ == "BatchNormalization" for layer in folded.layers)
+        folded, n_bn = ctx.rounded_model(cfg.int8_quant(), "tflite")
         notes.append("QAT starts from the GPTQ-rounded weights of the int8 file")
     else:
         folded, n_bn = ptq.fold_batchnorm(ctx.model)  # tfmot would fold Conv+BN itself, but not every pattern
