@@ -110,6 +110,16 @@ def make_image(kind: int, size: int = 40, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
 
 
+#: a plain progress line of edgetl.quiet.Progress ("checking images: 21/21 (1.0/s, 20 s)"): printed only when a
+#: step takes more than 2 s, which a loaded machine (two test workers on two cores) can make any step do
+PROGRESS_LINE = re.compile(r".+: \d+(/\d+)? \((\d+\.\d/s|\d+\.\d s each)(, [^)]*)?\)")
+
+
+def message_lines(err: str) -> list[str]:
+    """stderr's lines without Progress lines: what a "one-line error" assertion is about."""
+    return [line for line in err.strip().splitlines() if not PROGRESS_LINE.fullmatch(line)]
+
+
 def make_image_folder(root: Path, classes=("alpha", "beta"), n_train: int = 12, n_val: int = 6, size: int = 40, split: bool = True,
                       n_test: int = 0) -> Path:
     """``root/train/<class>/*.png`` + ``root/val/<class>/*.png`` (or plain ``root/<class>/``), plus
